@@ -1,0 +1,342 @@
+//! The `beambake` command line: parses arguments, shows progress, prints results.
+//! All work happens in the library (`beambake::pipeline`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use beambake::assemble;
+use beambake::image::compress::Compression;
+use beambake::pipeline::{self, Input, Prepared, Progress};
+use beambake::release::{Discover, NativeKind};
+use beambake::rootfs::Tree;
+use beambake::source::Resolve;
+
+#[derive(Parser)]
+#[command(
+    name = "beambake",
+    version,
+    about = "Turns an Erlang/OTP release into an immutable guest image and proves it boots"
+)]
+struct Cli {
+    /// Print each step and the tools' output.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what beambake discovers in a release (name, ERTS, apps, native binaries,
+    /// host libraries, size).
+    Inspect {
+        #[command(flatten)]
+        input: InputArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the release's root filesystem as a cpio initramfs, with its manifest.
+    Rootfs {
+        #[command(flatten)]
+        input: InputArgs,
+        /// Output image (`.cpio`, `.cpio.gz`, `.cpio.zst`).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Compression; by default from the output's extension.
+        #[arg(long, value_enum)]
+        compression: Option<CompressionArg>,
+        /// Compression level (gzip 0-9, zstd 1-22).
+        #[arg(long)]
+        level: Option<i32>,
+        /// Manifest path [default: manifest.json beside the image].
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Add the per-file table (path, mode, size, sha256, origin) to the manifest.
+        #[arg(long)]
+        list: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct InputArgs {
+    /// A release directory, a release tarball (.tar.gz) or a rebar3 project.
+    release: PathBuf,
+    /// rebar3 profile to build a project with.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Which release, when a rebar3 project defines several.
+    #[arg(long = "release", value_name = "NAME")]
+    release_name: Option<String>,
+    /// Host Erlang/OTP root for what the release does not bundle [default: from `erl` on PATH].
+    #[arg(long)]
+    otp_root: Option<PathBuf>,
+    /// Guest directory of the release [default: /opt/NAME].
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    None,
+    Gzip,
+    Zstd,
+}
+
+struct Steps {
+    bar: ProgressBar,
+    verbose: bool,
+}
+
+impl Steps {
+    fn new(verbose: bool, quiet: bool) -> Steps {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            // Drawn only when stderr is a terminal; hidden in CI logs.
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Steps { bar, verbose }
+    }
+    fn done(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for Steps {
+    fn step(&self, what: &str) {
+        if self.verbose {
+            self.bar.suspend(|| eprintln!("beambake: {what}"));
+        }
+        self.bar.set_message(what.to_string());
+    }
+}
+
+impl InputArgs {
+    fn input(&self, verbose: bool) -> Input {
+        Input {
+            path: self.release.clone(),
+            resolve: Resolve {
+                profile: self.profile.clone(),
+                release: self.release_name.clone(),
+                verbose,
+            },
+            discover: Discover {
+                otp_root: self.otp_root.clone(),
+            },
+        }
+    }
+    fn options(&self) -> Result<assemble::Options> {
+        Ok(assemble::Options {
+            prefix: self.prefix.clone(),
+            mtime: Tree::epoch_from_env()?,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("beambake: error: {}", error_text(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { input, json } => {
+            let steps = Steps::new(cli.verbose, false);
+            let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps);
+            steps.done();
+            let p = p?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&inspect_json(&p)?)?);
+            } else {
+                print_inspect(&p)?;
+            }
+            Ok(())
+        }
+        Command::Rootfs {
+            input,
+            output,
+            compression,
+            level,
+            manifest,
+            list,
+            json,
+        } => {
+            let compression = match compression {
+                Some(CompressionArg::None) => Compression::None,
+                Some(CompressionArg::Gzip) => Compression::Gzip,
+                Some(CompressionArg::Zstd) => Compression::Zstd,
+                None => Compression::from_extension(&output),
+            };
+            let level = level.unwrap_or(compression.default_level());
+            let steps = Steps::new(cli.verbose, false);
+            let result = (|| -> Result<_> {
+                let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps)?;
+                steps.step(&format!("writing {}", output.display()));
+                let written =
+                    pipeline::write_initramfs(&p.assembly.tree, &output, compression, level)?;
+                let manifest_path = manifest.clone().unwrap_or_else(|| {
+                    output
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .join("manifest.json")
+                });
+                let dir = manifest_path.parent().unwrap_or(Path::new("."));
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                let format = match compression {
+                    Compression::None => "cpio-newc",
+                    Compression::Gzip => "cpio-newc+gzip",
+                    Compression::Zstd => "cpio-newc+zstd",
+                };
+                let m = pipeline::manifest(&p, &[(written.clone(), format)], dir, list)?;
+                beambake::output::write_bytes(&manifest_path, m.to_json().as_bytes())?;
+                Ok((written, manifest_path))
+            })();
+            steps.done();
+            let (written, manifest_path) = result?;
+            if json {
+                let v = serde_json::json!({
+                    "image": written.path, "size": written.size, "sha256": written.sha256,
+                    "manifest": manifest_path,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{} ({}, sha256 {})",
+                    written.path.display(),
+                    human(written.size),
+                    written.sha256
+                );
+                if cli.verbose {
+                    println!("manifest: {}", manifest_path.display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The error and its causes, each cause shown only when the message above it does not
+/// already include it (library errors embed their source's text).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
+}
+
+fn kind_name(k: NativeKind) -> &'static str {
+    match k {
+        NativeKind::ErtsExecutable => "erts executable",
+        NativeKind::NifOrDriver => "NIF or driver",
+        NativeKind::PortProgram => "port program",
+    }
+}
+
+fn human(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn print_inspect(p: &Prepared) -> Result<()> {
+    let r = &p.release;
+    println!("release   {} {} ({:?})", r.name, r.vsn, r.flavor);
+    println!(
+        "source    {} ({:?}){}",
+        p.source.input.display(),
+        p.source.kind,
+        if p.source.release_dir != p.source.input {
+            format!(" -> {}", p.source.release_dir.display())
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "erts      {} ({})",
+        r.erts.vsn,
+        if r.erts.bundled {
+            "bundled".to_string()
+        } else {
+            format!("host: {}", r.erts.dir.display())
+        }
+    );
+    println!("apps      {}", r.apps.len());
+    for a in &r.apps {
+        println!(
+            "  {:<24} {:<10} {}",
+            a.name,
+            a.vsn,
+            if a.bundled { "bundled" } else { "host" }
+        );
+    }
+    println!("boot      {}.boot", r.boot_rel);
+    if let Some(c) = &r.sys_config_rel {
+        println!("config    {c}");
+    }
+    if let Some(v) = &r.vm_args_rel {
+        println!("vm.args   {v}");
+    }
+    println!("guest     {}", p.assembly.prefix);
+    println!("natives   {}", r.natives.len());
+    for n in &r.natives {
+        println!("  {:<48} {}", n.path, kind_name(n.kind));
+    }
+    println!("host libs {}", p.assembly.host_libs.len());
+    for l in &p.assembly.host_libs {
+        println!("  {:<48} needed by {}", l.path.display(), l.needed_by);
+    }
+    let size = p
+        .assembly
+        .tree
+        .content_size()
+        .context("measuring the tree")?;
+    println!(
+        "total     {} in {} entries",
+        human(size),
+        p.assembly.tree.len()
+    );
+    Ok(())
+}
+
+fn inspect_json(p: &Prepared) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "release": &p.release,
+        "source": { "input": p.source.input, "kind": p.source.kind, "release_dir": p.source.release_dir, "sha256": p.source.sha256 },
+        "guest_prefix": p.assembly.prefix,
+        "launch": &p.assembly.launch,
+        "host_libs": &p.assembly.host_libs,
+        "total_size": p.assembly.tree.content_size()?,
+        "entries": p.assembly.tree.len(),
+    }))
+}

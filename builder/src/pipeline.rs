@@ -1,0 +1,153 @@
+//! The pipeline, end to end: input -> release -> tree -> image + manifest. The CLI, xtask
+//! and tests all go through here; targets add to the tree and pick a writer.
+//!
+//! Must not: print (it reports progress through a callback) or parse command lines.
+
+use std::path::{Path, PathBuf};
+
+use crate::assemble::{self, Assembly};
+use crate::image::compress::{Compression, Encoder};
+use crate::image::cpio;
+use crate::manifest::{self, Artefact, Manifest};
+use crate::output::{self, AtomicFile, Written};
+use crate::release::{self, Release};
+use crate::rootfs::Tree;
+use crate::source::{self, Source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    #[error(transparent)]
+    Release(#[from] release::ReleaseError),
+    #[error(transparent)]
+    Assemble(#[from] assemble::AssembleError),
+    #[error(transparent)]
+    Cpio(#[from] cpio::CpioError),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error(transparent)]
+    Tree(#[from] crate::rootfs::TreeError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything that selects and reads a release.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub path: PathBuf,
+    pub resolve: source::Resolve,
+    pub discover: release::Discover,
+}
+
+/// A resolved, discovered and assembled release.
+pub struct Prepared {
+    pub source: Source,
+    pub release: Release,
+    pub assembly: Assembly,
+}
+
+/// Progress steps, for the caller to display.
+pub trait Progress {
+    fn step(&self, what: &str);
+}
+
+impl Progress for () {
+    fn step(&self, _: &str) {}
+}
+
+pub fn prepare(
+    input: &Input,
+    opts: &assemble::Options,
+    progress: &dyn Progress,
+) -> Result<Prepared, Error> {
+    if input.path.join("rebar.config").is_file() {
+        progress.step("building the release with rebar3");
+    } else {
+        progress.step("reading the release");
+    }
+    let source = Source::resolve(&input.path, &input.resolve)?;
+    progress.step("discovering the release");
+    let release = Release::discover(&source.release_dir, &input.discover)?;
+    progress.step("assembling the root filesystem and its library closure");
+    let assembly = assemble::assemble(&release, opts)?;
+    Ok(Prepared {
+        source,
+        release,
+        assembly,
+    })
+}
+
+/// Writes `tree` as a (compressed) cpio newc archive at `out`, atomically.
+pub fn write_initramfs(
+    tree: &Tree,
+    out: &Path,
+    compression: Compression,
+    level: i32,
+) -> Result<Written, Error> {
+    let mut file = AtomicFile::create(out)?;
+    let io = |source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    let enc = Encoder::new(file.writer(), compression, level).map_err(io)?;
+    let enc = cpio::write(tree, enc)?;
+    enc.finish().map_err(io)?;
+    Ok(file.commit()?)
+}
+
+/// The manifest for a prepared build and its written artefacts.
+pub fn manifest(
+    p: &Prepared,
+    artefacts: &[(Written, &str)],
+    manifest_dir: &Path,
+    list: bool,
+) -> Result<Manifest, Error> {
+    let (rows, host_files) = manifest::file_table(&p.assembly.tree, &p.source.release_dir)
+        .map_err(|source| Error::Io {
+            path: p.source.release_dir.clone(),
+            source,
+        })?;
+    let rel = &p.release;
+    let input_path = std::fs::canonicalize(&p.source.input).unwrap_or(p.source.input.clone());
+    Ok(Manifest {
+        schema: manifest::SCHEMA,
+        tool: manifest::Tool::default(),
+        source_date_epoch: p.assembly.tree.mtime(),
+        inputs: manifest::Inputs {
+            release: manifest::ReleaseInput {
+                name: rel.name.clone(),
+                vsn: rel.vsn.clone(),
+                erts_vsn: rel.erts.vsn.clone(),
+                erts_bundled: rel.erts.bundled,
+                source: input_path.display().to_string(),
+                source_kind: p.source.kind,
+                sha256: p.source.sha256.clone(),
+            },
+            host_files,
+        },
+        artefacts: artefacts
+            .iter()
+            .map(|(w, format)| Artefact {
+                path: relative_to(&w.path, manifest_dir),
+                format: format.to_string(),
+                size: w.size,
+                sha256: w.sha256.clone(),
+            })
+            .collect(),
+        files: list.then_some(rows),
+    })
+}
+
+fn relative_to(p: &Path, dir: &Path) -> String {
+    let canon = |x: &Path| std::fs::canonicalize(x).unwrap_or_else(|_| x.to_path_buf());
+    let (cp, cd) = (canon(p), canon(dir));
+    match cp.strip_prefix(&cd) {
+        Ok(r) => r.display().to_string(),
+        Err(_) => cp.display().to_string(),
+    }
+}

@@ -1,0 +1,225 @@
+//! Shared test infrastructure: builds the example releases once per test binary, runs the
+//! `beambake` binary, and owns the lifetime of every process a test starts (killed and
+//! reaped on drop, so no test leaks a BEAM).
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Skips the calling test with a visible reason.
+#[macro_export]
+macro_rules! skip {
+    ($($t:tt)*) => {{
+        eprintln!("SKIPPED: {}", format!($($t)*));
+        return;
+    }};
+}
+
+/// A fresh copy of the echo project (no `_build`), for tests that run rebar3 in it.
+pub fn fresh_project() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("bb-proj-")
+        .tempdir()
+        .unwrap();
+    let project = dir.path().join("echo");
+    copy_dir(&repo_root().join("examples/echo"), &project);
+    let _ = fs::remove_dir_all(project.join("_build"));
+    (dir, project)
+}
+
+/// The echo example, built once per test binary in a private copy: the project dir, its
+/// release dir, its `rebar3 tar` tarball and a host-ERTS (include_erts false) release.
+/// Read-only: tests that build must use [`fresh_project`].
+pub struct Echo {
+    pub release: PathBuf,
+    pub tarball: PathBuf,
+    pub hosterts: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn echo() -> &'static Echo {
+    static ECHO: OnceLock<Echo> = OnceLock::new();
+    ECHO.get_or_init(|| {
+        assert!(
+            have("rebar3"),
+            "rebar3 is required (apt-get install rebar3)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("bb-echo-")
+            .tempdir()
+            .unwrap();
+        let project = dir.path().join("echo");
+        copy_dir(&repo_root().join("examples/echo"), &project);
+        let _ = fs::remove_dir_all(project.join("_build"));
+        rebar3(&project, &["tar"]);
+        rebar3(&project, &["as", "hosterts", "release"]);
+        let release = project.join("_build/default/rel/echo");
+        let tarball = release.join("echo-0.1.0.tar.gz");
+        assert!(
+            tarball.is_file(),
+            "rebar3 tar wrote no {}",
+            tarball.display()
+        );
+        // Keep the tarball out of the release dir it describes.
+        let moved = dir.path().join("echo-0.1.0.tar.gz");
+        fs::rename(&tarball, &moved).unwrap();
+        Echo {
+            release,
+            tarball: moved,
+            hosterts: project.join("_build/hosterts/rel/echo"),
+            _dir: dir,
+        }
+    })
+}
+
+fn rebar3(dir: &Path, args: &[&str]) {
+    let out = Command::new("rebar3")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rebar3 {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        let ft = fs::symlink_metadata(&s).unwrap().file_type();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&s).unwrap(), &d).unwrap();
+        } else if ft.is_dir() {
+            copy_dir(&s, &d);
+        } else {
+            fs::copy(&s, &d).unwrap();
+        }
+    }
+}
+
+/// Runs the `beambake` binary.
+pub fn beambake(args: &[&str]) -> Output {
+    beambake_in(&std::env::current_dir().unwrap(), args, &[])
+}
+
+pub fn beambake_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_beambake"))
+        .args(args)
+        .current_dir(cwd)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A started process, killed (SIGKILL) and reaped when dropped, on every path.
+pub struct Guarded {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Guarded {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Guarded {
+        let f = fs::File::create(&log).unwrap();
+        cmd.stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null());
+        Guarded {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Panics with the log if the process has exited.
+    pub fn check_alive(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("process exited with {st}; log:\n{}", self.log_text());
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects to `port` on loopback (retrying until `bound`), sends a line and expects it
+/// back. Fails with the process log if it never answers.
+pub fn echo_round_trip(proc_: &mut Guarded, port: u16, bound: Duration) {
+    let start = Instant::now();
+    let mut stream = loop {
+        proc_.check_alive();
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < bound => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!(
+                "nothing listens on {port} after {bound:?}: {e}; log:\n{}",
+                proc_.log_text()
+            ),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let msg = b"hello there!\n";
+    stream.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+}
