@@ -33,6 +33,8 @@ pub enum AssembleError {
     },
     #[error("--prefix {0:?}: must be an absolute, normalised guest directory other than /")]
     BadPrefix(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,8 @@ pub struct Options {
     pub prefix: Option<String>,
     /// mtime of every entry (`SOURCE_DATE_EPOCH`).
     pub mtime: u64,
+    /// Run as a distributed node: (`NAME@HOST`, cookie).
+    pub distribution: Option<(String, String)>,
 }
 
 /// A host library pulled in by the ELF closure.
@@ -88,7 +92,21 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
         }
     }
 
-    let launch = LaunchSpec::for_release(rel, &prefix);
+    let mut launch = LaunchSpec::for_release(rel, &prefix);
+    if let Some((node, cookie)) = &opts.distribution {
+        if let Some(flag) = ["-name", "-sname"]
+            .into_iter()
+            .find(|f| rel.vm_arg(f).is_some())
+        {
+            return Err(AssembleError::Conflict(format!(
+                "{}: sets {flag}, but the recipe names the node; remove it from vm.args",
+                rel.root
+                    .join(rel.vm_args_rel.as_deref().unwrap_or("vm.args"))
+                    .display()
+            )));
+        }
+        launch = launch.with_distribution(node, cookie);
+    }
     tree.add_bytes(
         launch::LAUNCH_PATH,
         launch.to_json().into_bytes(),

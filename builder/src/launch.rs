@@ -25,6 +25,21 @@ pub struct LaunchSpec {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: String,
+    /// Processes the init starts before the release (e.g. epmd in an image without a
+    /// shell: erlexec would start it through `/bin/sh`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Wait until 127.0.0.1:PORT accepts before going on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_tcp: Option<u16>,
 }
 
 impl LaunchSpec {
@@ -92,7 +107,26 @@ impl LaunchSpec {
             argv,
             env,
             cwd: root.to_string(),
+            services: Vec::new(),
         }
+    }
+
+    /// Runs the release as a distributed node `node` with `cookie`, with epmd started by
+    /// the init (`-start_epmd false`: erlexec would need a shell to start it).
+    pub fn with_distribution(self, node: &str, cookie: &str) -> LaunchSpec {
+        let epmd = format!(
+            "{}/epmd",
+            self.env.get("BINDIR").cloned().unwrap_or_default()
+        );
+        let mut spec =
+            self.with_args(&["-name", node, "-setcookie", cookie, "-start_epmd", "false"]);
+        spec.services.push(Service {
+            name: "epmd".into(),
+            argv: vec![epmd],
+            env: BTreeMap::new(),
+            wait_tcp: Some(4369),
+        });
+        spec
     }
 
     /// Extra emulator or init arguments, inserted before the trailing `--`/`-extra`

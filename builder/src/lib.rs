@@ -6,17 +6,25 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod assemble;
+pub mod boot;
 pub mod digest;
 pub mod elf;
 #[cfg(test)]
 mod golden;
 pub mod image;
+pub mod kernel;
 pub mod launch;
 pub mod manifest;
+pub mod net;
 pub mod output;
 pub mod pipeline;
+pub mod recipe;
 pub mod release;
 pub mod rootfs;
+pub mod run;
+pub mod sandbox;
+pub mod smoke;
 pub mod source;
 pub mod tarball;
+pub mod target;
 pub mod term;

@@ -11,9 +11,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use beambake::assemble;
 use beambake::image::compress::Compression;
 use beambake::pipeline::{self, Input, Prepared, Progress};
+use beambake::recipe::{Accel, Recipe};
 use beambake::release::{Discover, NativeKind};
 use beambake::rootfs::Tree;
 use beambake::source::Resolve;
+use beambake::{run, sandbox};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +65,54 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build a recipe's image (release -> rootfs -> initramfs + kernel + boot plan).
+    Build {
+        /// Recipe file (TOML).
+        recipe: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
+        /// Print the artefacts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a built image (its output directory, or a recipe: built first) in a private
+    /// network namespace, console on this terminal.
+    Boot {
+        /// A build's output directory (holding boot.json) or a recipe file.
+        image: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
+        /// Override the recipe's accelerator.
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
+    },
+    /// Build, boot in a fresh namespace, run the recipe's checks, tear everything down.
+    Smoke {
+        /// Recipe file (TOML).
+        recipe: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
+        /// Write the results as JUnit XML.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct OutArgs {
+    /// Where build outputs go (one directory per recipe inside).
+    #[arg(long, default_value = "beambake-out")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Args)]
@@ -142,14 +192,24 @@ impl InputArgs {
         Ok(assemble::Options {
             prefix: self.prefix.clone(),
             mtime: Tree::epoch_from_env()?,
+            distribution: None,
         })
     }
 }
 
 fn main() -> ExitCode {
+    // Internal entry points of the sandbox (see beambake::sandbox); not for users.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some(sandbox::SANDBOX_ARG) if args.len() == 3 => {
+            return ExitCode::from(sandbox::main(Path::new(&args[2])) as u8)
+        }
+        Some(sandbox::REAPER_ARG) => return ExitCode::from(sandbox::reaper_main() as u8),
+        _ => {}
+    }
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("beambake: error: {}", error_text(&e));
             ExitCode::FAILURE
@@ -157,7 +217,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Inspect { input, json } => {
             let steps = Steps::new(cli.verbose, false);
@@ -169,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print_inspect(&p)?;
             }
-            Ok(())
+            Ok(0)
         }
         Command::Rootfs {
             input,
@@ -233,9 +293,107 @@ fn run(cli: Cli) -> Result<()> {
                     println!("manifest: {}", manifest_path.display());
                 }
             }
-            Ok(())
+            Ok(0)
+        }
+        Command::Build { recipe, out, json } => {
+            let recipe = Recipe::load(&recipe)?;
+            let steps = Steps::new(cli.verbose, false);
+            let built = run::build(&recipe, &out.out, &steps);
+            steps.done();
+            let built = built?;
+            if json {
+                let v = serde_json::json!({
+                    "dir": built.dir, "image": built.image.path, "size": built.image.size,
+                    "sha256": built.image.sha256, "manifest": built.manifest,
+                    "boot_plan": built.dir.join(beambake::boot::PLAN_FILE),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", built.image.path.display());
+                println!("{}", built.dir.join(&built.plan.kernel).display());
+                println!("{}", built.manifest.display());
+            }
+            Ok(0)
+        }
+        Command::Boot { image, out, accel } => {
+            let steps = Steps::new(cli.verbose, false);
+            let dir = if image.is_file() {
+                let recipe = Recipe::load(&image)?;
+                let built = run::build(&recipe, &out.out, &steps);
+                built?.dir
+            } else {
+                image
+            };
+            let accel = accel.map(|a| match a {
+                AccelArg::Auto => Accel::Auto,
+                AccelArg::Kvm => Accel::Kvm,
+                AccelArg::Tcg => Accel::Tcg,
+            });
+            steps.done();
+            let (_, outcome, log) = run::boot(&dir, accel, sandbox::Mode::Interactive, &())?;
+            match outcome.guest_exit {
+                Some(s) => {
+                    eprintln!(
+                        "beambake: guest exited with status {s} (console log: {})",
+                        log.display()
+                    );
+                    Ok(u8::try_from(s).unwrap_or(1))
+                }
+                None => {
+                    eprintln!(
+                        "beambake: the VM ended without a guest status (console log: {})",
+                        log.display()
+                    );
+                    Ok(1)
+                }
+            }
+        }
+        Command::Smoke {
+            recipe,
+            out,
+            junit,
+            json,
+        } => {
+            let recipe = Recipe::load(&recipe)?;
+            let steps = Steps::new(cli.verbose, false);
+            let result = run::smoke(&recipe, &out.out, &steps);
+            steps.done();
+            let (_, report, log) = result?;
+            if let Some(j) = &junit {
+                beambake::smoke::write_junit(&report, j)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report, &log);
+            }
+            Ok(if report.passed { 0 } else { 1 })
         }
     }
+}
+
+fn print_report(r: &beambake::smoke::Report, log: &Path) {
+    for c in &r.checks {
+        println!(
+            "{} {:<24} {:>7.2}s  {}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.millis as f64 / 1000.0,
+            c.message
+        );
+    }
+    if let Some(ms) = r.boot_to_ready_ms {
+        println!("boot to ready: {:.2}s ({})", ms as f64 / 1000.0, r.accel);
+    }
+    if let Some(s) = r.guest_exit {
+        println!("guest exited with status {s}");
+    }
+    if !r.passed {
+        if let Some(t) = &r.console_tail {
+            println!("--- console tail ({}):\n{t}", log.display());
+        }
+    }
+    println!("{}: {}", r.name, if r.passed { "passed" } else { "FAILED" });
 }
 
 /// The error and its causes, each cause shown only when the message above it does not

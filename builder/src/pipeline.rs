@@ -28,12 +28,26 @@ pub enum Error {
     Output(#[from] output::OutputError),
     #[error(transparent)]
     Tree(#[from] crate::rootfs::TreeError),
+    #[error(transparent)]
+    Kernel(Box<crate::kernel::KernelError>),
+    #[error(transparent)]
+    Boot(#[from] crate::boot::BootError),
+    #[error(transparent)]
+    RecipeFile(#[from] crate::recipe::RecipeError),
+    #[error("{0}")]
+    Recipe(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<crate::kernel::KernelError> for Error {
+    fn from(e: crate::kernel::KernelError) -> Self {
+        Error::Kernel(Box::new(e))
+    }
 }
 
 /// Everything that selects and reads a release.

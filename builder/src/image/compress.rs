@@ -26,12 +26,14 @@ impl Compression {
         }
     }
 
-    /// The default level: gzip 9; zstd 19 (measured: 5.2 MB for the echo release's files).
+    /// The default level: gzip 6; zstd 9. Measured on the echo release (15.9 MB raw):
+    /// zstd 9 gives 7.2 MB in 0.3 s, zstd 19 6.6 MB in 6 s: 9 keeps warm builds under
+    /// a second.
     pub fn default_level(self) -> i32 {
         match self {
             Compression::None => 0,
-            Compression::Gzip => 9,
-            Compression::Zstd => 19,
+            Compression::Gzip => 6,
+            Compression::Zstd => 9,
         }
     }
 }

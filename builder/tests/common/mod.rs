@@ -223,3 +223,60 @@ pub fn echo_round_trip(proc_: &mut Guarded, port: u16, bound: Duration) {
     stream.read_exact(&mut back).unwrap();
     assert_eq!(back, msg);
 }
+
+/// Serialises tests that boot VMs: two cores, TCG; parallel guests only slow each other.
+pub fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes a copy of `recipes/NAME.toml` into `dir`, with the release source made
+/// absolute and `edits` (from, to) applied, and returns its path.
+pub fn recipe_copy(name: &str, dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let root = repo_root();
+    let mut text = fs::read_to_string(root.join("recipes").join(format!("{name}.toml"))).unwrap();
+    text = text.replace(
+        "source = \"../examples/echo\"",
+        &format!(
+            "source = {:?}",
+            root.join("examples/echo").display().to_string()
+        ),
+    );
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from:?} not in the recipe");
+        text = text.replacen(from, to, 1);
+    }
+    let p = dir.join(format!("{name}.toml"));
+    fs::write(&p, text).unwrap();
+    p
+}
+
+/// Processes whose command line contains `needle`.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut v = vec![];
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// Network namespace inodes in use by any process.
+pub fn netns_in_use() -> std::collections::BTreeSet<String> {
+    let mut s = std::collections::BTreeSet::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(l) = fs::read_link(e.path().join("ns/net")) {
+            s.insert(l.display().to_string());
+        }
+    }
+    s
+}

@@ -23,3 +23,8 @@ two_clients_test() ->
     [{ok, <<"1">>}, {ok, <<"2">>}] = [gen_tcp:recv(S, 1, 5000) || S <- Conns],
     unlink(Pid),
     exit(Pid, kill).
+
+http_test() ->
+    {ok, Pid} = echo_http:start_link(0),
+    unlink(Pid),
+    exit(Pid, kill).

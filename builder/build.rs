@@ -1,0 +1,44 @@
+//! Builds beambake's guest init (the workspace's `init` crate) as a static binary and
+//! hands its path to the library, which embeds it: the `beambake` binary carries its init.
+//! Set BEAMBAKE_INIT_BIN to use a prebuilt one instead.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=BEAMBAKE_INIT_BIN");
+    if let Ok(p) = env::var("BEAMBAKE_INIT_BIN") {
+        println!("cargo:rustc-env=BEAMBAKE_INIT_BIN={p}");
+        return;
+    }
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let init = manifest.parent().expect("workspace root").join("init");
+    println!("cargo:rerun-if-changed={}", init.join("src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        init.join("Cargo.toml").display()
+    );
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let target_dir = out.join("init-target");
+    let triple = "x86_64-unknown-linux-gnu";
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--target", triple])
+        .arg("--manifest-path")
+        .arg(init.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=symbols -C panic=abort",
+        )
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .status()
+        .expect("running cargo to build the init");
+    assert!(status.success(), "building the static init failed");
+    let bin = target_dir.join(triple).join("release/beambake-init");
+    println!("cargo:rustc-env=BEAMBAKE_INIT_BIN={}", bin.display());
+}

@@ -1,0 +1,130 @@
+//! A running guest: one VM process (qemu, later linux.uml) and its console log. It is
+//! killed and reaped when dropped — on success, failure, timeout or panic — and dies with
+//! the process that started it (`PR_SET_PDEATHSIG`), so no path leaks a VM.
+//!
+//! Must not: decide how the VM is configured.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use super::BootError;
+
+pub struct Guest {
+    child: Child,
+    pub console_log: PathBuf,
+    pub started: Instant,
+    status: Option<ExitStatus>,
+}
+
+impl Guest {
+    /// Spawns `cmd`; with `tap`, the tap fd becomes the child's fd 3.
+    pub fn spawn(
+        mut cmd: Command,
+        tap: Option<&OwnedFd>,
+        console_log: &Path,
+    ) -> Result<Guest, BootError> {
+        crate::net::dies_with_parent(&mut cmd);
+        if let Some(fd) = tap {
+            let raw = fd.as_raw_fd();
+            // SAFETY: dup2/fcntl are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if raw == 3 {
+                        let flags = libc::fcntl(3, libc::F_GETFD);
+                        if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(raw, 3) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd.spawn().map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => BootError::Qemu(format!(
+                "{program} not found on PATH: install it with `apt-get install qemu-system-x86`"
+            )),
+            _ => BootError::Spawn { program, source },
+        })?;
+        Ok(Guest {
+            child,
+            console_log: console_log.to_path_buf(),
+            started: Instant::now(),
+            status: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the VM has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.status = Some(st);
+            }
+        }
+        self.status
+    }
+
+    /// Waits for the VM to end, at most `bound`.
+    pub fn wait_for(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.exited() {
+                return Some(st);
+            }
+            if start.elapsed() >= bound {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits without bound.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        if let Some(st) = self.status {
+            return Ok(st);
+        }
+        let st = self.child.wait()?;
+        self.status = Some(st);
+        Ok(st)
+    }
+
+    /// The last `lines` lines of the console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        tail(&self.console_log, lines)
+    }
+
+    /// Kills the VM (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            if let Ok(st) = self.child.wait() {
+                self.status = Some(st);
+            }
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}

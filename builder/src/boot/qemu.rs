@@ -1,0 +1,241 @@
+//! The qemu adapter: the `qemu-system-x86_64` command line for a boot plan, and the KVM
+//! probe (on some hosts `/dev/kvm` exists but a guest hangs after the decompressor, so KVM
+//! is used only when a short probe boot finishes; TCG otherwise).
+//!
+//! Must not: manage process lifetimes (see [`super::guest`]) or networks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{BootError, BootPlan};
+use crate::recipe::{Accel, Machine, NetMode};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Kernel parameters that make the Debian cloud kernel boot fast and reliably under TCG
+/// (measured: see BENCHMARKS.md and shared notes): no crypto self-tests, no PS/2 probing,
+/// TSC trusted (calibration against the PIT fails now and then under TCG on microvm).
+pub const FAST_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable \
+    no_timer_check cryptomgr.notests i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// How the console is wired.
+pub enum Console<'a> {
+    /// To a log file only.
+    File(&'a Path),
+    /// To the terminal (stdin/stdout) and a log file.
+    Terminal(&'a Path),
+}
+
+/// Resolved acceleration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    Kvm,
+    Tcg,
+}
+
+/// qemu's command for `plan` (whose files live in `dir`), with the tap at fd 3 when the
+/// plan uses a tap network.
+pub fn command(plan: &BootPlan, dir: &Path, accel: Accelerator, console: Console) -> Command {
+    let mut c = Command::new(QEMU);
+    let machine = match plan.machine {
+        Machine::Microvm => "microvm",
+        Machine::Pc => "pc",
+    };
+    c.args(["-name", &format!("beambake-{}", plan.name)]);
+    c.args(["-M", machine]);
+    match accel {
+        Accelerator::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
+        Accelerator::Tcg => c.args(["-accel", "tcg", "-cpu", "max"]),
+    };
+    c.args(["-m", &plan.memory_mib.to_string()]);
+    c.args(["-smp", &plan.cpus.to_string()]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    c.arg("-kernel").arg(dir.join(&plan.kernel));
+    c.arg("-initrd").arg(dir.join(&plan.initrd));
+    c.args(["-append", &plan.cmdline]);
+    match console {
+        Console::File(log) => {
+            c.arg("-chardev")
+                .arg(format!("file,id=con,path={}", log.display()));
+            c.stdin(Stdio::null());
+        }
+        Console::Terminal(log) => {
+            c.arg("-chardev")
+                .arg(format!("stdio,id=con,signal=on,logfile={}", log.display()));
+        }
+    }
+    c.args(["-serial", "chardev:con"]);
+    let nic = match plan.machine {
+        Machine::Microvm => "virtio-net-device",
+        Machine::Pc => "virtio-net-pci",
+    };
+    match plan.net.mode {
+        NetMode::Tap => {
+            c.args(["-netdev", "tap,id=n0,fd=3"]);
+            c.args(["-device", &format!("{nic},netdev=n0")]);
+        }
+        NetMode::User => {
+            let mut fwd = String::new();
+            for port in forwarded_ports(plan) {
+                fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{port}"));
+            }
+            let mask = u32::MAX << (32 - u32::from(plan.net.prefix.clamp(1, 30)));
+            let network = std::net::Ipv4Addr::from(u32::from(plan.net.host) & mask);
+            c.args([
+                "-netdev",
+                &format!(
+                    "user,id=n0,net={network}/{},host={}{fwd}",
+                    plan.net.prefix, plan.net.host
+                ),
+            ]);
+            c.args(["-device", &format!("{nic},netdev=n0")]);
+        }
+        NetMode::None => {}
+    }
+    // Lets the init end qemu with the guest's status: (status << 1) | 1.
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c
+}
+
+/// Ports the user network forwards (the checks' ports).
+pub fn forwarded_ports(plan: &BootPlan) -> Vec<u16> {
+    use crate::recipe::Check;
+    let mut v: Vec<u16> = plan
+        .checks
+        .iter()
+        .filter_map(|c| match c {
+            Check::TcpEcho { port, .. } | Check::Http { port, .. } => Some(*port),
+            Check::Distribution {} => None,
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The guest's status from qemu's exit status: the init writes it to isa-debug-exit, so
+/// qemu exits with `(status << 1) | 1`. `None` when qemu ended another way.
+pub fn guest_status(qemu_code: Option<i32>) -> Option<i32> {
+    match qemu_code {
+        Some(c) if c & 1 == 1 => Some(c >> 1),
+        _ => None,
+    }
+}
+
+/// Checks that qemu is installed.
+pub fn check_installed() -> Result<(), BootError> {
+    match Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BootError::Qemu(format!(
+            "{QEMU} not found on PATH: install it with `apt-get install qemu-system-x86`"
+        ))),
+        Err(e) => Err(BootError::Qemu(format!("{QEMU}: {e}"))),
+    }
+}
+
+/// Resolves `Accel::Auto`: KVM only if `/dev/kvm` opens and a probe boot of `kernel`
+/// (no initrd: the kernel panics and, with `panic=-1 -no-reboot`, qemu exits) finishes
+/// within a few seconds. The answer is cached per host boot in `cache_dir`.
+pub fn resolve_accel(accel: Accel, kernel: &Path, cache_dir: &Path) -> Accelerator {
+    match accel {
+        Accel::Kvm => return Accelerator::Kvm,
+        Accel::Tcg => return Accelerator::Tcg,
+        Accel::Auto => {}
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Accelerator::Tcg;
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let cache: PathBuf = cache_dir.join("kvm-probe");
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        if let Some((id, verdict)) = text.trim().split_once(' ') {
+            if id == boot_id.trim() {
+                return if verdict == "kvm" {
+                    Accelerator::Kvm
+                } else {
+                    Accelerator::Tcg
+                };
+            }
+        }
+    }
+    let verdict = probe_kvm(kernel);
+    let _ = std::fs::create_dir_all(cache_dir);
+    let _ = std::fs::write(
+        &cache,
+        format!(
+            "{} {}\n",
+            boot_id.trim(),
+            if verdict == Accelerator::Kvm {
+                "kvm"
+            } else {
+                "tcg"
+            }
+        ),
+    );
+    verdict
+}
+
+fn probe_kvm(kernel: &Path) -> Accelerator {
+    let mut c = Command::new(QEMU);
+    c.args([
+        "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .args(["-append", "console=ttyS0 panic=-1 quiet"])
+    .args(["-serial", "stdio"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    crate::net::dies_with_parent(&mut c);
+    let Ok(mut child) = c.spawn() else {
+        return Accelerator::Tcg;
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Accelerator::Kvm;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Accelerator::Tcg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_decoding() {
+        assert_eq!(guest_status(Some(1)), Some(0));
+        assert_eq!(guest_status(Some(7)), Some(3));
+        assert_eq!(guest_status(Some(0)), None);
+        assert_eq!(guest_status(None), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! Private networks for guests: a network (and PID) namespace held by a process, a tap
+//! device inside it, addresses and links set with ioctls.
+//!
+//! Owns: entering the namespaces (`unshare` in a child before exec, with
+//! `PR_SET_PDEATHSIG` so the kernel frees everything when the parent dies: no named
+//! namespace, nothing to clean up by hand), creating the tap (held by an fd, gone with
+//! it), and configuring links.
+//! Must not: start guests or run checks; it never touches the host's own network
+//! namespace (every call that configures a link runs inside a namespace we made).
+
+use std::ffi::CString;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Makes `cmd`'s child die with its parent (SIGKILL) and, before exec, enter a new
+/// network namespace and make its own children start a new PID namespace.
+pub fn sandboxed(cmd: &mut Command) -> &mut Command {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            die_with_parent(parent)?;
+            if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWPID) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Makes `cmd`'s child get SIGKILL when the spawning thread's process dies.
+pub fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe { cmd.pre_exec(move || die_with_parent(parent)) }
+}
+
+fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl/getppid are async-signal-safe.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // The parent may have died before prctl took effect. (A child that starts a new
+        // PID namespace sees its parent as 0.)
+        let ppid = libc::getppid();
+        if ppid != parent && ppid != 0 {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// True when the current network namespace has no interface but `lo` (a fresh one).
+/// Asks the kernel (`if_nameindex`, answered for the caller's namespace); `/sys/class/net`
+/// would show the namespace sysfs was mounted in.
+pub fn only_loopback() -> io::Result<bool> {
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut ok = true;
+        let mut p = list;
+        while (*p).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*p).if_name);
+            if name.to_bytes() != b"lo" {
+                ok = false;
+            }
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+        Ok(ok)
+    }
+}
+
+/// A tap device, alive as long as this fd.
+pub struct Tap {
+    pub fd: OwnedFd,
+    pub name: String,
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} is empty or too long"),
+        ));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    Ok(req)
+}
+
+impl Tap {
+    /// Creates tap `name` (with a virtio-net header, as qemu's vhost-less tap wants).
+    pub fn create(name: &str) -> io::Result<Tap> {
+        let path = CString::new("/dev/net/tun").map_err(io::Error::other)?;
+        // SAFETY: valid C string; the fd is owned below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("/dev/net/tun: {e}")));
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        // SAFETY: TUNSETIFF takes a pointer to an ifreq.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
+        }
+        Ok(Tap {
+            fd,
+            name: name.to_string(),
+        })
+    }
+}
+
+fn inet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; this is how the API is used.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ioctl(sock: &OwnedFd, req: libc::c_ulong, ifr: &mut libc::ifreq, what: &str) -> io::Result<()> {
+    // SAFETY: every request used here takes a pointer to an ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), req, ifr as *mut libc::ifreq) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+/// Sets `name`'s IPv4 address and prefix.
+pub fn set_addr(name: &str, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr(ip);
+    ioctl(
+        &sock,
+        libc::SIOCSIFADDR,
+        &mut req,
+        &format!("set address of {name}"),
+    )?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
+    ioctl(
+        &sock,
+        libc::SIOCSIFNETMASK,
+        &mut req,
+        &format!("set netmask of {name}"),
+    )
+}
+
+/// Brings `name` up.
+pub fn link_up(name: &str) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    ioctl(
+        &sock,
+        libc::SIOCGIFFLAGS,
+        &mut req,
+        &format!("flags of {name}"),
+    )?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl(
+        &sock,
+        libc::SIOCSIFFLAGS,
+        &mut req,
+        &format!("bring {name} up"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifreq_rejects_bad_names() {
+        assert!(ifreq("").is_err());
+        assert!(ifreq("a-very-long-interface-name").is_err());
+        assert!(ifreq("tap0").is_ok());
+    }
+}

@@ -1,0 +1,512 @@
+//! Recipes: one declarative TOML file says what to build and how to boot and check it.
+//!
+//! Owns: the recipe schema (unknown keys and bad values are errors that name the file, the
+//! key and the line), paths relative to the recipe file, defaults, and address validation.
+//! Must not: build or boot anything.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Microvm,
+    Uml,
+    Rumprun,
+    Osv,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    pub target: Target,
+    pub release: ReleaseCfg,
+    #[serde(default)]
+    pub kernel: KernelCfg,
+    #[serde(default)]
+    pub vm: VmCfg,
+    #[serde(default)]
+    pub network: NetworkCfg,
+    pub distribution: Option<DistributionCfg>,
+    #[serde(default, rename = "check")]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub smoke: SmokeCfg,
+    /// Directory of the recipe file; relative paths are resolved against it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseCfg {
+    /// A release directory, tarball or rebar3 project.
+    pub source: PathBuf,
+    pub profile: Option<String>,
+    pub name: Option<String>,
+    pub otp_root: Option<PathBuf>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCfg {
+    /// A pinned Debian kernel package (TOML file); the default when `path` is unset.
+    pub pin: Option<PathBuf>,
+    /// A kernel image of the user's own (bzImage).
+    pub path: Option<PathBuf>,
+    /// Modules for `path`.
+    pub modules: Option<PathBuf>,
+    /// Extra modules to load (besides the ones the machine and network need).
+    #[serde(default)]
+    pub extra_modules: Vec<String>,
+    /// Extra kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Machine {
+    /// `-M microvm`: virtio-mmio, no PCI, no firmware ROMs (fastest).
+    Microvm,
+    /// `-M pc`: SeaBIOS, PCI.
+    Pc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a short probe boots, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmCfg {
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "default_machine")]
+    pub machine: Machine,
+    #[serde(default = "default_accel")]
+    pub accel: Accel,
+    /// zstd level of the initramfs.
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
+}
+
+fn default_memory() -> u32 {
+    256
+}
+fn default_cpus() -> u32 {
+    1
+}
+fn default_machine() -> Machine {
+    Machine::Microvm
+}
+fn default_accel() -> Accel {
+    Accel::Auto
+}
+fn default_level() -> i32 {
+    9
+}
+
+impl Default for VmCfg {
+    fn default() -> Self {
+        VmCfg {
+            memory_mib: default_memory(),
+            cpus: default_cpus(),
+            machine: default_machine(),
+            accel: default_accel(),
+            compression_level: default_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// A tap device in a private network namespace (needs root).
+    Tap,
+    /// qemu user networking with host port forwards (rootless).
+    User,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCfg {
+    #[serde(default = "default_mode")]
+    pub mode: NetMode,
+    /// Guest address with prefix length, e.g. `10.0.120.101/24`.
+    #[serde(default = "default_guest")]
+    pub guest: String,
+    /// Host side of the tap (inside the private namespace); the guest's gateway.
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub hostname: Option<String>,
+}
+
+fn default_mode() -> NetMode {
+    NetMode::Tap
+}
+fn default_guest() -> String {
+    "10.0.120.101/24".into()
+}
+fn default_host() -> String {
+    "10.0.120.100".into()
+}
+
+impl Default for NetworkCfg {
+    fn default() -> Self {
+        NetworkCfg {
+            mode: default_mode(),
+            guest: default_guest(),
+            host: default_host(),
+            hostname: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributionCfg {
+    /// Node name; the node runs as `NAME@GUEST_IP`.
+    pub node: String,
+    /// The cookie; a random one is generated per build when absent.
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Check {
+    /// Connect, send a line, expect it back.
+    TcpEcho {
+        port: u16,
+        #[serde(default = "default_payload")]
+        payload: String,
+    },
+    /// HTTP/1.0 GET; status must match, body must contain `body_contains`.
+    Http {
+        port: u16,
+        #[serde(default = "default_path")]
+        path: String,
+        #[serde(default = "default_status")]
+        status: u16,
+        #[serde(default)]
+        body_contains: String,
+    },
+    /// A host node in the namespace pings the guest node and runs an rpc:call.
+    Distribution {},
+}
+
+fn default_payload() -> String {
+    "hello there!\n".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeCfg {
+    /// How long the guest may take to answer the first check.
+    #[serde(default = "default_ready")]
+    pub ready_timeout_s: u64,
+    /// How long one check may take once the guest is ready.
+    #[serde(default = "default_check")]
+    pub check_timeout_s: u64,
+}
+
+fn default_ready() -> u64 {
+    120
+}
+fn default_check() -> u64 {
+    30
+}
+
+impl Default for SmokeCfg {
+    fn default() -> Self {
+        SmokeCfg {
+            ready_timeout_s: default_ready(),
+            check_timeout_s: default_check(),
+        }
+    }
+}
+
+/// A parsed guest address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestAddr {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Recipe {
+    pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Recipe::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
+        let invalid = |message: String| RecipeError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut r: Recipe = toml::from_str(text).map_err(|e| invalid(one_line(&e)))?;
+        r.file = path.to_path_buf();
+        r.dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        r.validate().map_err(invalid)?;
+        Ok(r)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "name = {:?}: use letters, digits, '-' and '_'",
+                self.name
+            ));
+        }
+        let g = self.guest_addr()?;
+        let h = self.host_addr()?;
+        if g.ip == h {
+            return Err(format!(
+                "network.guest and network.host are the same address {h}"
+            ));
+        }
+        if !same_subnet(g.ip, h, g.prefix) {
+            return Err(format!(
+                "network.host = {h:?} is not in the guest's subnet {}/{}",
+                g.ip, g.prefix
+            ));
+        }
+        if let Some(hn) = &self.network.hostname {
+            if hn.is_empty()
+                || hn.len() > 63
+                || !hn.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                return Err(format!(
+                    "network.hostname = {hn:?} is not a valid host name"
+                ));
+            }
+        }
+        if !(16..=65536).contains(&self.vm.memory_mib) {
+            return Err(format!(
+                "vm.memory_mib = {}: must be between 16 and 65536",
+                self.vm.memory_mib
+            ));
+        }
+        if !(1..=64).contains(&self.vm.cpus) {
+            return Err(format!(
+                "vm.cpus = {}: must be between 1 and 64",
+                self.vm.cpus
+            ));
+        }
+        if !(1..=22).contains(&self.vm.compression_level) {
+            return Err(format!(
+                "vm.compression_level = {}: zstd levels are 1 to 22",
+                self.vm.compression_level
+            ));
+        }
+        if let Some(d) = &self.distribution {
+            if d.node.is_empty()
+                || !d
+                    .node
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(format!("distribution.node = {:?}: not a node name", d.node));
+            }
+            if let Some(c) = &d.cookie {
+                if c.is_empty() || c.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err("distribution.cookie: must be non-empty, without spaces".into());
+                }
+            }
+        }
+        if self
+            .checks
+            .iter()
+            .any(|c| matches!(c, Check::Distribution {}))
+            && self.distribution.is_none()
+        {
+            return Err("a check of type \"distribution\" needs a [distribution] section".into());
+        }
+        if self.network.mode == NetMode::None && !self.checks.is_empty() {
+            return Err("network.mode = \"none\" cannot run network checks".into());
+        }
+        Ok(())
+    }
+
+    pub fn guest_addr(&self) -> Result<GuestAddr, String> {
+        parse_cidr(&self.network.guest)
+            .ok_or_else(|| format!("network.guest = {:?}: expected an IPv4 address with a prefix length, e.g. \"10.0.120.101/24\"", self.network.guest))
+    }
+
+    pub fn host_addr(&self) -> Result<Ipv4Addr, String> {
+        self.network.host.parse().map_err(|_| {
+            format!(
+                "network.host = {:?}: expected an IPv4 address, e.g. \"10.0.120.100\"",
+                self.network.host
+            )
+        })
+    }
+
+    /// A path from the recipe, resolved against the recipe's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    pub fn hostname(&self) -> String {
+        self.network
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.name.clone())
+    }
+}
+
+pub fn parse_cidr(s: &str) -> Option<GuestAddr> {
+    let (ip, prefix) = s.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    if !(1..=30).contains(&prefix) || ip.is_unspecified() || ip.is_broadcast() {
+        return None;
+    }
+    Some(GuestAddr { ip, prefix })
+}
+
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+/// toml's errors span several lines (with a source excerpt); keep them, indented.
+fn one_line(e: &toml::de::Error) -> String {
+    e.to_string().trim_end().replace('\n', "\n  ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "echo-microvm"
+target = "microvm"
+[release]
+source = "../examples/echo"
+[network]
+guest = "10.0.120.101/24"
+host = "10.0.120.100"
+[distribution]
+node = "echo"
+[[check]]
+type = "tcp_echo"
+port = 8080
+[[check]]
+type = "distribution"
+"#;
+
+    fn parse(t: &str) -> Result<Recipe, String> {
+        Recipe::parse(t, Path::new("recipes/x.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn good_recipe_and_defaults() {
+        let r = parse(GOOD).unwrap();
+        assert_eq!(r.vm.memory_mib, 256);
+        assert_eq!(r.vm.machine, Machine::Microvm);
+        assert_eq!(r.checks.len(), 2);
+        assert_eq!(r.resolve(Path::new("a")), Path::new("recipes/a"));
+        assert_eq!(
+            r.guest_addr().unwrap(),
+            GuestAddr {
+                ip: Ipv4Addr::new(10, 0, 120, 101),
+                prefix: 24
+            }
+        );
+        assert!(r.distribution.unwrap().cookie.is_none());
+    }
+
+    #[test]
+    fn typo_key_is_named_with_its_line() {
+        let e = parse(&GOOD.replace("[vm]", "").replace("host = ", "hots = ")).unwrap_err();
+        assert!(e.starts_with("recipes/x.toml: "), "{e}");
+        assert!(e.contains("unknown field `hots`"), "{e}");
+        assert!(e.contains("line 8"), "{e}");
+        let e = parse(&format!("{GOOD}\n[vm]\nmemory = 5\n")).unwrap_err();
+        assert!(e.contains("unknown field `memory`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (from, to, needle) in [
+            ("10.0.120.101/24", "10.0.120.300/24", "network.guest"),
+            ("10.0.120.101/24", "10.0.120.101", "network.guest"),
+            (
+                "host = \"10.0.120.100\"",
+                "host = \"10.0.121.100\"",
+                "not in the guest's subnet",
+            ),
+            (
+                "host = \"10.0.120.100\"",
+                "host = \"10.0.120.101\"",
+                "same address",
+            ),
+            ("node = \"echo\"", "node = \"ec ho\"", "distribution.node"),
+            (
+                "target = \"microvm\"",
+                "target = \"xen\"",
+                "unknown variant `xen`",
+            ),
+            ("port = 8080", "port = 80800", "invalid value"),
+            (
+                "type = \"tcp_echo\"",
+                "type = \"smtp\"",
+                "unknown variant `smtp`",
+            ),
+        ] {
+            let e = parse(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+        let e = parse(&GOOD.replace("[distribution]\nnode = \"echo\"\n", "")).unwrap_err();
+        assert!(e.contains("needs a [distribution] section"), "{e}");
+    }
+}

@@ -1,0 +1,84 @@
+//! Recipe-level operations shared by the CLI, xtask and tests: build a recipe's image,
+//! boot a built image, smoke-test a recipe.
+//!
+//! Must not: print (progress goes through [`Progress`]).
+
+use std::path::{Path, PathBuf};
+
+use crate::boot::{qemu, BootError, BootPlan};
+use crate::pipeline::{Error, Progress};
+use crate::recipe::{Accel, Recipe, Target};
+use crate::sandbox::{self, Mode, Outcome, Request};
+use crate::smoke::Report;
+use crate::target::microvm::{self, Built};
+
+pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
+    match recipe.target {
+        Target::Microvm => microvm::build(recipe, out_root, progress),
+        other => Err(Error::Recipe(format!(
+            "{}: target {other:?} cannot be built yet (see the README support matrix)",
+            recipe.file.display()
+        ))),
+    }
+}
+
+/// Boots the image in `dir` (a build's output directory) in a fresh sandbox.
+pub fn boot(
+    dir: &Path,
+    accel: Option<Accel>,
+    mode: Mode,
+    progress: &dyn Progress,
+) -> Result<(BootPlan, Outcome, PathBuf), Error> {
+    let plan = BootPlan::load(dir)?;
+    qemu::check_installed()?;
+    progress.step("choosing the accelerator");
+    let kvm = qemu::resolve_accel(
+        accel.unwrap_or(plan.accel),
+        &dir.join(&plan.kernel),
+        &crate::kernel::default_cache_dir(),
+    ) == qemu::Accelerator::Kvm;
+    let console_log = dir.join("console.log");
+    progress.step(match mode {
+        Mode::Smoke => "booting and running the checks",
+        Mode::Interactive => "booting",
+    });
+    let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let req = Request {
+        dir: dir_abs,
+        plan: plan.clone(),
+        mode,
+        kvm,
+        console_log: console_log.clone(),
+    };
+    let outcome = sandbox::run(&req)?;
+    if let Some(e) = &outcome.error {
+        return Err(Error::Boot(BootError::Net(e.clone())));
+    }
+    Ok((plan, outcome, console_log))
+}
+
+/// Builds and smoke-tests a recipe. The console log is kept only when a check failed.
+pub fn smoke(
+    recipe: &Recipe,
+    out_root: &Path,
+    progress: &dyn Progress,
+) -> Result<(Built, Report, PathBuf), Error> {
+    if recipe.checks.is_empty() {
+        return Err(Error::Recipe(format!(
+            "{}: no [[check]] to run",
+            recipe.file.display()
+        )));
+    }
+    let built = build(recipe, out_root, progress)?;
+    let (_, outcome, log) = boot(&built.dir, None, Mode::Smoke, progress)?;
+    let report = outcome
+        .report
+        .ok_or_else(|| Error::Recipe("the sandbox returned no report".into()))?;
+    if report.passed {
+        let _ = std::fs::remove_file(&log);
+    }
+    Ok((built, report, log))
+}

@@ -1,0 +1,363 @@
+//! The microvm target, booted for real under qemu (TCG here) in a private network
+//! namespace, through the `beambake` CLI. Every VM test takes `vm_lock()`.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn needs_vm_host() -> Option<&'static str> {
+    if !is_root() {
+        return Some("tap networking in a private namespace needs root");
+    }
+    if !have("qemu-system-x86_64") {
+        return Some("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
+    }
+    None
+}
+
+fn smoke(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "smoke",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    beambake(&args)
+}
+
+#[test]
+fn echo_microvm_passes_echo_http_and_distribution() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    let _vm = vm_lock();
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let junit = d.path().join("junit.xml");
+    let out = smoke(
+        &recipe,
+        &d.path().join("out"),
+        &["--json", "--junit", junit.to_str().unwrap()],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    assert!(out.status.success(), "{report:#}\n{}", stderr(&out));
+    assert_eq!(report["passed"], true);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tcp_echo:8080", "http:8081/", "distribution"]);
+    let dist = report["checks"][2]["message"].as_str().unwrap();
+    assert!(
+        dist.contains("pong") && dist.contains("echo@10.0.120.101"),
+        "{dist}"
+    );
+    assert!(report["boot_to_ready_ms"].as_u64().unwrap() > 0);
+    let x = fs::read_to_string(&junit).unwrap();
+    assert!(x.contains("tests=\"3\" failures=\"0\""), "{x}");
+    // The build's artefacts: image, kernel, plan, manifest; the cookie is private.
+    let dir = d.path().join("out/echo-microvm");
+    for f in [
+        "echo-microvm.cpio.zst",
+        "vmlinuz",
+        "boot.json",
+        "manifest.json",
+        "cookie",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(dir.join("cookie"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(
+        !dir.join("console.log").exists(),
+        "console log kept after a passing run"
+    );
+}
+
+#[test]
+fn cookies_are_random_per_build_unless_the_recipe_sets_one() {
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let out = d.path().join("out");
+    let build = || {
+        let o = beambake(&[
+            "build",
+            recipe.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        fs::read_to_string(out.join("echo-microvm/cookie")).unwrap()
+    };
+    let (a, b) = (build(), build());
+    assert_ne!(a, b);
+    assert!(a.len() >= 20);
+    let fixed = recipe_copy(
+        "echo-microvm",
+        d.path(),
+        &[("# cookie = \"...\"", "cookie = \"s3cret\"")],
+    );
+    let o = beambake(&[
+        "build",
+        fixed.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_to_string(out.join("echo-microvm/cookie")).unwrap(),
+        "s3cret"
+    );
+}
+
+#[test]
+fn a_release_that_exits_at_once_reports_its_status_not_a_timeout() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    // A release whose application cannot start: the echo port is not a port.
+    let project = d.path().join("broken");
+    copy_dir(&repo_root().join("examples/echo"), &project);
+    let _ = fs::remove_dir_all(project.join("_build"));
+    let cfg = project.join("config/sys.config");
+    fs::write(
+        &cfg,
+        fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("{port, 8080}", "{port, not_a_port}"),
+    )
+    .unwrap();
+    let recipe = recipe_copy(
+        "echo-microvm",
+        d.path(),
+        &[("ready_timeout_s = 120", "ready_timeout_s = 300")],
+    );
+    let text = fs::read_to_string(&recipe).unwrap().replace(
+        &format!(
+            "source = {:?}",
+            repo_root().join("examples/echo").display().to_string()
+        ),
+        &format!("source = {:?}", project.display().to_string()),
+    );
+    fs::write(&recipe, text).unwrap();
+    let _vm = vm_lock();
+    let start = Instant::now();
+    let out = smoke(&recipe, &d.path().join("out"), &[]);
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("guest exited with status 1"), "{text}");
+    assert!(
+        text.contains("release exited with status 1"),
+        "console tail missing: {text}"
+    );
+    assert!(text.contains("FAIL"), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(250),
+        "waited for the timeout instead"
+    );
+    assert!(
+        d.path().join("out/echo-microvm/console.log").is_file(),
+        "console log of a failed run not kept"
+    );
+}
+
+#[test]
+fn a_check_against_a_closed_port_fails_within_its_bound() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy(
+        "echo-microvm",
+        d.path(),
+        &[
+            ("port = 8081", "port = 9999"),
+            ("check_timeout_s = 30", "check_timeout_s = 3"),
+        ],
+    );
+    let _vm = vm_lock();
+    let out = smoke(&recipe, &d.path().join("out"), &["--json"]);
+    assert!(!out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["checks"][0]["passed"], true, "{r:#}");
+    assert_eq!(r["checks"][1]["passed"], false);
+    assert!(
+        r["checks"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{r:#}"
+    );
+    assert!(r["checks"][1]["millis"].as_u64().unwrap() < 30_000);
+}
+
+#[test]
+fn bad_kernel_and_missing_module_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let text = d.path().join("vmlinuz");
+    fs::write(&text, "this is not a kernel\n").unwrap();
+    let recipe = recipe_copy(
+        "echo-microvm",
+        d.path(),
+        &[(
+            "# path = \"/boot/vmlinuz-...\"",
+            &format!("path = {:?}", text.display().to_string()),
+        )],
+    );
+    let out = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        d.path().join("o").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("vmlinuz") && err.to_lowercase().contains("not a"),
+        "{err}"
+    );
+
+    let recipe = recipe_copy(
+        "echo-microvm",
+        d.path(),
+        &[("[vm]", "extra_modules = [\"no_such_module\"]\n\n[vm]")],
+    );
+    let out = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        d.path().join("o").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no_such_module"), "{}", stderr(&out));
+}
+
+#[test]
+fn recipe_typo_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy(
+        "echo-microvm",
+        d.path(),
+        &[("memory_mib = 256", "memroy_mib = 256")],
+    );
+    let out = beambake(&["build", recipe.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("echo-microvm.toml") && err.contains("unknown field `memroy_mib`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn qemu_missing_gives_an_install_hint() {
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let out_dir = d.path().join("out");
+    let o = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
+        .args(["boot", out_dir.join("echo-microvm").to_str().unwrap()])
+        .env("PATH", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("apt-get install qemu-system-x86"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Kills the parent `beambake smoke` (SIGINT, then SIGKILL in a second run) once its VM
+/// runs: no qemu, namespace or tap may survive.
+#[test]
+fn killing_a_smoke_run_leaves_nothing_behind() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    let _vm = vm_lock();
+    for signal in [libc_sig::SIGINT, libc_sig::SIGKILL] {
+        let d = tempfile::tempdir().unwrap();
+        let marker = format!("killtest{signal}x{}", std::process::id());
+        let recipe = recipe_copy(
+            "echo-microvm",
+            d.path(),
+            &[("name = \"echo-microvm\"", &format!("name = \"{marker}\""))],
+        );
+        let before = netns_in_use();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_beambake"))
+            .args([
+                "smoke",
+                recipe.to_str().unwrap(),
+                "--out",
+                d.path().join("out").to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let qemu = loop {
+            let q = processes_matching(&format!("beambake-{marker}"));
+            if !q.is_empty() {
+                break q;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "qemu never started"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let ns = fs::read_link(format!("/proc/{}/ns/net", qemu[0]))
+            .unwrap()
+            .display()
+            .to_string();
+        assert!(!before.contains(&ns), "qemu is not in a private namespace");
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { kill(child.id() as i32, signal) };
+        let _ = child.wait();
+        let start = Instant::now();
+        while !processes_matching(&format!("beambake-{marker}")).is_empty()
+            || netns_in_use().contains(&ns)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "qemu or its namespace survived signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+mod libc_sig {
+    pub const SIGINT: i32 = 2;
+    pub const SIGKILL: i32 = 9;
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}

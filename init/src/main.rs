@@ -1,0 +1,209 @@
+//! `beambake-init`: PID 1 of a beambake guest VM. It mounts the early
+//! filesystems, loads the listed kernel modules, configures loopback, eth0,
+//! the default route and the hostname from the kernel command line, starts
+//! the services and the Erlang release described by
+//! `/etc/beambake/launch.json`, reaps every process, and powers the VM off
+//! with the release's exit code.
+//!
+//! Owns: the order of the boot steps, what is fatal, and the fatal path
+//! (`beambake-init: fatal: ...`, power off with code 1).
+//!
+//! Must not: exit or return from `main` while PID 1 (the kernel panics),
+//! `unwrap()` anything that depends on input, or contain the details of any
+//! step: those live in the modules below.
+
+mod cmdline;
+mod log;
+mod modules;
+mod mount;
+mod net;
+mod power;
+mod spec;
+mod supervise;
+
+use std::fmt::Display;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use cmdline::{Config, Diagnostic, Ipv4Cidr};
+use log::{debug, error, info, warning};
+
+const DEFAULT_HOSTNAME: &str = "beambake";
+
+/// Print `beambake-init: fatal: MSG`, kill whatever runs, sync, power off
+/// with code 1.
+fn fatal(msg: impl Display) -> ! {
+    info!("fatal: {msg}");
+    // SAFETY: kill(-1) from PID 1 spares init itself; sync has no arguments.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+        libc::sync();
+    }
+    power::power_off(1)
+}
+
+fn main() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        // Everything below (mounts, kill(-1), power off) is only sane in a
+        // guest where we are init.
+        eprintln!("beambake-init: must run as PID 1 (the init of a beambake VM)");
+        std::process::exit(2);
+    }
+    std::panic::set_hook(Box::new(|info| fatal(format_args!("panic: {info}"))));
+    if let Err(e) = supervise::install_signal_handlers() {
+        // Not fatal: the release still runs, it just cannot be stopped by a
+        // signal to init.
+        error!("cannot install signal handlers: {e}");
+    }
+    // Ctrl-Alt-Del becomes SIGINT to init (forwarded) instead of a reset.
+    // SAFETY: reboot(2) with a documented command; only changes CAD mode.
+    unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_CAD_OFF) };
+
+    let (mounted, failures) = mount::mount_all();
+    log::ensure_std_fds();
+    for f in &failures {
+        if f.required {
+            fatal(&f.message);
+        }
+        error!("{} (continuing without {})", f.message, f.target);
+    }
+
+    let cfg = read_cmdline();
+    debug!("mounted {}", mounted.join(" "));
+
+    match modules::load_all(Path::new(modules::MODULES_PATH), |path, already| {
+        if already {
+            debug!("module {path} already loaded");
+        } else {
+            debug!("loaded module {path}");
+        }
+    }) {
+        Ok(n) => debug!("{n} kernel modules listed"),
+        Err(e) => fatal(e),
+    }
+
+    let ip = setup_network(&cfg);
+    let hostname = cfg.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
+    setup_hostname(hostname, ip);
+
+    let launch = match spec::load(Path::new(spec::LAUNCH_PATH)) {
+        Ok(l) => l,
+        Err(e) => fatal(e),
+    };
+    debug!(
+        "launch spec: release {} {}, {} service(s)",
+        launch.release,
+        launch.vsn,
+        launch.services.len()
+    );
+
+    let mut sup = supervise::Supervisor::default();
+    for s in &launch.services {
+        if supervise::pending_signal().is_some() {
+            break;
+        }
+        if let Err(e) = sup.start_service(s) {
+            fatal(e);
+        }
+    }
+    // SIGTERM/SIGINT/SIGPWR before the release exists: do not start it.
+    if let Some(sig) = supervise::pending_signal() {
+        info!("signal {sig} received before the release started, shutting down");
+        supervise::stop_everything();
+        power::power_off(supervise::Exit::Signal(sig).code());
+    }
+    match sup.run_release(
+        &launch.release,
+        &launch.vsn,
+        &launch.argv,
+        &launch.env,
+        &launch.cwd,
+    ) {
+        Ok(exit) => supervise::finish(exit),
+        Err(e) => fatal(e),
+    }
+}
+
+/// Read and parse `/proc/cmdline`, set the debug switch, log diagnostics.
+fn read_cmdline() -> Config {
+    let text = match std::fs::read_to_string("/proc/cmdline") {
+        Ok(t) => t,
+        Err(e) => {
+            error!("cannot read /proc/cmdline: {e} (using defaults)");
+            return Config::default();
+        }
+    };
+    let (cfg, diags) = cmdline::parse(&text);
+    log::set_debug(cfg.debug);
+    debug!("kernel command line: {}", text.trim_end());
+    for d in &diags {
+        match d {
+            Diagnostic::UnknownKey(_) => warning!("{d}"),
+            Diagnostic::Malformed { .. } => error!("{d}"),
+        }
+    }
+    cfg
+}
+
+/// Loopback, then eth0 and the default route if asked for. Failures are
+/// logged, not fatal. Returns the address actually configured on eth0.
+fn setup_network(cfg: &Config) -> Option<Ipv4Addr> {
+    let sock = match net::Sock::new() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot create a socket for network setup: {e}");
+            return None;
+        }
+    };
+    match net::setup_loopback(&sock) {
+        Ok(()) => debug!("lo is up"),
+        Err(e) => error!("cannot bring up lo: {e}"),
+    }
+    let Some(ip) = cfg.ip else {
+        if cfg.gw.is_some() {
+            warning!("beambake.gw is set without beambake.ip, ignored");
+        }
+        return None;
+    };
+    if let Err(e) = setup_eth0(&sock, ip) {
+        error!("cannot configure eth0 with {ip}: {e}");
+        return None;
+    }
+    debug!("eth0 is up with {ip}");
+    if let Some(gw) = cfg.gw {
+        match sock.add_default_route(gw) {
+            Ok(()) => debug!("default route via {gw}"),
+            Err(e) => error!("cannot add default route via {gw}: {e}"),
+        }
+    }
+    Some(ip.addr)
+}
+
+fn setup_eth0(sock: &net::Sock, ip: Ipv4Cidr) -> std::io::Result<()> {
+    const IF: &str = "eth0";
+    if !sock.wait_for(IF, Duration::from_secs(5), Duration::from_millis(10))? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "eth0 did not appear within 5 s (is virtio_net listed in /etc/beambake/modules?)",
+        ));
+    }
+    debug!("eth0 exists");
+    sock.set_addr(IF, ip.addr)?;
+    sock.set_netmask(IF, ip.netmask())?;
+    sock.up(IF)
+}
+
+fn setup_hostname(hostname: &str, ip: Option<Ipv4Addr>) {
+    match net::set_hostname(hostname) {
+        Ok(()) => debug!("hostname {hostname}"),
+        Err(e) => error!("cannot set hostname {hostname}: {e}"),
+    }
+    match net::write_hosts(&net::hosts_content(hostname, ip)) {
+        Ok(net::EtcHosts::Written) => debug!("wrote /run/hosts and /etc/hosts"),
+        Ok(net::EtcHosts::Symlink) => debug!("wrote /run/hosts (/etc/hosts is a symlink)"),
+        Ok(net::EtcHosts::ReadOnly) => debug!("wrote /run/hosts (/etc is read-only)"),
+        Err(e) => error!("cannot write hosts file: {e}"),
+    }
+}
