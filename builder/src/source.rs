@@ -67,6 +67,8 @@ pub struct Source {
     /// sha256 of the tarball, or of the release directory tree.
     pub sha256: String,
     _tmp: Option<tempfile::TempDir>,
+    /// Held while the release is read: another beambake building the same project waits.
+    _lock: Option<std::fs::File>,
 }
 
 /// Options for resolving an input.
@@ -108,6 +110,7 @@ impl Source {
                 release_dir: tmp.path().to_path_buf(),
                 sha256,
                 _tmp: Some(tmp),
+                _lock: None,
             });
         }
         if input.join("releases").is_dir() {
@@ -118,9 +121,11 @@ impl Source {
                 release_dir: input.to_path_buf(),
                 sha256,
                 _tmp: None,
+                _lock: None,
             });
         }
         if input.join("rebar.config").is_file() {
+            let lock = lock_project(input)?;
             let dir = rebar3_release(input, opts)?;
             let sha256 = digest::sha256_tree(&dir).map_err(|source| SourceError::Io {
                 path: dir.clone(),
@@ -132,6 +137,7 @@ impl Source {
                 release_dir: dir,
                 sha256,
                 _tmp: None,
+                _lock: Some(lock),
             });
         }
         if input.join("mix.exs").is_file() {
@@ -143,6 +149,29 @@ impl Source {
             path: input.to_path_buf(),
         })
     }
+}
+
+/// An exclusive lock on the project's `_build` (rebar3 rewrites the release in place; two
+/// builds at once would read each other's half-written files).
+fn lock_project(project: &Path) -> Result<fs::File, SourceError> {
+    use std::os::fd::AsRawFd;
+    let build = project.join("_build");
+    let io = |source| SourceError::Io {
+        path: build.clone(),
+        source,
+    };
+    fs::create_dir_all(&build).map_err(io)?;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(build.join(".beambake.lock"))
+        .map_err(io)?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(f)
 }
 
 /// Runs `rebar3 [as PROFILE] release` in `project` and returns `_build/PROFILE/rel/NAME`.
