@@ -45,6 +45,10 @@ pub struct Options {
     pub mtime: u64,
     /// Run as a distributed node: (`NAME@HOST`, cookie).
     pub distribution: Option<(String, String)>,
+    /// Code loading mode replacing the release's (`embedded`/`interactive`).
+    pub code_loading: Option<String>,
+    /// Extra emulator/init arguments for the launch spec.
+    pub extra_args: Vec<String>,
 }
 
 /// A host library pulled in by the ELF closure.
@@ -106,6 +110,13 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
             )));
         }
         launch = launch.with_distribution(node, cookie);
+    }
+    if let Some(mode) = &opts.code_loading {
+        launch = launch.with_mode(mode);
+    }
+    if !opts.extra_args.is_empty() {
+        let extra: Vec<&str> = opts.extra_args.iter().map(String::as_str).collect();
+        launch = launch.with_args(&extra);
     }
     tree.add_bytes(
         launch::LAUNCH_PATH,

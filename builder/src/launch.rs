@@ -111,6 +111,16 @@ impl LaunchSpec {
         }
     }
 
+    /// Replaces the code loading mode (`embedded` or `interactive`).
+    pub fn with_mode(mut self, mode: &str) -> LaunchSpec {
+        if let Some(i) = self.argv.iter().position(|a| a == "-mode") {
+            if let Some(v) = self.argv.get_mut(i + 1) {
+                *v = mode.to_string();
+            }
+        }
+        self
+    }
+
     /// Runs the release as a distributed node `node` with `cookie`, with epmd started by
     /// the init (`-start_epmd false`: erlexec would need a shell to start it).
     pub fn with_distribution(self, node: &str, cookie: &str) -> LaunchSpec {

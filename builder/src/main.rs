@@ -88,7 +88,7 @@ enum Command {
     },
     /// Build, boot in a fresh namespace, run the recipe's checks, tear everything down.
     Smoke {
-        /// Recipe file (TOML).
+        /// Recipe file (TOML), or a build's output directory (smoke without building).
         recipe: PathBuf,
         #[command(flatten)]
         out: OutArgs,
@@ -193,6 +193,8 @@ impl InputArgs {
             prefix: self.prefix.clone(),
             mtime: Tree::epoch_from_env()?,
             distribution: None,
+            code_loading: None,
+            extra_args: Vec::new(),
         })
     }
 }
@@ -354,11 +356,17 @@ fn run(cli: Cli) -> Result<u8> {
             junit,
             json,
         } => {
-            let recipe = Recipe::load(&recipe)?;
             let steps = Steps::new(cli.verbose, false);
-            let result = run::smoke(&recipe, &out.out, &steps);
+            let result = if recipe.is_dir() {
+                run::smoke_dir(&recipe, &steps)
+            } else {
+                Recipe::load(&recipe)
+                    .map_err(beambake::pipeline::Error::from)
+                    .and_then(|r| run::smoke(&r, &out.out, &steps))
+                    .map(|(_, report, log)| (report, log))
+            };
             steps.done();
-            let (_, report, log) = result?;
+            let (report, log) = result?;
             if let Some(j) = &junit {
                 beambake::smoke::write_junit(&report, j)?;
             }

@@ -47,6 +47,8 @@ pub struct Recipe {
     pub checks: Vec<Check>,
     #[serde(default)]
     pub smoke: SmokeCfg,
+    #[serde(default)]
+    pub launch: LaunchCfg,
     /// Directory of the recipe file; relative paths are resolved against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -63,6 +65,26 @@ pub struct ReleaseCfg {
     pub name: Option<String>,
     pub otp_root: Option<PathBuf>,
     pub prefix: Option<String>,
+}
+
+/// How the BEAM is started in the guest.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchCfg {
+    /// `embedded` (the release's own choice, relx's default: every module of the boot
+    /// script loaded at start) or `interactive` (modules loaded on first use: faster
+    /// boot, measured in BENCHMARKS.md).
+    pub code_loading: Option<CodeLoading>,
+    /// Extra emulator/init arguments (e.g. `["+S", "1:1"]`).
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeLoading {
+    Embedded,
+    Interactive,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

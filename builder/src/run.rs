@@ -60,6 +60,24 @@ pub fn boot(
     Ok((plan, outcome, console_log))
 }
 
+/// Smoke-tests an already built image (a build's output directory).
+pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf), Error> {
+    let (plan, outcome, log) = boot(dir, None, Mode::Smoke, progress)?;
+    if plan.checks.is_empty() {
+        return Err(Error::Recipe(format!(
+            "{}: the plan has no checks",
+            dir.display()
+        )));
+    }
+    let report = outcome
+        .report
+        .ok_or_else(|| Error::Recipe("the sandbox returned no report".into()))?;
+    if report.passed {
+        let _ = std::fs::remove_file(&log);
+    }
+    Ok((report, log))
+}
+
 /// Builds and smoke-tests a recipe. The console log is kept only when a check failed.
 pub fn smoke(
     recipe: &Recipe,
@@ -73,12 +91,6 @@ pub fn smoke(
         )));
     }
     let built = build(recipe, out_root, progress)?;
-    let (_, outcome, log) = boot(&built.dir, None, Mode::Smoke, progress)?;
-    let report = outcome
-        .report
-        .ok_or_else(|| Error::Recipe("the sandbox returned no report".into()))?;
-    if report.passed {
-        let _ = std::fs::remove_file(&log);
-    }
+    let (report, log) = smoke_dir(&built.dir, progress)?;
     Ok((built, report, log))
 }

@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod bench;
+
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
@@ -38,8 +40,19 @@ fn main() -> Result<()> {
         Some("test") => test(&sh, &args[1..]),
         Some("build-image") => beambake(&sh, "build", &args[1..]),
         Some("smoke") => beambake(&sh, "smoke", &args[1..]),
+        Some("bench") => {
+            deps(&sh)?;
+            for (tool, pkg) in [("busybox", "busybox-static"), ("zstd", "zstd")] {
+                if !have(&sh, tool) {
+                    install(&sh, &[pkg])?;
+                }
+            }
+            bench::bench(&sh, &root())
+        }
         _ => {
-            eprintln!("usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE>");
+            eprintln!(
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench>"
+            );
             std::process::exit(2);
         }
     }
@@ -70,16 +83,20 @@ fn deps(sh: &Shell) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    install(sh, &missing)
+}
+
+fn install(sh: &Shell, packages: &[&str]) -> Result<()> {
     let uid = cmd!(sh, "id -u").quiet().read().unwrap_or_default();
     if uid.trim() != "0" {
         bail!(
             "missing host packages; run:\n  sudo apt-get update && sudo apt-get install -y {}",
-            missing.join(" ")
+            packages.join(" ")
         );
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
+    eprintln!("xtask: installing {}", packages.join(" "));
     cmd!(sh, "apt-get update -q").run()?;
-    cmd!(sh, "apt-get install -y -q {missing...}")
+    cmd!(sh, "apt-get install -y -q {packages...}")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()?;
     Ok(())

@@ -59,7 +59,16 @@ pub fn command(plan: &BootPlan, dir: &Path, accel: Accelerator, console: Console
     ]);
     c.arg("-kernel").arg(dir.join(&plan.kernel));
     c.arg("-initrd").arg(dir.join(&plan.initrd));
-    c.args(["-append", &plan.cmdline]);
+    let mut cmdline = plan.cmdline.clone();
+    if accel == Accelerator::Tcg && !cmdline.contains("tsc_early_khz=") {
+        // Under TCG the guest's TSC is the host's. Calibrating it against the PIT fails
+        // now and then on a busy host, and microvm has no HPET or PM timer to fall back
+        // on: the kernel then hangs silently. Tell it the frequency instead.
+        if let Some(khz) = host_tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    c.args(["-append", &cmdline]);
     match console {
         Console::File(log) => {
             c.arg("-chardev")
@@ -102,6 +111,26 @@ pub fn command(plan: &BootPlan, dir: &Path, accel: Accelerator, console: Console
     // Lets the init end qemu with the guest's status: (status << 1) | 1.
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     c
+}
+
+/// The host's TSC frequency in kHz, measured against CLOCK_MONOTONIC over 50 ms and
+/// rounded to 1 MHz (`None` off x86_64 or when the TSC looks unusable).
+pub fn host_tsc_khz() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+        let c0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: as above.
+        let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+        let ns = c0.elapsed().as_nanos() as u64;
+        let khz = (t1.checked_sub(t0)?).checked_mul(1_000_000)? / ns.max(1);
+        let khz = (khz + 500) / 1000 * 1000;
+        (100_000..=10_000_000).contains(&khz).then_some(khz)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 /// Ports the user network forwards (the checks' ports).
@@ -230,6 +259,13 @@ fn probe_kvm(kernel: &Path) -> Accelerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_tsc_is_plausible() {
+        if let Some(khz) = host_tsc_khz() {
+            assert!(khz % 1000 == 0 && khz >= 100_000, "{khz}");
+        }
+    }
 
     #[test]
     fn status_decoding() {

@@ -132,6 +132,14 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
         prefix: recipe.release.prefix.clone(),
         mtime: Tree::epoch_from_env()?,
         distribution: node.clone().zip(cookie.clone()),
+        code_loading: recipe.launch.code_loading.map(|m| {
+            match m {
+                crate::recipe::CodeLoading::Embedded => "embedded",
+                crate::recipe::CodeLoading::Interactive => "interactive",
+            }
+            .to_string()
+        }),
+        extra_args: recipe.launch.extra_args.clone(),
     };
     let mut prepared = pipeline::prepare(&input, &opts, progress)?;
     progress.step("fetching the kernel");

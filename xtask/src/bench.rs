@@ -1,0 +1,243 @@
+//! `cargo xtask bench`: build time (built release -> image, warm cache), image size,
+//! boot-to-echo-reply under TCG and peak RSS of the build, median of N runs, for
+//! beambake's microvm image and for a naive baseline of the same release (busybox +
+//! shell-script init running `bin/echo foreground`, `find | cpio | gzip`, same kernel,
+//! same qemu flags). Prints a Markdown report (also written to target/bench.md).
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+const RUNS: usize = 5;
+
+struct Run {
+    secs: f64,
+    max_rss_kib: i64,
+}
+
+/// Runs a command, returning wall time and the child's peak RSS (wait4).
+fn measured(cmd: &mut Command) -> Result<Run> {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 on our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let secs = start.elapsed().as_secs_f64();
+    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{cmd:?} failed: {err}");
+    }
+    Ok(Run {
+        secs,
+        max_rss_kib: ru.ru_maxrss,
+    })
+}
+
+/// `sh -c SCRIPT` (pipelines of the naive baseline).
+fn sh_c(sh: &Shell, script: String) -> xshell::Cmd<'_> {
+    cmd!(sh, "sh -c {script}")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn smoke_ms(bb: &Path, dir: &Path) -> Result<f64> {
+    let out = Command::new(bb)
+        .args(["smoke", "--json"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "smoke {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if v["passed"] != true {
+        bail!("smoke of {} failed: {v:#}", dir.display());
+    }
+    v["boot_to_ready_ms"]
+        .as_f64()
+        .context("no boot_to_ready_ms in the report")
+}
+
+pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
+    cmd!(sh, "cargo build --release -q -p beambake").run()?;
+    let bb = root.join("target/release/beambake");
+    let work = root.join("target/bench");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+
+    // A built release (the thing being measured is release -> image).
+    let project = work.join("echo");
+    cmd!(sh, "cp -r {root}/examples/echo {project}").run()?;
+    let _ = fs::remove_dir_all(project.join("_build"));
+    {
+        let _d = sh.push_dir(&project);
+        cmd!(sh, "rebar3 release").quiet().ignore_stdout().run()?;
+    }
+    let release = project.join("_build/default/rel/echo");
+    let recipe = work.join("bench.toml");
+    let text = fs::read_to_string(root.join("recipes/echo-microvm.toml"))?;
+    let text = text
+        .replace(
+            "source = \"../examples/echo\"",
+            &format!("source = {:?}", release.display().to_string()),
+        )
+        .replace("accel = \"auto\"", "accel = \"tcg\"");
+    // Boot-to-echo only: the TCP echo check, no distribution.
+    let cut = text
+        .find("[distribution]")
+        .context("recipe layout changed")?;
+    let text = format!(
+        "{}[[check]]\ntype = \"tcp_echo\"\nport = 8080\n",
+        &text[..cut]
+    );
+    fs::write(&recipe, text)?;
+    let out = work.join("out");
+    let build = || {
+        measured(
+            Command::new(&bb)
+                .arg("build")
+                .arg(&recipe)
+                .arg("--out")
+                .arg(&out),
+        )
+    };
+    build()?; // warm the kernel cache
+    let mut builds = vec![];
+    for _ in 0..RUNS {
+        builds.push(build()?);
+    }
+    let dir = out.join("echo-microvm");
+    let image = dir.join("echo-microvm.cpio.zst");
+    let image_size = fs::metadata(&image)?.len();
+    let kernel_size = fs::metadata(dir.join("vmlinuz"))?.len();
+
+    // The naive baseline: the same files, but busybox + a shell init + the relx start
+    // script, packed with find | cpio | gzip.
+    let base_dir = work.join("baseline");
+    let tree = work.join("baseline-tree");
+    fs::create_dir_all(&base_dir)?;
+    fs::create_dir_all(&tree)?;
+    let raw = work.join("raw.cpio");
+    cmd!(sh, "{bb} rootfs {release} -o {raw}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    {
+        let _d = sh.push_dir(&tree);
+        sh_c(sh, format!("cpio -idm --quiet < {}", raw.display())).run()?;
+        // the kernel modules, exactly as beambake found them
+        sh_c(
+            sh,
+            format!(
+                "zstd -dc {} | cpio -idm --quiet 'usr/lib/modules/*' 'etc/beambake/modules'",
+                image.display()
+            ),
+        )
+        .run()?;
+    }
+    fs::create_dir_all(tree.join("bin"))?;
+    fs::copy("/bin/busybox", tree.join("bin/busybox"))?;
+    let applets = cmd!(sh, "/bin/busybox --list").read()?;
+    for a in applets.lines() {
+        let l = tree.join("bin").join(a);
+        if !l.exists() {
+            std::os::unix::fs::symlink("busybox", &l)?;
+        }
+    }
+    fs::write(
+        tree.join("init"),
+        "#!/bin/sh\n\
+         mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
+         mount -t tmpfs tmp /tmp\n\
+         for m in $(cat /etc/beambake/modules); do insmod $m; done\n\
+         ip link set lo up\n\
+         while ! ip link show eth0 >/dev/null 2>&1; do sleep 0.05; done\n\
+         ip addr add 10.0.120.101/24 dev eth0; ip link set eth0 up\n\
+         export HOME=/root PATH=/bin\n\
+         exec /opt/echo/bin/echo foreground\n",
+    )?;
+    cmd!(sh, "chmod 755 {tree}/init").run()?;
+    let _ = fs::remove_file(tree.join("etc/beambake/launch.json"));
+    // relx's start script refuses to run without a node name; a user's vm.args has one
+    // (rebar3's template: `-sname NAME`), so erlexec starts epmd through /bin/sh.
+    let vm_args = tree.join("opt/echo/releases/0.1.0/vm.args");
+    let mut va = fs::read_to_string(&vm_args)?;
+    va.push_str("-sname echo\n");
+    fs::write(&vm_args, va)?;
+    let base_image = base_dir.join("baseline.cpio.gz");
+    let base_build = {
+        let start = Instant::now();
+        let _d = sh.push_dir(&tree);
+        sh_c(
+            sh,
+            format!(
+                "find . | cpio -o -H newc --quiet | gzip -1 > {}",
+                base_image.display()
+            ),
+        )
+        .run()?;
+        start.elapsed().as_secs_f64()
+    };
+    let base_size = fs::metadata(&base_image)?.len();
+    fs::copy(dir.join("vmlinuz"), base_dir.join("vmlinuz"))?;
+    let mut plan: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("boot.json"))?)?;
+    plan["initrd"] = "baseline.cpio.gz".into();
+    plan["name"] = "baseline".into();
+    fs::write(
+        base_dir.join("boot.json"),
+        serde_json::to_string_pretty(&plan)?,
+    )?;
+
+    let mut ours = vec![];
+    let mut theirs = vec![];
+    for _ in 0..RUNS {
+        ours.push(smoke_ms(&bb, &dir)?);
+        theirs.push(smoke_ms(&bb, &base_dir)?);
+    }
+    let (b_ms, n_ms) = (median(ours.clone()), median(theirs.clone()));
+    let build_s = median(builds.iter().map(|r| r.secs).collect());
+    let rss = builds.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let report = format!(
+        "| measure (median of {RUNS}) | beambake | naive baseline | ratio |\n\
+         |---|---|---|---|\n\
+         | build: built release -> image (warm cache) | {build_s:.2} s | {base_build:.2} s (find/cpio/gzip only) | |\n\
+         | peak RSS of the build | {:.1} MiB | | |\n\
+         | initramfs size (compressed) | {:.2} MiB (zstd) | {:.2} MiB (gzip -1) | {:.2} |\n\
+         | kernel (Debian cloud, shared) | {:.2} MiB | same | |\n\
+         | boot to first TCP echo reply, TCG | {:.2} s | {:.2} s | {:.2} |\n\n\
+         all runs (ms): beambake {ours:?}; baseline {theirs:?}\n",
+        rss as f64 / 1024.0,
+        mib(image_size),
+        mib(base_size),
+        image_size as f64 / base_size as f64,
+        mib(kernel_size),
+        b_ms / 1000.0,
+        n_ms / 1000.0,
+        b_ms / n_ms,
+    );
+    fs::write(root.join("target/bench.md"), &report)?;
+    println!("{report}");
+    Ok(())
+}
