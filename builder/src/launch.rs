@@ -178,3 +178,47 @@ impl LaunchSpec {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            release: "r".into(),
+            vsn: "1".into(),
+            argv: ["/o/erts/bin/erlexec", "-mode", "embedded", "--"]
+                .map(String::from)
+                .to_vec(),
+            env: BTreeMap::from([("BINDIR".to_string(), "/o/erts/bin".to_string())]),
+            cwd: "/o".into(),
+            services: vec![],
+        }
+    }
+
+    #[test]
+    fn args_go_before_the_separator_and_mode_is_replaced() {
+        let s = spec().with_args(&["+S", "1:1"]).with_mode("interactive");
+        assert_eq!(
+            s.argv,
+            [
+                "/o/erts/bin/erlexec",
+                "-mode",
+                "interactive",
+                "+S",
+                "1:1",
+                "--"
+            ]
+        );
+    }
+
+    #[test]
+    fn distribution_adds_node_cookie_and_an_epmd_service() {
+        let s = spec().with_distribution("n@10.0.0.2", "c");
+        assert!(s.argv.windows(2).any(|w| w == ["-name", "n@10.0.0.2"]));
+        assert!(s.argv.windows(2).any(|w| w == ["-start_epmd", "false"]));
+        assert_eq!(s.services[0].argv, ["/o/erts/bin/epmd"]);
+        assert_eq!(s.services[0].wait_tcp, Some(4369));
+        assert_eq!(LaunchSpec::from_json(&s.to_json()).unwrap(), s);
+    }
+}

@@ -133,6 +133,8 @@ pub struct VmCfg {
     pub machine: Machine,
     #[serde(default = "default_accel")]
     pub accel: Accel,
+    /// qemu `-cpu` model; by default `qemu64` under TCG, `host` under KVM.
+    pub cpu: Option<String>,
     /// zstd level of the initramfs.
     #[serde(default = "default_level")]
     pub compression_level: i32,
@@ -161,6 +163,7 @@ impl Default for VmCfg {
             cpus: default_cpus(),
             machine: default_machine(),
             accel: default_accel(),
+            cpu: None,
             compression_level: default_level(),
         }
     }

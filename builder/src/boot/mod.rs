@@ -29,6 +29,9 @@ pub struct BootPlan {
     pub cpus: u32,
     pub machine: Machine,
     pub accel: Accel,
+    /// qemu `-cpu` model; by default `qemu64` under TCG, `host` under KVM.
+    #[serde(default)]
+    pub cpu: Option<String>,
     pub net: NetPlan,
     /// `NAME@IP` when the guest runs distributed.
     pub node: Option<String>,

@@ -45,8 +45,20 @@ pub fn command(plan: &BootPlan, dir: &Path, accel: Accelerator, console: Console
     c.args(["-name", &format!("beambake-{}", plan.name)]);
     c.args(["-M", machine]);
     match accel {
-        Accelerator::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
-        Accelerator::Tcg => c.args(["-accel", "tcg", "-cpu", "max"]),
+        Accelerator::Kvm => c.args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            plan.cpu.as_deref().unwrap_or("host"),
+        ]),
+        // qemu64 boots the echo release ~0.25 s sooner than `max` under TCG (measured:
+        // fewer CPU features for the JIT to probe and emit that TCG must emulate).
+        Accelerator::Tcg => c.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            plan.cpu.as_deref().unwrap_or("qemu64"),
+        ]),
     };
     c.args(["-m", &plan.memory_mib.to_string()]);
     c.args(["-smp", &plan.cpus.to_string()]);

@@ -194,6 +194,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
         cpus: recipe.vm.cpus,
         machine: recipe.vm.machine,
         accel: recipe.vm.accel,
+        cpu: recipe.vm.cpu.clone(),
         net: NetPlan {
             mode: recipe.network.mode,
             guest: guest.ip,
