@@ -106,6 +106,24 @@ struct OutArgs {
     /// Where build outputs go (one directory per recipe inside).
     #[arg(long, default_value = "beambake-out")]
     out: PathBuf,
+    /// Use this kernel (a bzImage) instead of the recipe's.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Modules for --kernel (a dir holding lib/modules/RELEASE, or that dir itself).
+    #[arg(long, requires = "kernel")]
+    modules: Option<PathBuf>,
+}
+
+impl OutArgs {
+    /// Loads a recipe and applies the command line's overrides.
+    fn recipe(&self, path: &Path) -> Result<Recipe> {
+        let mut r = Recipe::load(path)?;
+        if let Some(k) = &self.kernel {
+            r.kernel.path = Some(std::path::absolute(k)?);
+            r.kernel.modules = self.modules.as_ref().map(std::path::absolute).transpose()?;
+        }
+        Ok(r)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -298,7 +316,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Build { recipe, out, json } => {
-            let recipe = Recipe::load(&recipe)?;
+            let recipe = out.recipe(&recipe)?;
             let steps = Steps::new(cli.verbose, false);
             let built = run::build(&recipe, &out.out, &steps);
             steps.done();
@@ -320,7 +338,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Boot { image, out, accel } => {
             let steps = Steps::new(cli.verbose, false);
             let dir = if image.is_file() {
-                let recipe = Recipe::load(&image)?;
+                let recipe = out.recipe(&image)?;
                 let built = run::build(&recipe, &out.out, &steps);
                 built?.dir
             } else {
@@ -358,12 +376,13 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let steps = Steps::new(cli.verbose, false);
             let result = if recipe.is_dir() {
-                run::smoke_dir(&recipe, &steps)
+                run::smoke_dir(&recipe, &steps).map_err(anyhow::Error::from)
             } else {
-                Recipe::load(&recipe)
-                    .map_err(beambake::pipeline::Error::from)
-                    .and_then(|r| run::smoke(&r, &out.out, &steps))
-                    .map(|(_, report, log)| (report, log))
+                out.recipe(&recipe).and_then(|r| {
+                    run::smoke(&r, &out.out, &steps)
+                        .map(|(_, report, log)| (report, log))
+                        .map_err(anyhow::Error::from)
+                })
             };
             steps.done();
             let (report, log) = result?;

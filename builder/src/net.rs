@@ -15,20 +15,60 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+/// True when this process runs as root (namespaces and taps need no user namespace).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Makes `cmd`'s child die with its parent (SIGKILL) and, before exec, enter a new
-/// network namespace and make its own children start a new PID namespace.
+/// network namespace and make its own children start a new PID namespace. Not root:
+/// inside a new user namespace too, where the caller is mapped to root (enough for a
+/// loopback and qemu's user networking, not for a tap).
 pub fn sandboxed(cmd: &mut Command) -> &mut Command {
     let parent = std::process::id() as libc::pid_t;
+    let rootless = !is_root();
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    // Formatted before fork: no allocation between fork and exec.
+    let uid_map = format!("0 {uid} 1");
+    let gid_map = format!("0 {gid} 1");
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             die_with_parent(parent)?;
-            if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWPID) != 0 {
+            let mut flags = libc::CLONE_NEWNET | libc::CLONE_NEWPID;
+            if rootless {
+                flags |= libc::CLONE_NEWUSER;
+            }
+            if libc::unshare(flags) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if rootless {
+                write_proc(b"/proc/self/setgroups\0", b"deny")?;
+                write_proc(b"/proc/self/uid_map\0", uid_map.as_bytes())?;
+                write_proc(b"/proc/self/gid_map\0", gid_map.as_bytes())?;
             }
             Ok(())
         })
     }
+}
+
+/// open/write/close of a NUL-terminated path (async-signal-safe).
+fn write_proc(path: &[u8], data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated; plain syscalls.
+    unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Makes `cmd`'s child get SIGKILL when the spawning thread's process dies.

@@ -391,6 +391,14 @@ impl Recipe {
         {
             return Err("a check of type \"distribution\" needs a [distribution] section".into());
         }
+        if self.network.mode == NetMode::User
+            && self
+                .checks
+                .iter()
+                .any(|c| matches!(c, Check::Distribution {}))
+        {
+            return Err("a \"distribution\" check needs network.mode = \"tap\" (user networking only forwards TCP ports)".into());
+        }
         if self.network.mode == NetMode::None && !self.checks.is_empty() {
             return Err("network.mode = \"none\" cannot run network checks".into());
         }

@@ -74,10 +74,15 @@ pub fn run(req: &Request) -> Result<Outcome, BootError> {
     if req.mode == Mode::Smoke {
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
     }
+    if req.plan.net.mode == NetMode::Tap && !net::is_root() {
+        return Err(BootError::Net(
+            "tap networking needs root; use network.mode = \"user\" (qemu user networking, rootless)".into(),
+        ));
+    }
     net::sandboxed(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         BootError::Net(if e.kind() == std::io::ErrorKind::PermissionDenied {
-            format!("cannot create a private network namespace ({e}): run as root, or use network.mode = \"user\"")
+            format!("cannot create a private network namespace ({e}): run as root, or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)")
         } else {
             format!("starting the sandbox: {e}")
         })

@@ -361,3 +361,191 @@ mod libc_sig {
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
+
+/// `beambake boot` streams the console and exits with the guest's own status: a release
+/// that calls `init:stop()` ends the VM with 0; one that cannot start, with 1.
+#[test]
+fn boot_exits_with_the_guests_status() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy(
+        "echo-microvm",
+        d.path(),
+        &[(
+            "code_loading = \"interactive\"",
+            "code_loading = \"interactive\"\nextra_args = [\"-s\", \"init\", \"stop\"]",
+        )],
+    );
+    let out_dir = d.path().join("out");
+    let o = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _vm = vm_lock();
+    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
+        .args(["boot", out_dir.join("echo-microvm").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = stdout(&o);
+    assert!(
+        console.contains("beambake-init: starting echo 0.1.0"),
+        "{console}"
+    );
+    assert!(
+        console.contains("release exited with status 0"),
+        "{console}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{console}\n{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("guest exited with status 0"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Without root: user networking in a user+net+PID namespace works; a tap is refused
+/// with a hint. Runs the CLI as `nobody` (setpriv) on a private copy of everything.
+#[test]
+fn rootless_user_networking_and_a_clear_tap_error() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    if !have("setpriv") {
+        skip!("setpriv (util-linux) not installed");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path();
+    let rel = base.join("rel");
+    copy_dir(&echo().release, &rel);
+    let bin = base.join("beambake");
+    fs::copy(env!("CARGO_BIN_EXE_beambake"), &bin).unwrap();
+    let cache = base.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let source = format!("source = {:?}", rel.display().to_string());
+    let user = recipe_copy("echo-microvm-user", base, &[]);
+    let tap = recipe_copy("echo-microvm", base, &[]);
+    for r in [&user, &tap] {
+        let t = fs::read_to_string(r).unwrap();
+        let t = t
+            .lines()
+            .map(|l| {
+                if l.starts_with("source = ") {
+                    source.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        fs::write(r, t).unwrap();
+    }
+    let st = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(base)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |recipe: &Path| {
+        let _vm = vm_lock();
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "env"])
+            .arg(format!("HOME={}", base.display()))
+            .arg(format!("XDG_CACHE_HOME={}", cache.display()))
+            .arg("PATH=/usr/bin:/bin")
+            .arg(&bin)
+            .args([
+                "smoke",
+                recipe.to_str().unwrap(),
+                "--out",
+                base.join("out").to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run(&user);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("echo-microvm-user: passed"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&tap);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("tap networking needs root"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `--kernel`/`--modules` replace the recipe's kernel; a modules dir without what the
+/// machine needs is a clear error.
+#[test]
+fn a_kernel_of_the_users_own() {
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let out = d.path().join("out");
+    // Make sure the pinned kernel is in the cache, then use it as "the user's".
+    let o = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("echo-microvm/manifest.json")).unwrap()).unwrap();
+    let kernel = m["inputs"]["host_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["path"].as_str().unwrap().to_string())
+        .find(|p| p.contains("/boot/vmlinuz-"))
+        .expect("kernel in the manifest");
+    let unpacked = Path::new(&kernel)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let o = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--kernel",
+        &kernel,
+        "--modules",
+        unpacked.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let empty = d.path().join("mods/lib/modules");
+    let release = Path::new(&kernel)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    fs::create_dir_all(empty.join(&release)).unwrap();
+    let o = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--kernel",
+        &kernel,
+        "--modules",
+        d.path().join("mods").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("virtio_mmio"), "{}", stderr(&o));
+}

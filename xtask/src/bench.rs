@@ -219,7 +219,13 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
         ),
     )?;
     let emb_out = work.join("out-embedded");
-    measured(Command::new(&bb).arg("build").arg(&emb_recipe).arg("--out").arg(&emb_out))?;
+    measured(
+        Command::new(&bb)
+            .arg("build")
+            .arg(&emb_recipe)
+            .arg("--out")
+            .arg(&emb_out),
+    )?;
     let emb_dir = emb_out.join("echo-microvm");
 
     let mut ours = vec![];
