@@ -61,7 +61,9 @@ pub fn run(req: &Request) -> Result<Outcome, BootError> {
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
-    let req_path = req.dir.join(".sandbox-request.json");
+    let req_path = req
+        .dir
+        .join(format!(".sandbox-{}.json", std::process::id()));
     let json = serde_json::to_string(req).map_err(|e| BootError::Net(e.to_string()))?;
     crate::output::write_bytes(&req_path, json.as_bytes()).map_err(|e| BootError::Io {
         path: e.path,

@@ -96,13 +96,7 @@ fn cookies_are_random_per_build_unless_the_recipe_sets_one() {
     let recipe = recipe_copy("echo-microvm", d.path(), &[]);
     let out = d.path().join("out");
     let build = || {
-        let o = beambake(&[
-            "build",
-            recipe.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        build_recipe(&recipe, &out, &[]);
         fs::read_to_string(out.join("echo-microvm/cookie")).unwrap()
     };
     let (a, b) = (build(), build());
@@ -113,13 +107,7 @@ fn cookies_are_random_per_build_unless_the_recipe_sets_one() {
         d.path(),
         &[("# cookie = \"...\"", "cookie = \"s3cret\"")],
     );
-    let o = beambake(&[
-        "build",
-        fixed.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    build_recipe(&fixed, &out, &[]);
     assert_eq!(
         fs::read_to_string(out.join("echo-microvm/cookie")).unwrap(),
         "s3cret"
@@ -271,13 +259,7 @@ fn qemu_missing_gives_an_install_hint() {
     let d = tempfile::tempdir().unwrap();
     let recipe = recipe_copy("echo-microvm", d.path(), &[]);
     let out_dir = d.path().join("out");
-    let o = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    build_recipe(&recipe, &out_dir, &[]);
     let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
         .args(["boot", out_dir.join("echo-microvm").to_str().unwrap()])
         .env("PATH", "/nonexistent")
@@ -379,13 +361,7 @@ fn boot_exits_with_the_guests_status() {
         )],
     );
     let out_dir = d.path().join("out");
-    let o = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    build_recipe(&recipe, &out_dir, &[]);
     let _vm = vm_lock();
     let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
         .args(["boot", out_dir.join("echo-microvm").to_str().unwrap()])
@@ -495,13 +471,7 @@ fn a_kernel_of_the_users_own() {
     let recipe = recipe_copy("echo-microvm", d.path(), &[]);
     let out = d.path().join("out");
     // Make sure the pinned kernel is in the cache, then use it as "the user's".
-    let o = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    build_recipe(&recipe, &out, &[]);
     let m: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join("echo-microvm/manifest.json")).unwrap()).unwrap();
     let kernel = m["inputs"]["host_files"]
@@ -517,17 +487,11 @@ fn a_kernel_of_the_users_own() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let o = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--kernel",
-        &kernel,
-        "--modules",
-        unpacked.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    build_recipe(
+        &recipe,
+        &out,
+        &["--kernel", &kernel, "--modules", unpacked.to_str().unwrap()],
+    );
     let empty = d.path().join("mods/lib/modules");
     let release = Path::new(&kernel)
         .file_name()

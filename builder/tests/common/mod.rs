@@ -280,3 +280,16 @@ pub fn netns_in_use() -> std::collections::BTreeSet<String> {
     }
     s
 }
+
+/// `beambake build RECIPE --out OUT [extra]`, which must succeed.
+pub fn build_recipe(recipe: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = beambake(&args);
+    assert!(o.status.success(), "build failed: {}", stderr(&o));
+}
