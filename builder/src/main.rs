@@ -227,6 +227,11 @@ fn main() -> ExitCode {
         Some(sandbox::REAPER_ARG) => return ExitCode::from(sandbox::reaper_main() as u8),
         _ => {}
     }
+    // Printing into a closed pipe (`beambake inspect | head`) ends quietly, like any CLI.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),

@@ -385,3 +385,48 @@ fn not_a_release_at_all() {
         stderr(&out)
     );
 }
+
+/// A real `mix release`: discovered as a mix release and started from its launch spec
+/// (no shell script), it prints its greeting and keeps running (`--no-halt`).
+#[test]
+fn mix_release_runs_from_its_launch_spec() {
+    if !have("mix") {
+        skip!("mix not installed (apt-get install elixir)");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let project = d.path().join("hello_mix");
+    copy_dir(&repo_root().join("examples/hello_mix"), &project);
+    let _ = fs::remove_dir_all(project.join("_build"));
+    let out = std::process::Command::new("mix")
+        .arg("release")
+        .current_dir(&project)
+        .env("MIX_ENV", "prod")
+        .env("HOME", d.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mix release: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let rel_dir = project.join("_build/prod/rel/hello_mix");
+    let r = discover(&rel_dir);
+    assert_eq!(r.flavor, beambake::release::Flavor::Mix);
+    assert!(r.apps.iter().any(|a| a.name == "elixir"));
+    let spec = LaunchSpec::for_release(&r, rel_dir.to_str().unwrap());
+    let log = d.path().join("mix.log");
+    let mut p = Guarded::spawn(spec.command(), log.clone());
+    let start = std::time::Instant::now();
+    while !p.log_text().contains("Hello from mix on 25") {
+        p.check_alive();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no greeting: {}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    p.check_alive();
+}

@@ -25,6 +25,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     ("gcc", "gcc"),
     ("qemu-system-x86_64", "qemu-system-x86"),
+    ("mix", "elixir"),
+    ("setpriv", "util-linux"),
 ];
 
 /// Recipes whose target this machine can boot (the others are built in tests only as far
