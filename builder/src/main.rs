@@ -190,6 +190,9 @@ impl Progress for Steps {
         }
         self.bar.set_message(what.to_string());
     }
+    fn verbose(&self) -> bool {
+        self.verbose
+    }
 }
 
 impl InputArgs {
@@ -355,7 +358,9 @@ fn run(cli: Cli) -> Result<u8> {
                 AccelArg::Tcg => Accel::Tcg,
             });
             steps.done();
-            let (_, outcome, log) = run::boot(&dir, accel, sandbox::Mode::Interactive, &())?;
+            let quiet_steps = Steps::new(cli.verbose, true);
+            let (_, outcome, log) =
+                run::boot(&dir, accel, sandbox::Mode::Interactive, &quiet_steps)?;
             match outcome.guest_exit {
                 Some(s) => {
                     eprintln!(

@@ -68,6 +68,10 @@ pub struct Prepared {
 /// Progress steps, for the caller to display.
 pub trait Progress {
     fn step(&self, what: &str);
+    /// Whether the user asked for detail (`-v`): commands run are shown too.
+    fn verbose(&self) -> bool {
+        false
+    }
 }
 
 impl Progress for () {

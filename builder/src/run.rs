@@ -52,6 +52,7 @@ pub fn boot(
         mode,
         kvm,
         console_log: console_log.clone(),
+        verbose: progress.verbose(),
     };
     let outcome = sandbox::run(&req)?;
     if let Some(e) = &outcome.error {

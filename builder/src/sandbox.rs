@@ -44,6 +44,9 @@ pub struct Request {
     pub mode: Mode,
     pub kvm: bool,
     pub console_log: PathBuf,
+    /// Print the VM's command line.
+    #[serde(default)]
+    pub verbose: bool,
 }
 
 /// What the sandbox reports back.
@@ -178,6 +181,9 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
         Mode::Smoke => Console::File(&req.console_log),
     };
     let cmd = qemu::command(plan, &req.dir, accel, console);
+    if req.verbose {
+        eprintln!("beambake: {cmd:?}");
+    }
     let mut guest = Guest::spawn(cmd, tap.as_ref().map(|t| &t.fd), &req.console_log)?;
     let outcome = match req.mode {
         Mode::Interactive => {
