@@ -104,22 +104,89 @@ fn install(sh: &Shell, packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Tallies of every runner's results, for one closing line.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    /// Runs `cmd`, echoing its output, and adds the counts `parse` finds in each line.
+    fn run(
+        &mut self,
+        mut cmd: std::process::Command,
+        parse: fn(&str) -> Option<(u64, u64)>,
+    ) -> Result<bool> {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("{cmd:?}"))?;
+        if let Some(out) = child.stdout.take() {
+            for line in BufReader::new(out).lines() {
+                let line = line?;
+                println!("{line}");
+                if let Some((p, f)) = parse(&line) {
+                    self.passed += p;
+                    self.failed += f;
+                }
+            }
+        }
+        Ok(child.wait()?.success())
+    }
+}
+
+/// `test result: ok. 154 passed; 0 failed; ...`
+fn cargo_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let num = |key: &str| -> Option<u64> {
+        rest.split(';')
+            .find(|p| p.trim_end().ends_with(key))?
+            .split_whitespace()
+            .rev()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((num(" passed")?, num(" failed")?))
+}
+
+/// EUnit: `3 tests, 0 failures` (colour codes stripped).
+fn eunit_counts(line: &str) -> Option<(u64, u64)> {
+    let clean: String = line
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .collect();
+    let i = clean.find(" tests, ")?;
+    let tests: u64 = clean[..i]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let failures: u64 = clean[i + 8..].split_whitespace().next()?.parse().ok()?;
+    Some((tests - failures.min(tests), failures))
+}
+
 fn test(sh: &Shell, extra: &[String]) -> Result<()> {
     deps(sh)?;
-    cmd!(sh, "cargo test --workspace {extra...}").run()?;
-    {
-        let _dir = sh.push_dir(root().join("examples/echo"));
-        cmd!(sh, "rebar3 eunit")
-            .run()
-            .context("rebar3 eunit in examples/echo")?;
-    }
+    let mut tally = Tally::default();
+    let mut ok = true;
+    let mut cargo = std::process::Command::new("cargo");
+    cargo
+        .args(["test", "--workspace"])
+        .args(extra)
+        .current_dir(root());
+    ok &= tally.run(cargo, cargo_counts)?;
+    let mut eunit = std::process::Command::new("rebar3");
+    eunit.arg("eunit").current_dir(root().join("examples/echo"));
+    ok &= tally.run(eunit, eunit_counts)?;
     cmd!(sh, "cargo build --release -q -p beambake").run()?;
     let mut recipes: Vec<PathBuf> = std::fs::read_dir(root().join("recipes"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     recipes.sort();
-    let mut failed = vec![];
     for r in &recipes {
         let text = std::fs::read_to_string(r)?;
         let runnable = RUNNABLE_TARGETS
@@ -136,18 +203,23 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
             "target/smoke-{}.xml",
             r.file_stem().unwrap_or_default().to_string_lossy()
         );
-        if cmd!(
-            sh,
-            "target/release/beambake smoke {r} --out target/beambake --junit {junit}"
-        )
-        .run()
-        .is_err()
-        {
-            failed.push(r.display().to_string());
+        let mut smoke = std::process::Command::new(root().join("target/release/beambake"));
+        smoke
+            .arg("smoke")
+            .arg(r)
+            .args(["--out", "target/beambake", "--junit", &junit])
+            .current_dir(root());
+        let passed = tally.run(smoke, |_| None)?;
+        if passed {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+            ok = false;
         }
     }
-    if !failed.is_empty() {
-        bail!("smoke failed: {}", failed.join(", "));
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    if !ok {
+        bail!("some tests failed");
     }
     Ok(())
 }
@@ -164,4 +236,24 @@ fn beambake(sh: &Shell, command: &str, args: &[String]) -> Result<()> {
     )
     .run()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_from_runner_lines() {
+        assert_eq!(
+            cargo_counts("test result: ok. 154 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 9.29s"),
+            Some((154, 2))
+        );
+        assert_eq!(cargo_counts("running 3 tests"), None);
+        assert_eq!(
+            eunit_counts("\u{1b}[0;32m3 tests, 0 failures"),
+            Some((3, 0))
+        );
+        assert_eq!(eunit_counts("Failed: 1.  Skipped: 0.  Passed: 2."), None);
+        assert_eq!(eunit_counts("5 tests, 2 failures"), Some((3, 2)));
+    }
 }
