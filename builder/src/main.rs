@@ -42,11 +42,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write the release's root filesystem as a cpio initramfs, with its manifest.
+    /// Write the release's root filesystem as a cpio initramfs (or, for `.iso`, an ISO 9660
+    /// image with Rock Ridge), with its manifest.
     Rootfs {
         #[command(flatten)]
         input: InputArgs,
-        /// Output image (`.cpio`, `.cpio.gz`, `.cpio.zst`).
+        /// Output image (`.cpio`, `.cpio.gz`, `.cpio.zst`, `.iso`).
         #[arg(short, long)]
         output: PathBuf,
         /// Compression; by default from the output's extension.
@@ -279,8 +280,12 @@ fn run(cli: Cli) -> Result<u8> {
             let result = (|| -> Result<_> {
                 let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps)?;
                 steps.step(&format!("writing {}", output.display()));
-                let written =
-                    pipeline::write_initramfs(&p.assembly.tree, &output, compression, level)?;
+                let is_iso = output.extension().is_some_and(|e| e == "iso");
+                let written = if is_iso {
+                    pipeline::write_iso(&p.assembly.tree, &output, &p.release.name)?
+                } else {
+                    pipeline::write_initramfs(&p.assembly.tree, &output, compression, level)?
+                };
                 let manifest_path = manifest.clone().unwrap_or_else(|| {
                     output
                         .parent()
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> Result<u8> {
                     dir
                 };
                 let format = match compression {
+                    _ if is_iso => "iso9660+rockridge",
                     Compression::None => "cpio-newc",
                     Compression::Gzip => "cpio-newc+gzip",
                     Compression::Zstd => "cpio-newc+zstd",

@@ -24,6 +24,12 @@ pub enum Error {
     Assemble(#[from] assemble::AssembleError),
     #[error(transparent)]
     Cpio(#[from] cpio::CpioError),
+    #[error("{path}: {source}")]
+    Iso {
+        path: PathBuf,
+        #[source]
+        source: crate::image::iso9660::IsoError,
+    },
     #[error(transparent)]
     Output(#[from] output::OutputError),
     #[error(transparent)]
@@ -115,6 +121,31 @@ pub fn write_initramfs(
     let enc = Encoder::new(file.writer(), compression, level).map_err(io)?;
     let enc = cpio::write(tree, enc)?;
     enc.finish().map_err(io)?;
+    Ok(file.commit()?)
+}
+
+/// Writes `tree` as an ISO 9660 image with Rock Ridge at `out`, atomically. The volume
+/// id is `volume` mapped to d-characters.
+pub fn write_iso(tree: &Tree, out: &Path, volume: &str) -> Result<Written, Error> {
+    use crate::image::iso9660;
+    let volume_id: String = volume
+        .to_ascii_uppercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(32)
+        .collect();
+    let opts = iso9660::Options {
+        volume_id,
+        mtime: tree.mtime(),
+        rock_ridge: true,
+    };
+    let mut file = AtomicFile::create(out)?;
+    iso9660::write(&iso9660::entries_from_tree(tree), &opts, file.writer()).map_err(|source| {
+        Error::Iso {
+            path: out.to_path_buf(),
+            source,
+        }
+    })?;
     Ok(file.commit()?)
 }
 

@@ -219,3 +219,79 @@ fn closure_is_complete_the_release_runs_under_chroot() {
         eprintln!("{what}: echo answered from the chroot");
     }
 }
+
+/// The same tree as an ISO 9660 image with Rock Ridge: osirrox (libisofs) extracts
+/// exactly what GNU cpio extracts from the cpio image (device nodes aside), with the
+/// same modes and symlink targets.
+#[test]
+fn iso_image_matches_the_cpio_image() {
+    if !have("osirrox") || !have("cpio") {
+        skip!("xorriso or cpio not installed (apt-get install xorriso cpio)");
+    }
+    let e = echo();
+    let d = tempfile::tempdir().unwrap();
+    let (iso, cpio) = (d.path().join("echo.iso"), d.path().join("echo.cpio"));
+    build(&e.release, &iso, &[], d.path(), &[]);
+    build(&e.release, &cpio, &[], d.path(), &[]);
+    let (a, b) = (d.path().join("from-iso"), d.path().join("from-cpio"));
+    let st = Command::new("osirrox")
+        .args([
+            "-indev",
+            iso.to_str().unwrap(),
+            "-extract",
+            "/",
+            a.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    unpack(&cpio, &b);
+    let _ = fs::remove_dir_all(b.join("dev"));
+    let _ = fs::remove_dir_all(a.join("dev"));
+    fs::create_dir_all(a.join("dev")).unwrap();
+    fs::create_dir_all(b.join("dev")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode();
+    for (x, y) in [(&a, &b), (&b, &a)] {
+        let mut n = 0;
+        let mut stack = vec![x.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for ent in fs::read_dir(&dir).unwrap() {
+                let p = ent.unwrap().path();
+                let rel = p.strip_prefix(x).unwrap();
+                let q = y.join(rel);
+                let meta = fs::symlink_metadata(&p).unwrap();
+                assert!(
+                    fs::symlink_metadata(&q).is_ok(),
+                    "{} missing from the other image",
+                    rel.display()
+                );
+                if meta.file_type().is_symlink() {
+                    assert_eq!(
+                        fs::read_link(&p).unwrap(),
+                        fs::read_link(&q).unwrap(),
+                        "{}",
+                        rel.display()
+                    );
+                } else {
+                    assert_eq!(mode(&p) & 0o7777, mode(&q) & 0o7777, "{}", rel.display());
+                    if meta.is_dir() {
+                        stack.push(p);
+                    } else {
+                        assert!(
+                            fs::read(&p).unwrap() == fs::read(&q).unwrap(),
+                            "{} differs",
+                            rel.display()
+                        );
+                    }
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 100, "only {n} entries compared");
+    }
+}

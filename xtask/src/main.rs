@@ -26,6 +26,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("mix", "elixir"),
+    ("xorriso", "xorriso"),
+    ("busybox", "busybox-static"),
     ("setpriv", "util-linux"),
 ];
 

@@ -3,3 +3,4 @@
 
 pub mod compress;
 pub mod cpio;
+pub mod iso9660;
