@@ -209,32 +209,15 @@ fn bad_kernel_and_missing_module_are_clear_errors() {
             &format!("path = {:?}", text.display().to_string()),
         )],
     );
-    let out = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        d.path().join("o").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("vmlinuz") && err.to_lowercase().contains("not a"),
-        "{err}"
-    );
+    let err = build_fails(&recipe, &d.path().join("o"), &[], "vmlinuz");
+    assert!(err.to_lowercase().contains("not a"), "{err}");
 
     let recipe = recipe_copy(
         "echo-microvm",
         d.path(),
         &[("[vm]", "extra_modules = [\"no_such_module\"]\n\n[vm]")],
     );
-    let out = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        d.path().join("o").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("no_such_module"), "{}", stderr(&out));
+    build_fails(&recipe, &d.path().join("o"), &[], "no_such_module");
 }
 
 #[test]
@@ -500,18 +483,13 @@ fn a_kernel_of_the_users_own() {
         .trim_start_matches("vmlinuz-")
         .to_string();
     fs::create_dir_all(empty.join(&release)).unwrap();
-    let o = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--kernel",
-        &kernel,
-        "--modules",
-        d.path().join("mods").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("virtio_mmio"), "{}", stderr(&o));
+    let mods = d.path().join("mods");
+    build_fails(
+        &recipe,
+        &out,
+        &["--kernel", &kernel, "--modules", mods.to_str().unwrap()],
+        "virtio_mmio",
+    );
 }
 
 /// With the cookie fixed by the recipe, two builds (different output dirs, time zones

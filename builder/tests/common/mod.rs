@@ -293,3 +293,24 @@ pub fn build_recipe(recipe: &Path, out: &Path, extra: &[&str]) {
     let o = beambake(&args);
     assert!(o.status.success(), "build failed: {}", stderr(&o));
 }
+
+/// `beambake build RECIPE --out OUT [extra]`, which must fail with `needle` in its
+/// error; returns the error text.
+pub fn build_fails(recipe: &Path, out: &Path, extra: &[&str], needle: &str) -> String {
+    let mut args = vec![
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = beambake(&args);
+    assert!(
+        !o.status.success(),
+        "build of {} succeeded",
+        recipe.display()
+    );
+    let err = stderr(&o);
+    assert!(err.contains(needle), "{needle:?} not in: {err}");
+    err
+}
