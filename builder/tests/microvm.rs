@@ -525,3 +525,22 @@ fn microvm_images_are_reproducible_with_a_fixed_cookie() {
     let b = image("b", "Pacific/Auckland");
     assert!(a == b, "two builds of the same recipe differ");
 }
+
+/// `boot`/`smoke` of a directory that is not a build output, or whose boot plan is
+/// garbage, are clear errors naming the file.
+#[test]
+fn garbage_boot_plans_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let o = beambake(&["smoke", d.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}/boot.json", d.path().display())),
+        "{err}"
+    );
+    fs::write(d.path().join("boot.json"), "{ not json").unwrap();
+    let o = beambake(&["smoke", d.path().to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("boot.json: not a beambake boot plan"), "{err}");
+}
