@@ -281,8 +281,8 @@ pub fn netns_in_use() -> std::collections::BTreeSet<String> {
     s
 }
 
-/// `beambake build RECIPE --out OUT [extra]`, which must succeed.
-pub fn build_recipe(recipe: &Path, out: &Path, extra: &[&str]) {
+/// Runs `beambake build RECIPE --out OUT [extra]`.
+fn run_build(recipe: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "build",
         recipe.to_str().unwrap(),
@@ -290,21 +290,19 @@ pub fn build_recipe(recipe: &Path, out: &Path, extra: &[&str]) {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let o = beambake(&args);
+    beambake(&args)
+}
+
+/// `beambake build RECIPE --out OUT [extra]`, which must succeed.
+pub fn build_recipe(recipe: &Path, out: &Path, extra: &[&str]) {
+    let o = run_build(recipe, out, extra);
     assert!(o.status.success(), "build failed: {}", stderr(&o));
 }
 
 /// `beambake build RECIPE --out OUT [extra]`, which must fail with `needle` in its
 /// error; returns the error text.
 pub fn build_fails(recipe: &Path, out: &Path, extra: &[&str], needle: &str) -> String {
-    let mut args = vec![
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = beambake(&args);
+    let o = run_build(recipe, out, extra);
     assert!(
         !o.status.success(),
         "build of {} succeeded",
