@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use beambake::assemble;
 use beambake::image::compress::Compression;
+use beambake::output::parent_dir;
 use beambake::pipeline::{self, Input, Prepared, Progress};
 use beambake::recipe::{Accel, Recipe};
 use beambake::release::{Discover, NativeKind};
@@ -286,18 +287,10 @@ fn run(cli: Cli) -> Result<u8> {
                 } else {
                     pipeline::write_initramfs(&p.assembly.tree, &output, compression, level)?
                 };
-                let manifest_path = manifest.clone().unwrap_or_else(|| {
-                    output
-                        .parent()
-                        .unwrap_or(Path::new("."))
-                        .join("manifest.json")
-                });
-                let dir = manifest_path.parent().unwrap_or(Path::new("."));
-                let dir = if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                };
+                let manifest_path = manifest
+                    .clone()
+                    .unwrap_or_else(|| parent_dir(&output).join("manifest.json"));
+                let dir = parent_dir(&manifest_path);
                 let format = match compression {
                     _ if is_iso => "iso9660+rockridge",
                     Compression::None => "cpio-newc",

@@ -32,6 +32,7 @@ pub struct AtomicFile {
     dest: PathBuf,
     tmp: tempfile::NamedTempFile,
     writer: HashWriter<BufWriter<File>>,
+    mode: u32,
 }
 
 impl AtomicFile {
@@ -40,10 +41,7 @@ impl AtomicFile {
             path: dest.to_path_buf(),
             source,
         };
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(dest);
         if dest.is_dir() {
             return Err(err(io::Error::new(
                 io::ErrorKind::IsADirectory,
@@ -53,14 +51,21 @@ impl AtomicFile {
         let tmp = tempfile::Builder::new()
             .prefix(".beambake-")
             .suffix(".tmp")
-            .tempfile_in(&dir)
+            .tempfile_in(dir)
             .map_err(err)?;
         let file = tmp.reopen().map_err(err)?;
         Ok(AtomicFile {
             dest: dest.to_path_buf(),
             tmp,
             writer: HashWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            mode: 0o644,
         })
+    }
+
+    /// Permission bits the file gets before it appears under its final name (default
+    /// 0644; 0600 for secrets, which are never visible with wider bits).
+    pub fn set_mode(&mut self, mode: u32) {
+        self.mode = mode;
     }
 
     pub fn writer(&mut self) -> &mut HashWriter<BufWriter<File>> {
@@ -78,9 +83,9 @@ impl AtomicFile {
         let file = buf.into_inner().map_err(|e| err(e.into_error()))?;
         file.sync_all().map_err(err)?;
         drop(file);
-        // tempfile sets 0600; an image is a normal, world-readable file.
+        // tempfile creates 0600; set the final bits before the rename.
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(self.tmp.path(), fs::Permissions::from_mode(0o644)).map_err(err)?;
+        fs::set_permissions(self.tmp.path(), fs::Permissions::from_mode(self.mode)).map_err(err)?;
         self.tmp.persist(&self.dest).map_err(|e| err(e.error))?;
         sync_dir(&self.dest).map_err(err)?;
         Ok(Written {
@@ -100,9 +105,15 @@ impl Write for AtomicFile {
     }
 }
 
-/// Writes `bytes` to `dest` atomically.
+/// Writes `bytes` to `dest` atomically (mode 0644).
 pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<Written, OutputError> {
+    write_bytes_mode(dest, bytes, 0o644)
+}
+
+/// Writes `bytes` to `dest` atomically with permission bits `mode`.
+pub fn write_bytes_mode(dest: &Path, bytes: &[u8], mode: u32) -> Result<Written, OutputError> {
     let mut f = AtomicFile::create(dest)?;
+    f.set_mode(mode);
     f.write_all(bytes).map_err(|source| OutputError {
         path: dest.to_path_buf(),
         source,
@@ -110,12 +121,16 @@ pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<Written, OutputError> {
     f.commit()
 }
 
-fn sync_dir(file: &Path) -> io::Result<()> {
-    let dir = match file.parent() {
+/// The directory holding `file` (`.` for a bare file name).
+pub fn parent_dir(file: &Path) -> &Path {
+    match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    }
+}
+
+fn sync_dir(file: &Path) -> io::Result<()> {
+    File::open(parent_dir(file))?.sync_all()
 }
 
 #[cfg(test)]
@@ -139,6 +154,28 @@ mod tests {
         assert_eq!(fs::read(&dest).unwrap(), b"second");
         assert_eq!(w.size, 6);
         assert_eq!(w.sha256, crate::digest::sha256_bytes(b"second"));
+    }
+
+    #[test]
+    fn secrets_are_never_visible_with_wider_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("cookie");
+        write_bytes_mode(&dest, b"s", 0o600).unwrap();
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        write_bytes(&d.path().join("img"), b"i").unwrap();
+        assert_eq!(
+            fs::metadata(d.path().join("img"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o644
+        );
+        assert_eq!(parent_dir(Path::new("x")), Path::new("."));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::BootError;
 
@@ -62,10 +62,6 @@ impl Guest {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The exit status if the VM has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -74,20 +70,6 @@ impl Guest {
             }
         }
         self.status
-    }
-
-    /// Waits for the VM to end, at most `bound`.
-    pub fn wait_for(&mut self, bound: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.exited() {
-                return Some(st);
-            }
-            if start.elapsed() >= bound {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Waits without bound.

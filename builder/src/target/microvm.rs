@@ -166,7 +166,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
     let kernel_out = crate::output::write_bytes(&dir.join("vmlinuz"), &kernel_bytes)?;
     let cookie_file = match &cookie {
         Some(c) => {
-            super::write_file(&dir, "cookie", c.as_bytes(), 0o600)?;
+            crate::output::write_bytes_mode(&dir.join("cookie"), c.as_bytes(), 0o600)?;
             Some(PathBuf::from("cookie"))
         }
         None => None,

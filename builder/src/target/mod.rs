@@ -5,10 +5,6 @@
 
 pub mod microvm;
 
-use std::path::{Path, PathBuf};
-
-use crate::pipeline::Error;
-
 /// A random distribution cookie: 32 characters from the kernel's CSPRNG.
 pub fn random_cookie() -> std::io::Result<String> {
     use std::io::Read;
@@ -18,20 +14,6 @@ pub fn random_cookie() -> std::io::Result<String> {
     Ok(b.iter()
         .map(|x| ALPHABET[(*x & 31) as usize] as char)
         .collect())
-}
-
-/// Writes `bytes` to `dir/name` atomically with permission bits `mode`.
-pub fn write_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf, Error> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(name);
-    crate::output::write_bytes(&path, bytes)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        Error::Io {
-            path: path.clone(),
-            source,
-        }
-    })?;
-    Ok(path)
 }
 
 #[cfg(test)]
