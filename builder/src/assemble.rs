@@ -118,6 +118,11 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
         let extra: Vec<&str> = opts.extra_args.iter().map(String::as_str).collect();
         launch = launch.with_args(&extra);
     }
+    for dir in &launch.writable {
+        if !tree.contains(dir) {
+            tree.mkdir_p(dir, "beambake (writable, tmpfs at boot)")?;
+        }
+    }
     tree.add_bytes(
         launch::LAUNCH_PATH,
         launch.to_json().into_bytes(),

@@ -93,7 +93,7 @@ impl Pin {
     }
 
     /// `package=version`, as apt-get takes it.
-    fn spec(&self) -> String {
+    pub fn spec(&self) -> String {
         format!("{}={}", self.package, self.version)
     }
 }
@@ -227,7 +227,7 @@ fn needed_by_text(needed_by: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KernelError {
+pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KernelError {
     let path = path.to_path_buf();
     move |source| KernelError::Io {
         action,
@@ -274,33 +274,7 @@ pub fn fetch_debian(pin: &Pin, cache_dir: &Path) -> Result<Kernel, KernelError> 
         .tempdir_in(&kernels)
         .map_err(io_err("creating temp dir in", &kernels))?;
 
-    // Download.
-    let download = work.path().join("download");
-    fs::create_dir(&download).map_err(io_err("creating dir", &download))?;
-    let mut apt = Command::new("apt-get");
-    apt.arg("download").arg(pin.spec()).current_dir(&download);
-    run(
-        &mut apt,
-        &format!("apt-get download {}", pin.spec()),
-        &kernels,
-        " (run `apt-get update`; the pinned version may have left the mirror: \
-         update the pin in images/*.toml)",
-    )?;
-    let deb = single_deb(&download, &pin)?;
-
-    // Verify before unpacking.
-    let actual = sha256_file(&deb)?;
-    if actual != pin.sha256 {
-        return Err(KernelError::ChecksumMismatch {
-            deb: deb
-                .file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            cache: kernels.clone(),
-            pin_spec: pin.spec(),
-            expected: pin.sha256.clone(),
-            actual,
-        });
-    }
+    let deb = download_verified(&pin, work.path(), &kernels)?;
 
     // Unpack and check that the tree holds a kernel.
     let tree = work.path().join("tree");
@@ -323,6 +297,36 @@ pub fn fetch_debian(pin: &Pin, cache_dir: &Path) -> Result<Kernel, KernelError> 
     install(&tree, &final_dir, &kernels, &pin)?;
     drop(work);
     info.into_kernel(&final_dir, pin)
+}
+
+/// Downloads the pinned package with `apt-get download` into `work/download` and checks
+/// its sha256 against the pin; returns the .deb's path. `cache` is named in errors.
+pub(crate) fn download_verified(pin: &Pin, work: &Path, cache: &Path) -> Result<PathBuf, KernelError> {
+    let download = work.join("download");
+    fs::create_dir(&download).map_err(io_err("creating dir", &download))?;
+    let mut apt = Command::new("apt-get");
+    apt.arg("download").arg(pin.spec()).current_dir(&download);
+    run(
+        &mut apt,
+        &format!("apt-get download {}", pin.spec()),
+        cache,
+        " (run `apt-get update`; the pinned version may have left the mirror: \
+         update the pin in images/*.toml)",
+    )?;
+    let deb = single_deb(&download, pin)?;
+    let actual = sha256_file(&deb)?;
+    if actual != pin.sha256 {
+        return Err(KernelError::ChecksumMismatch {
+            deb: deb
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            cache: cache.to_path_buf(),
+            pin_spec: pin.spec(),
+            expected: pin.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(deb)
 }
 
 /// True when `dir/.complete` exists and records this pin.
@@ -401,7 +405,7 @@ fn single_deb(dir: &Path, pin: &Pin) -> Result<PathBuf, KernelError> {
 
 /// Runs a command, capturing its output; on failure the error names the
 /// command and the tail of its stderr.
-fn run(cmd: &mut Command, display: &str, dir: &Path, hint: &str) -> Result<(), KernelError> {
+pub(crate) fn run(cmd: &mut Command, display: &str, dir: &Path, hint: &str) -> Result<(), KernelError> {
     cmd.env("LC_ALL", "C");
     let output = cmd.output().map_err(|source| {
         let hint = if source.kind() == io::ErrorKind::NotFound {
@@ -460,7 +464,7 @@ fn tail_lines(text: &str, n: usize) -> String {
     out
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
     let mut f = File::create(path).map_err(io_err("creating", path))?;
     f.write_all(bytes).map_err(io_err("writing", path))?;
     f.sync_all().map_err(io_err("syncing", path))
@@ -541,7 +545,7 @@ fn inspect_tree(root: &Path, pin: &Pin) -> Result<TreeInfo, KernelError> {
     })
 }
 
-fn sha256_file(path: &Path) -> Result<String, KernelError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, KernelError> {
     let mut f = File::open(path).map_err(io_err("opening", path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];

@@ -29,6 +29,10 @@ pub struct LaunchSpec {
     /// shell: erlexec would start it through `/bin/sh`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// Directories the release writes to; the init mounts a fresh tmpfs on each (the
+    /// root may be read-only, and nothing written there survives a reboot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writable: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +112,7 @@ impl LaunchSpec {
             env,
             cwd: root.to_string(),
             services: Vec::new(),
+            writable: vec![format!("{root}/log"), format!("{root}/tmp")],
         }
     }
 
@@ -193,6 +198,7 @@ mod tests {
             env: BTreeMap::from([("BINDIR".to_string(), "/o/erts/bin".to_string())]),
             cwd: "/o".into(),
             services: vec![],
+            writable: vec![],
         }
     }
 

@@ -87,6 +87,10 @@ enum Command {
         /// Override the recipe's accelerator.
         #[arg(long, value_enum)]
         accel: Option<AccelArg>,
+        /// Start this many VMs from the one image (addresses from the recipe's guest
+        /// address upwards; the first VM's console is this terminal).
+        #[arg(long)]
+        count: Option<u32>,
     },
     /// Build, boot in a fresh namespace, run the recipe's checks, tear everything down.
     Smoke {
@@ -108,7 +112,8 @@ struct OutArgs {
     /// Where build outputs go (one directory per recipe inside).
     #[arg(long, default_value = "beambake-out")]
     out: PathBuf,
-    /// Use this kernel (a bzImage) instead of the recipe's.
+    /// Use this kernel instead of the recipe's (microvm: a bzImage; uml: a User Mode
+    /// Linux `linux` executable).
     #[arg(long)]
     kernel: Option<PathBuf>,
     /// Modules for --kernel (a dir holding lib/modules/RELEASE, or that dir itself).
@@ -342,7 +347,12 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Boot { image, out, accel } => {
+        Command::Boot {
+            image,
+            out,
+            accel,
+            count,
+        } => {
             let steps = Steps::new(cli.verbose, false);
             let dir = if image.is_file() {
                 let recipe = out.recipe(&image)?;
@@ -359,7 +369,7 @@ fn run(cli: Cli) -> Result<u8> {
             steps.done();
             let quiet_steps = Steps::new(cli.verbose, true);
             let (_, outcome, log) =
-                run::boot(&dir, accel, sandbox::Mode::Interactive, &quiet_steps)?;
+                run::boot(&dir, accel, count, sandbox::Mode::Interactive, &quiet_steps)?;
             match outcome.guest_exit {
                 Some(s) => {
                     eprintln!(

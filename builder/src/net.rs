@@ -152,8 +152,9 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
 }
 
 impl Tap {
-    /// Creates tap `name` (with a virtio-net header, as qemu's vhost-less tap wants).
-    pub fn create(name: &str) -> io::Result<Tap> {
+    /// Creates tap `name`; `vnet_hdr`: frames carry a virtio-net header (as qemu's
+    /// vhost-less tap wants; User Mode Linux's fd transport wants plain frames).
+    pub fn create(name: &str, vnet_hdr: bool) -> io::Result<Tap> {
         let path = CString::new("/dev/net/tun").map_err(io::Error::other)?;
         // SAFETY: valid C string; the fd is owned below.
         let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -164,7 +165,7 @@ impl Tap {
         // SAFETY: fd was just opened and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut req = ifreq(name)?;
-        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
         // SAFETY: TUNSETIFF takes a pointer to an ifreq.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } != 0 {
             let e = io::Error::last_os_error();
@@ -232,6 +233,44 @@ pub fn set_addr(name: &str, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
         libc::SIOCSIFNETMASK,
         &mut req,
         &format!("set netmask of {name}"),
+    )
+}
+
+const SIOCBRADDBR: libc::c_ulong = 0x89a0;
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+/// Creates bridge `name` (it lives as long as the namespace).
+pub fn add_bridge(name: &str) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let c = CString::new(name).map_err(io::Error::other)?;
+    ifreq(name)?; // name checks
+    // SAFETY: SIOCBRADDBR takes a NUL-terminated interface name.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDBR, c.as_ptr()) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("create bridge {name}: {e} (is the host kernel's bridge support loaded?)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Enslaves `port` to `bridge`.
+pub fn bridge_add_port(bridge: &str, port: &str) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let c = CString::new(port).map_err(io::Error::other)?;
+    // SAFETY: plain name-to-index lookup.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut req = ifreq(bridge)?;
+    req.ifr_ifru.ifru_ifindex = index as libc::c_int;
+    ioctl(
+        &sock,
+        SIOCBRADDIF,
+        &mut req,
+        &format!("add {port} to bridge {bridge}"),
     )
 }
 

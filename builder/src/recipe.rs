@@ -49,6 +49,11 @@ pub struct Recipe {
     pub smoke: SmokeCfg,
     #[serde(default)]
     pub launch: LaunchCfg,
+    /// A persistent data disk per VM (uml).
+    pub data: Option<DataCfg>,
+    /// Host directories passed through into the guest (uml: hostfs).
+    #[serde(default)]
+    pub hostfs: Vec<HostfsCfg>,
     /// Directory of the recipe file; relative paths are resolved against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -65,6 +70,48 @@ pub struct ReleaseCfg {
     pub name: Option<String>,
     pub otp_root: Option<PathBuf>,
     pub prefix: Option<String>,
+}
+
+/// A data disk: an ext4 image per VM, created by beambake when absent, mounted at
+/// `mount`. What the release writes there survives a restart; the root stays read-only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataCfg {
+    /// The disk image (relative to the recipe). Default: `data-N.ext4` in the build's
+    /// output directory (N = VM index). Only with a single VM.
+    pub path: Option<PathBuf>,
+    /// Size of a disk beambake creates.
+    #[serde(default = "default_data_size")]
+    pub size_mib: u64,
+    #[serde(default = "default_data_mount")]
+    pub mount: String,
+}
+
+fn default_data_size() -> u64 {
+    64
+}
+fn default_data_mount() -> String {
+    "/data".into()
+}
+
+/// A host directory mounted into the guest (User Mode Linux's hostfs).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostfsCfg {
+    /// Host directory (relative to the recipe); must exist.
+    pub host: PathBuf,
+    /// Absolute path in the guest.
+    pub guest: String,
+}
+
+/// The read-only root filesystem format of the uml target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootFs {
+    /// Compressed, smallest (the default; see ARCHITECTURE.md for the measurement).
+    Squashfs,
+    /// `mkfs.ext4 -d`, mounted read-only.
+    Ext4,
 }
 
 /// How the BEAM is started in the guest.
@@ -138,6 +185,20 @@ pub struct VmCfg {
     /// zstd level of the initramfs.
     #[serde(default = "default_level")]
     pub compression_level: i32,
+    /// How many VMs `beambake boot`/`smoke` starts from the one image (each with its own
+    /// address: `network.guest` + index, or `network.guests`).
+    #[serde(default = "default_count")]
+    pub count: u32,
+    /// Root filesystem format (uml).
+    #[serde(default = "default_root_fs")]
+    pub root_fs: RootFs,
+}
+
+fn default_count() -> u32 {
+    1
+}
+fn default_root_fs() -> RootFs {
+    RootFs::Squashfs
 }
 
 fn default_memory() -> u32 {
@@ -165,6 +226,8 @@ impl Default for VmCfg {
             accel: default_accel(),
             cpu: None,
             compression_level: default_level(),
+            count: default_count(),
+            root_fs: default_root_fs(),
         }
     }
 }
@@ -191,6 +254,8 @@ pub struct NetworkCfg {
     #[serde(default = "default_host")]
     pub host: String,
     pub hostname: Option<String>,
+    /// One address per VM (same prefix as `guest`), instead of `guest` + index.
+    pub guests: Option<Vec<String>>,
 }
 
 fn default_mode() -> NetMode {
@@ -210,6 +275,7 @@ impl Default for NetworkCfg {
             guest: default_guest(),
             host: default_host(),
             hostname: None,
+            guests: None,
         }
     }
 }
@@ -242,8 +308,12 @@ pub enum Check {
         #[serde(default)]
         body_contains: String,
     },
-    /// A host node in the namespace pings the guest node and runs an rpc:call.
+    /// A host node in the namespace pings the guest node and runs an rpc:call; with
+    /// several VMs, every node also pings every other and an `rpc:multicall` reaches all.
     Distribution {},
+    /// A host node runs `call` (`Module:Function(Args...)`, Erlang syntax) on the guest
+    /// node with `rpc:call`; the result must equal `expect` (an Erlang term).
+    Rpc { call: String, expect: String },
 }
 
 fn default_payload() -> String {
@@ -399,6 +469,53 @@ impl Recipe {
         {
             return Err("a \"distribution\" check needs network.mode = \"tap\" (user networking only forwards TCP ports)".into());
         }
+        if !(1..=16).contains(&self.vm.count) {
+            return Err(format!(
+                "vm.count = {}: must be between 1 and 16",
+                self.vm.count
+            ));
+        }
+        self.guest_addrs()?;
+        if self
+            .checks
+            .iter()
+            .any(|c| matches!(c, Check::Rpc { .. }))
+            && (self.distribution.is_none() || self.network.mode != NetMode::Tap)
+        {
+            return Err("a check of type \"rpc\" needs a [distribution] section and network.mode = \"tap\"".into());
+        }
+        for c in &self.checks {
+            if let Check::Rpc { call, expect } = c {
+                if !call.contains(':') || !call.trim_end().ends_with(')') || expect.trim().is_empty() {
+                    return Err(format!("check rpc: call = {call:?} must look like Module:Function(Args...) and expect must be an Erlang term"));
+                }
+            }
+        }
+        if let Some(d) = &self.data {
+            check_guest_dir("data.mount", &d.mount)?;
+            if !(8..=1 << 20).contains(&d.size_mib) {
+                return Err(format!("data.size_mib = {}: must be between 8 and 1048576", d.size_mib));
+            }
+            if d.path.is_some() && self.vm.count > 1 {
+                return Err("data.path names one disk, but vm.count > 1: leave data.path unset (one data-N.ext4 per VM)".into());
+            }
+        }
+        for (i, h) in self.hostfs.iter().enumerate() {
+            check_guest_dir(&format!("hostfs[{i}].guest"), &h.guest)?;
+            let host = h.host.to_string_lossy();
+            if host.contains(',') || host.chars().any(char::is_whitespace) {
+                return Err(format!("hostfs[{i}].host = {host:?}: commas and spaces cannot pass the kernel command line"));
+            }
+        }
+        if self.network.mode == NetMode::User && self.target == Target::Uml {
+            return Err("network.mode = \"user\" is qemu's user networking; the uml target supports \"tap\" and \"none\"".into());
+        }
+        if self.network.mode == NetMode::User && self.vm.count > 1 {
+            return Err("network.mode = \"user\" forwards host ports to one VM: use \"tap\" with vm.count > 1".into());
+        }
+        if (self.data.is_some() || !self.hostfs.is_empty()) && self.target != Target::Uml {
+            return Err("[data] and [[hostfs]] are supported by target = \"uml\" only".into());
+        }
         if self.network.mode == NetMode::None && !self.checks.is_empty() {
             return Err("network.mode = \"none\" cannot run network checks".into());
         }
@@ -408,6 +525,33 @@ impl Recipe {
     pub fn guest_addr(&self) -> Result<GuestAddr, String> {
         parse_cidr(&self.network.guest)
             .ok_or_else(|| format!("network.guest = {:?}: expected an IPv4 address with a prefix length, e.g. \"10.0.120.101/24\"", self.network.guest))
+    }
+
+    /// One address per VM: `network.guests`, else `network.guest` + index.
+    pub fn guest_addrs(&self) -> Result<Vec<Ipv4Addr>, String> {
+        let g = self.guest_addr()?;
+        let h = self.host_addr()?;
+        let addrs: Vec<Ipv4Addr> = match &self.network.guests {
+            Some(list) => {
+                if self.vm.count != 1 && self.vm.count as usize != list.len() {
+                    return Err(format!(
+                        "network.guests lists {} addresses but vm.count = {}",
+                        list.len(),
+                        self.vm.count
+                    ));
+                }
+                list.iter()
+                    .map(|a| {
+                        a.parse::<Ipv4Addr>().map_err(|_| {
+                            format!("network.guests: {a:?} is not an IPv4 address")
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            None => instance_addrs(g.ip, self.vm.count),
+        };
+        check_addrs(&addrs, g.prefix, h)?;
+        Ok(addrs)
     }
 
     pub fn host_addr(&self) -> Result<Ipv4Addr, String> {
@@ -434,6 +578,48 @@ impl Recipe {
             .clone()
             .unwrap_or_else(|| self.name.clone())
     }
+}
+
+/// `count` addresses from `first` upwards.
+pub fn instance_addrs(first: Ipv4Addr, count: u32) -> Vec<Ipv4Addr> {
+    (0..count)
+        .map(|i| Ipv4Addr::from(u32::from(first).wrapping_add(i)))
+        .collect()
+}
+
+/// Every VM address must be unique, in the host's subnet, and not the host's.
+pub fn check_addrs(addrs: &[Ipv4Addr], prefix: u8, host: Ipv4Addr) -> Result<(), String> {
+    if addrs.is_empty() {
+        return Err("network.guests is empty".into());
+    }
+    for (i, a) in addrs.iter().enumerate() {
+        if let Some(j) = addrs[..i].iter().position(|b| b == a) {
+            return Err(format!(
+                "VMs {} and {} both ask for the address {a}",
+                j + 1,
+                i + 1
+            ));
+        }
+        if *a == host {
+            return Err(format!("VM {} asks for {a}, the host's address", i + 1));
+        }
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        let bcast = (u32::from(host) & mask) | !mask;
+        if !same_subnet(*a, host, prefix) || u32::from(*a) == bcast || u32::from(*a) & !mask == 0 {
+            return Err(format!(
+                "VM {} address {a} is not a host address of the subnet {host}/{prefix}",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_guest_dir(what: &str, p: &str) -> Result<(), String> {
+    if !p.starts_with('/') || p == "/" || p.contains(',') || p.chars().any(char::is_whitespace) || p.split('/').any(|c| c == "..") {
+        return Err(format!("{what} = {p:?}: want an absolute guest path other than /, without spaces, commas or '..'"));
+    }
+    Ok(())
 }
 
 pub fn parse_cidr(s: &str) -> Option<GuestAddr> {
@@ -539,6 +725,18 @@ type = "distribution"
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
             assert!(e.contains(needle), "{to}: {e}");
         }
+        let e = parse(&format!("{GOOD}\n[vm]\ncount = 3\n")).unwrap();
+        assert_eq!(e.guest_addrs().unwrap().len(), 3);
+        let e = parse(&GOOD.replace(
+            "host = \"10.0.120.100\"",
+            "host = \"10.0.120.100\"\nguests = [\"10.0.120.5\", \"10.0.120.5\"]",
+        ))
+        .unwrap_err();
+        assert!(e.contains("VMs 1 and 2 both ask for the address 10.0.120.5"), "{e}");
+        let e = parse(&GOOD.replace("10.0.120.101/24", "10.0.120.254/24").replace("[distribution]", "[vm]\ncount = 2\n[distribution]")).unwrap_err();
+        assert!(e.contains("not a host address"), "{e}");
+        let e = parse(&format!("{GOOD}\n[data]\nmount = \"/data\"\n")).unwrap_err();
+        assert!(e.contains("target = \\\"uml\\\" only") || e.contains("uml"), "{e}");
         let e = parse(&GOOD.replace("[distribution]\nnode = \"echo\"\n", "")).unwrap_err();
         assert!(e.contains("needs a [distribution] section"), "{e}");
     }

@@ -10,11 +10,12 @@ use crate::pipeline::{Error, Progress};
 use crate::recipe::{Accel, Recipe, Target};
 use crate::sandbox::{self, Mode, Outcome, Request};
 use crate::smoke::Report;
-use crate::target::microvm::{self, Built};
+use crate::target::{microvm, uml, Built};
 
 pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
     match recipe.target {
         Target::Microvm => microvm::build(recipe, out_root, progress),
+        Target::Uml => uml::build(recipe, out_root, progress),
         other => Err(Error::Recipe(format!(
             "{}: target {other:?} cannot be built yet (see the README support matrix)",
             recipe.file.display()
@@ -22,36 +23,53 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
     }
 }
 
-/// Boots the image in `dir` (a build's output directory) in a fresh sandbox.
+/// Boots the image in `dir` (a build's output directory) in a fresh sandbox; `count`
+/// overrides how many VMs start from it. Returns the first VM's console log.
 pub fn boot(
     dir: &Path,
     accel: Option<Accel>,
+    count: Option<u32>,
     mode: Mode,
     progress: &dyn Progress,
 ) -> Result<(BootPlan, Outcome, PathBuf), Error> {
-    let plan = BootPlan::load(dir)?;
-    qemu::check_installed()?;
-    progress.step("choosing the accelerator");
-    let kvm = qemu::resolve_accel(
-        accel.unwrap_or(plan.accel),
-        &dir.join(&plan.kernel),
-        &crate::kernel::default_cache_dir(),
-    ) == qemu::Accelerator::Kvm;
-    let console_log = dir.join("console.log");
-    progress.step(match mode {
-        Mode::Smoke => "booting and running the checks",
-        Mode::Interactive => "booting",
-    });
+    let mut plan = BootPlan::load(dir)?;
+    if let Some(n) = count {
+        plan.set_count(n)?;
+    }
+    let kvm = match plan.target {
+        Target::Uml => {
+            crate::boot::uml::check_kernel(&plan, dir)?;
+            false
+        }
+        _ => {
+            qemu::check_installed()?;
+            progress.step("choosing the accelerator");
+            qemu::resolve_accel(
+                accel.unwrap_or(plan.accel),
+                &dir.join(&plan.kernel),
+                &crate::kernel::default_cache_dir(),
+            ) == qemu::Accelerator::Kvm
+        }
+    };
     let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
     })?;
+    let instances = plan.instances(&dir_abs);
+    prepare_storage(&plan, &instances, progress)?;
+    progress.step(match mode {
+        Mode::Smoke => "booting and running the checks",
+        Mode::Interactive => "booting",
+    });
+    let console_log = instances
+        .first()
+        .map(|i| i.console_log.clone())
+        .unwrap_or_else(|| dir_abs.join("console.log"));
     let req = Request {
         dir: dir_abs,
         plan: plan.clone(),
         mode,
         kvm,
-        console_log: console_log.clone(),
         verbose: progress.verbose(),
     };
     let outcome = sandbox::run(&req)?;
@@ -61,9 +79,36 @@ pub fn boot(
     Ok((plan, outcome, console_log))
 }
 
+/// Data disks (created when absent, else checked to be ext4) and host directories (must
+/// exist), before any VM starts.
+fn prepare_storage(plan: &BootPlan, instances: &[crate::boot::Instance], progress: &dyn Progress) -> Result<(), Error> {
+    for h in &plan.hostfs {
+        if !h.host.is_dir() {
+            return Err(Error::Recipe(format!(
+                "{}: hostfs directory for {} does not exist (or is not a directory)",
+                h.host.display(),
+                h.guest
+            )));
+        }
+    }
+    if let Some(d) = &plan.data {
+        for inst in instances {
+            let Some(disk) = &inst.data_disk else { continue };
+            if disk.exists() {
+                crate::image::ext4::probe(disk).map_err(|e| Error::Recipe(e.to_string()))?;
+            } else {
+                progress.step(&format!("creating the data disk {}", disk.display()));
+                crate::image::ext4::create_data_disk(disk, d.size_mib, "beambake-data")
+                    .map_err(|e| Error::Recipe(e.to_string()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Smoke-tests an already built image (a build's output directory).
 pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf), Error> {
-    let (plan, outcome, log) = boot(dir, None, Mode::Smoke, progress)?;
+    let (plan, outcome, log) = boot(dir, None, None, Mode::Smoke, progress)?;
     if plan.checks.is_empty() {
         return Err(Error::Recipe(format!(
             "{}: the plan has no checks",

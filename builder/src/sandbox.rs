@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::boot::guest::Guest;
+use crate::boot::guest::{Guest, StatusFrom};
 use crate::boot::qemu::{self, Accelerator, Console};
+use crate::boot::uml;
 use crate::boot::{BootError, BootPlan};
 use crate::net;
-use crate::recipe::NetMode;
+use crate::recipe::{NetMode, Target};
 use crate::smoke::{self, Report};
 
 pub const SANDBOX_ARG: &str = "__sandbox";
@@ -43,7 +44,6 @@ pub struct Request {
     pub plan: BootPlan,
     pub mode: Mode,
     pub kvm: bool,
-    pub console_log: PathBuf,
     /// Print the VM's command line.
     #[serde(default)]
     pub verbose: bool,
@@ -150,15 +150,30 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
     }
     net::link_up("lo").map_err(|e| neterr("bringing lo up", e))?;
     let plan = &req.plan;
-    let tap = if plan.net.mode == NetMode::Tap {
-        let tap = net::Tap::create("tap0").map_err(|e| neterr("creating tap0", e))?;
-        net::set_addr(&tap.name, plan.net.host, plan.net.prefix)
-            .map_err(|e| neterr("addressing tap0", e))?;
-        net::link_up(&tap.name).map_err(|e| neterr("bringing tap0 up", e))?;
-        Some(tap)
-    } else {
-        None
-    };
+    let insts = plan.instances(&req.dir);
+    let on_qemu = plan.target != Target::Uml;
+    let mut taps = Vec::new();
+    if plan.net.mode == NetMode::Tap {
+        for inst in &insts {
+            let what = |e| neterr(&format!("creating {}", inst.tap), e);
+            taps.push(net::Tap::create(&inst.tap, on_qemu).map_err(what)?);
+        }
+        // One VM: the host's address on its tap. Several: a bridge joins their taps.
+        let host_if = if taps.len() == 1 {
+            taps[0].name.clone()
+        } else {
+            net::add_bridge("br0").map_err(|e| neterr("creating br0", e))?;
+            for t in &taps {
+                net::bridge_add_port("br0", &t.name)
+                    .map_err(|e| neterr(&format!("adding {} to br0", t.name), e))?;
+                net::link_up(&t.name).map_err(|e| neterr(&format!("bringing {} up", t.name), e))?;
+            }
+            "br0".to_string()
+        };
+        net::set_addr(&host_if, plan.net.host, plan.net.prefix)
+            .map_err(|e| neterr(&format!("addressing {host_if}"), e))?;
+        net::link_up(&host_if).map_err(|e| neterr(&format!("bringing {host_if} up"), e))?;
+    }
     // First child: PID 1 of the new PID namespace, reaping orphans (epmd daemons, ...).
     let exe = std::env::current_exe().map_err(|e| neterr("current_exe", e))?;
     let mut reaper = Command::new(exe);
@@ -176,49 +191,86 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
     } else {
         Accelerator::Tcg
     };
-    let console = match req.mode {
-        Mode::Interactive => Console::Terminal(&req.console_log),
-        Mode::Smoke => Console::File(&req.console_log),
-    };
-    let cmd = qemu::command(plan, &req.dir, accel, console);
-    if req.verbose {
-        eprintln!("beambake: {cmd:?}");
+    let mut guests = Vec::new();
+    for (i, inst) in insts.iter().enumerate() {
+        // Interactive: the first VM's console is the terminal; the others log to files.
+        let interactive = req.mode == Mode::Interactive && i == 0;
+        let console = if interactive {
+            Console::Terminal(&inst.console_log)
+        } else {
+            Console::File(&inst.console_log)
+        };
+        let (cmd, status_from) = match plan.target {
+            Target::Uml => (
+                uml::command(plan, &req.dir, inst, console)?,
+                StatusFrom::ConsoleLine,
+            ),
+            _ => (
+                qemu::command(plan, &req.dir, inst, accel, console),
+                StatusFrom::DebugExit,
+            ),
+        };
+        if req.verbose {
+            eprintln!("beambake: {cmd:?}");
+        }
+        let tee = interactive && !on_qemu;
+        guests.push(Guest::spawn(
+            cmd,
+            taps.get(i).map(|t| &t.fd),
+            &inst.console_log,
+            status_from,
+            tee,
+        )?);
     }
-    let mut guest = Guest::spawn(cmd, tap.as_ref().map(|t| &t.fd), &req.console_log)?;
     let outcome = match req.mode {
         Mode::Interactive => {
-            let st = guest.wait().map_err(|e| neterr("waiting for qemu", e))?;
+            let g = &mut guests[0];
+            g.wait().map_err(|e| neterr("waiting for the VM", e))?;
             Outcome {
-                guest_exit: qemu::guest_status(st.code()),
+                guest_exit: g.guest_status(),
                 report: None,
                 error: None,
             }
         }
         Mode::Smoke => {
             let cookie = plan.cookie(&req.dir)?;
-            let (addr, host): (IpAddr, IpAddr) = match plan.net.mode {
-                NetMode::Tap => (plan.net.guest.into(), plan.net.host.into()),
-                _ => ([127, 0, 0, 1].into(), [127, 0, 0, 1].into()),
+            let host: IpAddr = match plan.net.mode {
+                NetMode::Tap => plan.net.host.into(),
+                _ => [127, 0, 0, 1].into(),
             };
+            let nodes = insts
+                .iter()
+                .map(|inst| smoke::NodeTarget {
+                    addr: match plan.net.mode {
+                        NetMode::Tap => inst.ip.into(),
+                        _ => [127, 0, 0, 1].into(),
+                    },
+                    node: inst.node.clone(),
+                })
+                .collect();
             let target = smoke::Target {
-                addr,
+                nodes,
                 host,
-                node: plan.node.as_deref(),
                 cookie: cookie.as_deref(),
                 ready_timeout: Duration::from_secs(plan.smoke.ready_timeout_s),
                 check_timeout: Duration::from_secs(plan.smoke.check_timeout_s),
             };
-            let accel_name = if req.kvm { "kvm" } else { "tcg" };
-            let report = smoke::run(&plan.name, accel_name, &mut guest, &plan.checks, &target);
-            let guest_exit = report.guest_exit;
+            let accel_name = match (plan.target, req.kvm) {
+                (Target::Uml, _) => "uml",
+                (_, true) => "kvm",
+                (_, false) => "tcg",
+            };
+            let report = smoke::run(&plan.name, accel_name, &mut guests, &plan.checks, &target);
             Outcome {
-                guest_exit,
+                guest_exit: report.guest_exit,
                 report: Some(report),
                 error: None,
             }
         }
     };
-    guest.kill();
+    for g in &mut guests {
+        g.kill();
+    }
     let _ = reaper.kill();
     let _ = reaper.wait();
     Ok(outcome)

@@ -1,5 +1,7 @@
-//! Smoke checks against a booted guest: TCP echo round trip, HTTP GET, Erlang
-//! distribution (a host node pings the guest node and runs an `rpc:call`). Every check is
+//! Smoke checks against booted guests (one or several VMs): TCP echo round trip, HTTP
+//! GET, Erlang distribution (a host node pings every guest node and runs an `rpc:call`;
+//! several nodes must also reach each other and answer an `rpc:multicall`), and an
+//! `rpc` check that runs a call on the guest node and compares the result. Every check is
 //! bounded in time; the first one also waits (bounded) for the guest to become ready and
 //! notices when the guest ends instead (reporting its exit status and console tail).
 //!
@@ -16,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::boot::guest::Guest;
-use crate::boot::qemu;
 use crate::recipe::Check;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,14 +41,21 @@ pub struct Report {
     pub console_tail: Option<String>,
 }
 
-/// Where the checks connect, and what they need.
-pub struct Target<'a> {
+/// One VM the checks talk to.
+pub struct NodeTarget {
     /// Address that reaches the guest's services (its IP on a tap, 127.0.0.1 with user
     /// networking).
     pub addr: IpAddr,
+    /// `NAME@IP` when distributed.
+    pub node: Option<String>,
+}
+
+/// Where the checks connect, and what they need.
+pub struct Target<'a> {
+    /// One per VM, in the order of the guests.
+    pub nodes: Vec<NodeTarget>,
     /// Host address the checking node runs as (tap mode), for distribution checks.
     pub host: IpAddr,
-    pub node: Option<&'a str>,
     pub cookie: Option<&'a str>,
     pub ready_timeout: Duration,
     pub check_timeout: Duration,
@@ -58,12 +66,14 @@ pub fn check_name(c: &Check) -> String {
         Check::TcpEcho { port, .. } => format!("tcp_echo:{port}"),
         Check::Http { port, path, .. } => format!("http:{port}{path}"),
         Check::Distribution {} => "distribution".into(),
+        Check::Rpc { call, .. } => format!("rpc:{call}"),
     }
 }
 
-/// Runs `checks` in order. The first is retried until the guest is ready (or ends, or
+/// Runs `checks` in order against every guest (the distribution check runs once, for all
+/// of them). The first check is retried until each guest is ready (or ends, or
 /// `ready_timeout` passes); the others run once, each within `check_timeout`.
-pub fn run(name: &str, accel: &str, guest: &mut Guest, checks: &[Check], t: &Target) -> Report {
+pub fn run(name: &str, accel: &str, guests: &mut [Guest], checks: &[Check], t: &Target) -> Report {
     let mut report = Report {
         name: name.into(),
         accel: accel.into(),
@@ -73,57 +83,104 @@ pub fn run(name: &str, accel: &str, guest: &mut Guest, checks: &[Check], t: &Tar
         guest_exit: None,
         console_tail: None,
     };
-    for (i, check) in checks.iter().enumerate() {
-        let start = Instant::now();
-        let outcome = if i == 0 {
-            wait_ready(guest, check, t)
-        } else {
-            run_one(check, t, t.check_timeout)
+    let many = guests.len() > 1;
+    let mut ended = false;
+    'checks: for (i, check) in checks.iter().enumerate() {
+        let targets: Vec<Option<usize>> = match check {
+            Check::Distribution {} => vec![None],
+            _ => (0..guests.len()).map(Some).collect(),
         };
-        let millis = start.elapsed().as_millis() as u64;
-        let (passed, message) = match outcome {
-            Ok(m) => (true, m),
-            Err(m) => (false, m),
-        };
-        if i == 0 && passed {
-            report.boot_to_ready_ms = Some(guest.started.elapsed().as_millis() as u64);
-        }
-        report.checks.push(CheckResult {
-            name: check_name(check),
-            passed,
-            millis,
-            message,
-        });
-        if let Some(st) = guest.exited() {
-            report.guest_exit = qemu::guest_status(st.code());
-            break;
+        for vm in targets {
+            let start = Instant::now();
+            let outcome = if ended {
+                Err("not run: a guest ended".to_string())
+            } else if i == 0 {
+                wait_ready(guests, vm, check, t)
+            } else {
+                run_one(check, t, vm, t.check_timeout)
+            };
+            let millis = start.elapsed().as_millis() as u64;
+            let (passed, message) = match outcome {
+                Ok(m) => (true, m),
+                Err(m) => (false, m),
+            };
+            if i == 0 && passed {
+                report.boot_to_ready_ms = Some(
+                    guests
+                        .iter()
+                        .map(|g| g.started.elapsed().as_millis() as u64)
+                        .min()
+                        .unwrap_or(0),
+                );
+            }
+            let mut cname = check_name(check);
+            if let (true, Some(v)) = (many, vm) {
+                cname.push_str(&format!(" @vm{}", v + 1));
+            }
+            report.checks.push(CheckResult {
+                name: cname,
+                passed,
+                millis,
+                message,
+            });
+            if let Some(g) = guests.iter_mut().find_map(|g| g.exited().is_some().then_some(g)) {
+                report.guest_exit = g.guest_status();
+                ended = true;
+                if !many {
+                    break 'checks;
+                }
+            }
         }
     }
     // Checks that never ran because the guest ended are failures too.
-    for check in checks.iter().skip(report.checks.len()) {
-        report.checks.push(CheckResult {
-            name: check_name(check),
-            passed: false,
-            millis: 0,
-            message: "not run: the guest ended".into(),
-        });
+    if !many {
+        for check in checks.iter().skip(report.checks.len()) {
+            report.checks.push(CheckResult {
+                name: check_name(check),
+                passed: false,
+                millis: 0,
+                message: "not run: the guest ended".into(),
+            });
+        }
     }
     report.passed = !report.checks.is_empty() && report.checks.iter().all(|c| c.passed);
     if !report.passed {
-        report.console_tail = Some(guest.console_tail(40));
+        let failing = guests
+            .iter_mut()
+            .position(|g| g.exited().is_some())
+            .unwrap_or(0);
+        report.console_tail = guests.get(failing).map(|g| {
+            let tail = g.console_tail(40);
+            match crate::boot::uml::explain(&tail) {
+                Some(why) => format!("{why}\n{tail}"),
+                None => tail,
+            }
+        });
     }
     report
 }
 
-fn wait_ready(guest: &mut Guest, check: &Check, t: &Target) -> Result<String, String> {
+/// Retries `check` against VM `vm` (all VMs for `None`) until it passes, a guest ends, or
+/// the ready timeout passes.
+fn wait_ready(
+    guests: &mut [Guest],
+    vm: Option<usize>,
+    check: &Check,
+    t: &Target,
+) -> Result<String, String> {
     let start = Instant::now();
     let mut last = String::from("no attempt");
     loop {
-        if let Some(st) = guest.exited() {
-            return Err(match qemu::guest_status(st.code()) {
-                Some(s) => format!("the guest ended before it was ready: the release exited with status {s} (last attempt: {last})"),
-                None => format!("the VM ended before the guest was ready ({st}; last attempt: {last})"),
-            });
+        for g in guests.iter_mut() {
+            if let Some(st) = g.exited() {
+                let why = crate::boot::uml::explain(&g.console_tail(60))
+                    .map(|w| format!("{w}; "))
+                    .unwrap_or_default();
+                return Err(match g.guest_status() {
+                    Some(s) => format!("the guest ended before it was ready: {why}the release exited with status {s} (last attempt: {last})"),
+                    None => format!("the VM ended before the guest was ready ({why}{st}; last attempt: {last})"),
+                });
+            }
         }
         let left = t.ready_timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
@@ -132,7 +189,7 @@ fn wait_ready(guest: &mut Guest, check: &Check, t: &Target) -> Result<String, St
                 t.ready_timeout.as_secs()
             ));
         }
-        match run_one(check, t, left.min(Duration::from_secs(5))) {
+        match run_one(check, t, vm, left.min(Duration::from_secs(5))) {
             Ok(m) => return Ok(m),
             Err(m) => last = m,
         }
@@ -140,10 +197,15 @@ fn wait_ready(guest: &mut Guest, check: &Check, t: &Target) -> Result<String, St
     }
 }
 
-fn run_one(check: &Check, t: &Target, bound: Duration) -> Result<String, String> {
+fn run_one(check: &Check, t: &Target, vm: Option<usize>, bound: Duration) -> Result<String, String> {
+    let node = |vm: Option<usize>| -> Result<&NodeTarget, String> {
+        t.nodes
+            .get(vm.unwrap_or(0))
+            .ok_or_else(|| "no such VM".to_string())
+    };
     match check {
         Check::TcpEcho { port, payload } => {
-            tcp_echo(SocketAddr::new(t.addr, *port), payload, bound)
+            tcp_echo(SocketAddr::new(node(vm)?.addr, *port), payload, bound)
         }
         Check::Http {
             port,
@@ -151,13 +213,14 @@ fn run_one(check: &Check, t: &Target, bound: Duration) -> Result<String, String>
             status,
             body_contains,
         } => http_get(
-            SocketAddr::new(t.addr, *port),
+            SocketAddr::new(node(vm)?.addr, *port),
             path,
             *status,
             body_contains,
             bound,
         ),
         Check::Distribution {} => distribution(t, bound),
+        Check::Rpc { call, expect } => rpc(t, node(vm)?, call, expect, bound),
     }
 }
 
@@ -234,19 +297,87 @@ pub fn http_get(
     Ok(format!("{addr}{path}: {status}"))
 }
 
-/// A host node (`beambake_check@HOST`) pings the guest node and runs
-/// `rpc:call(Node, erlang, system_info, [otp_release])`.
+/// Every node is pinged from a host node (`beambake_check@HOST`) and answers an
+/// `rpc:call`; with several nodes, each pings every other and `rpc:multicall` reaches all.
+/// The verdict is computed in Erlang and printed as one `BEAMBAKE_RESULT` line.
+const DISTRIBUTION_EVAL: &str = r#"
+Ns = [list_to_atom(N) || N <- string:lexemes(os:getenv("BEAMBAKE_NODES"), " ")],
+Pang = [N || N <- Ns, net_adm:ping(N) =/= pong],
+R = case Pang of
+  [] ->
+    Cross = [{A, B} || A <- Ns, B <- Ns, A =/= B,
+                       rpc:call(A, net_adm, ping, [B]) =/= pong],
+    {Res, Bad} = rpc:multicall(Ns, erlang, node, []),
+    Otp = rpc:call(hd(Ns), erlang, system_info, [otp_release]),
+    case {Cross, lists:sort(Res) =:= lists:sort(Ns), Bad} of
+      {[], true, []} -> {ok, length(Ns), Otp};
+      _ -> {cluster_failed, Cross, Res, Bad}
+    end;
+  _ -> {pang, Pang}
+end,
+io:format("BEAMBAKE_RESULT ~0p~n", [R]), halt()."#;
+
+/// `call` (`M:F(Args)`) runs on the node with `rpc:call`; the result is compared with
+/// `expect`. Both come in through the environment, so no quoting reaches the shell.
+const RPC_EVAL: &str = r#"
+Node = list_to_atom(os:getenv("BEAMBAKE_NODE")),
+Parse = fun(S) -> {ok, Ts, _} = erl_scan:string(S ++ "."), {ok, [E]} = erl_parse:parse_exprs(Ts), E end,
+R = case net_adm:ping(Node) of
+  pang -> pang;
+  pong ->
+    {call, _, {remote, _, {atom, _, M}, {atom, _, F}}, As} = Parse(os:getenv("BEAMBAKE_CALL")),
+    Args = [element(2, erl_eval:expr(A, [])) || A <- As],
+    {value, Want, _} = erl_eval:expr(Parse(os:getenv("BEAMBAKE_EXPECT")), []),
+    Got = rpc:call(Node, M, F, Args),
+    case Got =:= Want of true -> {ok, Got}; false -> {mismatch, Got} end
+end,
+io:format("BEAMBAKE_RESULT ~0p~n", [R]), halt()."#;
+
 fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
-    let (Some(node), Some(cookie)) = (t.node, t.cookie) else {
-        return Err("the image has no node name and cookie".into());
+    let nodes: Vec<&str> = t.nodes.iter().filter_map(|n| n.node.as_deref()).collect();
+    if nodes.is_empty() {
+        return Err("the image has no node name".into());
+    }
+    let line = host_node(t, DISTRIBUTION_EVAL, &[("BEAMBAKE_NODES", &nodes.join(" "))], bound)?;
+    if line.starts_with("{ok,") {
+        Ok(if nodes.len() == 1 {
+            format!("net_adm:ping -> pong; rpc:call -> {line}")
+        } else {
+            format!(
+                "{} nodes: each answers ping from the host and from every other node; rpc:multicall reaches all ({line})",
+                nodes.len()
+            )
+        })
+    } else {
+        Err(format!("nodes {}: {line}", nodes.join(", ")))
+    }
+}
+
+fn rpc(t: &Target, n: &NodeTarget, call: &str, expect: &str, bound: Duration) -> Result<String, String> {
+    let node = n.node.as_deref().ok_or("the image has no node name")?;
+    let line = host_node(
+        t,
+        RPC_EVAL,
+        &[
+            ("BEAMBAKE_NODE", node),
+            ("BEAMBAKE_CALL", call),
+            ("BEAMBAKE_EXPECT", expect),
+        ],
+        bound,
+    )?;
+    match line.strip_prefix("{ok,") {
+        Some(_) => Ok(format!("{node}: {call} -> {expect}")),
+        None if line == "pang" => Err(format!("net_adm:ping('{node}') -> pang")),
+        None => Err(format!("{node}: {call} -> {line}, expected {expect}")),
+    }
+}
+
+/// Runs `eval` in a host node `beambake_check@HOST` (with the image's cookie) and returns
+/// what it printed after `BEAMBAKE_RESULT `.
+fn host_node(t: &Target, eval: &str, env: &[(&str, &str)], bound: Duration) -> Result<String, String> {
+    let Some(cookie) = t.cookie else {
+        return Err("the image has no cookie".into());
     };
-    let eval = format!(
-        "R = case net_adm:ping('{node}') of \
-           pong -> {{pong, rpc:call('{node}', erlang, system_info, [otp_release]), \
-                    rpc:call('{node}', erlang, node, [])}}; \
-           pang -> pang end, \
-         io:format(\"BEAMBAKE_RESULT ~0p~n\", [R]), halt()."
-    );
     let mut cmd = Command::new("erl");
     cmd.args([
         "-noshell",
@@ -255,7 +386,8 @@ fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
         &format!("beambake_check@{}", t.host),
     ])
     .args(["-setcookie", cookie, "-kernel", "net_ticktime", "10"])
-    .args(["-eval", &eval])
+    .args(["-eval", eval])
+    .envs(env.iter().copied())
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -272,7 +404,7 @@ fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "host node got no answer from {node} within {}s",
+                    "the host node got no answer within {}s",
                     bound.as_secs()
                 ));
             }
@@ -282,21 +414,15 @@ fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
     if let Some(mut o) = child.stdout.take() {
         let _ = o.read_to_string(&mut out);
     }
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("BEAMBAKE_RESULT "))
-        .unwrap_or("");
-    let expect = "BEAMBAKE_RESULT {pong,\"";
-    if line.starts_with(expect) && line.contains(&format!("'{node}'}}")) {
-        Ok(format!("net_adm:ping -> pong; rpc:call -> {}", &line[16..]))
-    } else if line.contains("pang") {
-        Err(format!("net_adm:ping('{node}') -> pang"))
-    } else {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
+    match out.lines().find_map(|l| l.strip_prefix("BEAMBAKE_RESULT ")) {
+        Some(line) => Ok(line.to_string()),
+        None => {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            Err(format!("unexpected host node output: {out}{err}"))
         }
-        Err(format!("unexpected host node output: {out}{err}"))
     }
 }
 

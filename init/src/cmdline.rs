@@ -43,6 +43,44 @@ pub struct Config {
     pub gw: Option<Ipv4Addr>,
     pub hostname: Option<String>,
     pub debug: bool,
+    /// `beambake.node=NAME@HOST`: the release's distribution node name for this VM
+    /// (replaces the `-name`/`-sname` value of the launch spec: many VMs, one image).
+    pub node: Option<String>,
+    /// `beambake.mount=SOURCE,TARGET,FSTYPE[,DATA]`, repeatable: filesystems given at
+    /// boot (a data disk, a host directory), mounted before the release starts.
+    pub mounts: Vec<MountSpec>,
+    /// `beambake.if=NAME`: the interface `beambake.ip` goes on (default eth0; User
+    /// Mode Linux's vector NIC is vec0).
+    pub iface: Option<String>,
+}
+
+/// One `beambake.mount=` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    pub data: String,
+}
+
+/// Parses `SOURCE,TARGET,FSTYPE[,DATA]` (DATA may itself contain commas).
+pub fn parse_mount(v: &str) -> Result<MountSpec, &'static str> {
+    let mut it = v.splitn(4, ',');
+    let (Some(source), Some(target), Some(fstype)) = (it.next(), it.next(), it.next()) else {
+        return Err("want SOURCE,TARGET,FSTYPE[,DATA]");
+    };
+    if source.is_empty() || fstype.is_empty() {
+        return Err("empty source or filesystem type");
+    }
+    if !target.starts_with('/') || target == "/" {
+        return Err("the target must be an absolute path other than /");
+    }
+    Ok(MountSpec {
+        source: source.to_string(),
+        target: target.to_string(),
+        fstype: fstype.to_string(),
+        data: it.next().unwrap_or("").to_string(),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +176,24 @@ pub fn parse(cmdline: &str) -> (Config, Vec<Diagnostic>) {
                     Err(reason) => diags.push(bad(v, reason)),
                 },
                 None => diags.push(bad("", "missing value")),
+            },
+            "node" => match value {
+                Some(v) if v.contains('@') && !v.starts_with('@') && !v.ends_with('@') => {
+                    cfg.node = Some(v.to_string())
+                }
+                Some(v) => diags.push(bad(v, "want NAME@HOST")),
+                None => diags.push(bad("", "missing value (want NAME@HOST)")),
+            },
+            "if" => match value {
+                Some(v) if !v.is_empty() && v.len() < 16 && v.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                    cfg.iface = Some(v.to_string())
+                }
+                _ => diags.push(bad(value.unwrap_or(""), "want an interface name")),
+            },
+            "mount" => match value.map(parse_mount) {
+                Some(Ok(m)) => cfg.mounts.push(m),
+                Some(Err(reason)) => diags.push(bad(value.unwrap_or(""), reason)),
+                None => diags.push(bad("", "missing value (want SOURCE,TARGET,FSTYPE)")),
             },
             "debug" => match value.map(parse_bool) {
                 // A bare `beambake.debug` turns debugging on.
@@ -293,6 +349,20 @@ mod tests {
                 assert!(msg.contains(&format!("{v:?}")), "{msg} should quote {v}");
             }
         }
+    }
+
+    #[test]
+    fn node_and_mounts() {
+        let (cfg, diags) = parse(
+            "beambake.node=echo@10.0.0.2 beambake.mount=/dev/ubdb,/data,ext4 \
+             beambake.mount=none,/srv,hostfs,/host/dir,with,commas beambake.mount=x,rel,ext4 \
+             beambake.node=bad",
+        );
+        assert_eq!(cfg.node.as_deref(), Some("echo@10.0.0.2"));
+        assert_eq!(cfg.mounts.len(), 2);
+        assert_eq!(cfg.mounts[0].target, "/data");
+        assert_eq!(cfg.mounts[1].data, "/host/dir,with,commas");
+        assert_eq!(diags.len(), 2, "{diags:?}");
     }
 
     #[test]

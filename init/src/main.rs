@@ -1,5 +1,5 @@
 //! `beambake-init`: PID 1 of a beambake guest VM. It mounts the early
-//! filesystems, loads the listed kernel modules, configures loopback, eth0,
+//! filesystems, loads the listed kernel modules, configures loopback, eth0 (or `beambake.if`),
 //! the default route and the hostname from the kernel command line, starts
 //! the services and the Erlang release described by
 //! `/etc/beambake/launch.json`, reaps every process, and powers the VM off
@@ -99,6 +99,15 @@ fn main() {
         launch.services.len()
     );
 
+    mount_boot_filesystems(&cfg, &launch.writable);
+    let argv = match &cfg.node {
+        Some(node) => {
+            debug!("node name {node} (from beambake.node)");
+            spec::with_node(&launch.argv, node)
+        }
+        None => launch.argv.clone(),
+    };
+
     let mut sup = supervise::Supervisor::default();
     for s in &launch.services {
         if supervise::pending_signal().is_some() {
@@ -117,12 +126,45 @@ fn main() {
     match sup.run_release(
         &launch.release,
         &launch.vsn,
-        &launch.argv,
+        &argv,
         &launch.env,
         &launch.cwd,
     ) {
         Ok(exit) => supervise::finish(exit),
         Err(e) => fatal(e),
+    }
+}
+
+/// The release's writable directories (a tmpfs each, where the directory exists), then
+/// the `beambake.mount=` filesystems (data disk, host directories). A mount asked for on
+/// the command line that fails is fatal: the release must not run without its data.
+fn mount_boot_filesystems(cfg: &Config, writable: &[String]) {
+    for dir in writable {
+        if !Path::new(dir).is_dir() {
+            debug!("writable dir {dir} is not in the image, skipped");
+            continue;
+        }
+        match mount::mount("tmpfs", dir, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755") {
+            Ok(()) => debug!("tmpfs on {dir}"),
+            Err(e) => error!("cannot mount a tmpfs on {dir}: {e}"),
+        }
+    }
+    for m in &cfg.mounts {
+        if !Path::new(&m.target).is_dir() {
+            if let Err(e) = mount::ensure_dir(&m.target, 0o755) {
+                fatal(format_args!(
+                    "cannot mount {} on {}: the mount point does not exist and cannot be made ({e})",
+                    m.source, m.target
+                ));
+            }
+        }
+        match mount::mount(&m.source, &m.target, &m.fstype, libc::MS_NOSUID | libc::MS_NODEV, &m.data) {
+            Ok(()) => info!("mounted {} ({}) on {}", m.source, m.fstype, m.target),
+            Err(e) => fatal(format_args!(
+                "cannot mount {} ({}) on {}: {e}",
+                m.source, m.fstype, m.target
+            )),
+        }
     }
 }
 
@@ -167,11 +209,12 @@ fn setup_network(cfg: &Config) -> Option<Ipv4Addr> {
         }
         return None;
     };
-    if let Err(e) = setup_eth0(&sock, ip) {
-        error!("cannot configure eth0 with {ip}: {e}");
+    let iface = cfg.iface.as_deref().unwrap_or("eth0");
+    if let Err(e) = setup_iface(&sock, iface, ip) {
+        error!("cannot configure {iface} with {ip}: {e}");
         return None;
     }
-    debug!("eth0 is up with {ip}");
+    debug!("{iface} is up with {ip}");
     if let Some(gw) = cfg.gw {
         match sock.add_default_route(gw) {
             Ok(()) => debug!("default route via {gw}"),
@@ -181,18 +224,17 @@ fn setup_network(cfg: &Config) -> Option<Ipv4Addr> {
     Some(ip.addr)
 }
 
-fn setup_eth0(sock: &net::Sock, ip: Ipv4Cidr) -> std::io::Result<()> {
-    const IF: &str = "eth0";
-    if !sock.wait_for(IF, Duration::from_secs(5), Duration::from_millis(10))? {
+fn setup_iface(sock: &net::Sock, iface: &str, ip: Ipv4Cidr) -> std::io::Result<()> {
+    if !sock.wait_for(iface, Duration::from_secs(5), Duration::from_millis(10))? {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            "eth0 did not appear within 5 s (is virtio_net listed in /etc/beambake/modules?)",
+            format!("{iface} did not appear within 5 s (is virtio_net listed in /etc/beambake/modules?)"),
         ));
     }
-    debug!("eth0 exists");
-    sock.set_addr(IF, ip.addr)?;
-    sock.set_netmask(IF, ip.netmask())?;
-    sock.up(IF)
+    debug!("{iface} exists");
+    sock.set_addr(iface, ip.addr)?;
+    sock.set_netmask(iface, ip.netmask())?;
+    sock.up(iface)
 }
 
 fn setup_hostname(hostname: &str, ip: Option<Ipv4Addr>) {

@@ -73,6 +73,16 @@ const MOUNTS: &[Mount] = &[
     },
     Mount {
         source: "tmpfs",
+        target: "/var",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=0755",
+        dir_mode: 0o755,
+        // Optional: a read-only root without /var still boots.
+        required: false,
+    },
+    Mount {
+        source: "tmpfs",
         target: "/run",
         fstype: "tmpfs",
         flags: NOSUID_NODEV,

@@ -15,8 +15,14 @@ use std::time::Duration;
 
 use crate::log::error;
 
+/// Printed (after `beambake-init: `) just before powering off, followed by the status.
+pub const POWER_OFF_LINE: &str = "power off, status ";
+
 /// Power the machine off with exit code `code`. Never returns.
 pub fn power_off(code: u8) -> ! {
+    // For VMs without an exit device (User Mode Linux): the host reads the status from
+    // this line on the console.
+    crate::log::info!("{POWER_OFF_LINE}{code}");
     debug_exit(code);
     // SAFETY: reboot(2) with the documented magic commands; we are PID 1.
     unsafe {

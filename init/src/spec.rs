@@ -34,6 +34,11 @@ pub struct Launch {
     /// Started in order before the release.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Directories the release writes to (its log and tmp dirs): a fresh tmpfs is
+    /// mounted on each one that exists, so a read-only root still works and nothing
+    /// written there survives a reboot.
+    #[serde(default)]
+    pub writable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -97,8 +102,26 @@ impl Launch {
                 }
             }
         }
+        for w in &self.writable {
+            if !w.starts_with('/') || w == "/" {
+                return Err(format!("writable entry {w:?} is not an absolute path other than /"));
+            }
+            check_text("writable", w)?;
+        }
         Ok(())
     }
+}
+
+/// `argv` with the value after `-name`/`-sname` replaced by `node` (unchanged when the
+/// release is not distributed).
+pub fn with_node(argv: &[String], node: &str) -> Vec<String> {
+    let mut v = argv.to_vec();
+    for i in 0..v.len().saturating_sub(1) {
+        if v[i] == "-name" || v[i] == "-sname" {
+            v[i + 1] = node.to_string();
+        }
+    }
+    v
 }
 
 fn check_text(what: &str, v: &str) -> Result<(), String> {
@@ -139,6 +162,19 @@ fn check_command(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn node_replaces_name_values_only() {
+        let argv: Vec<String> = ["/erts/bin/erlexec", "-name", "echo@10.0.0.1", "-setcookie", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let v = with_node(&argv, "echo@10.0.0.2");
+        assert_eq!(v[2], "echo@10.0.0.2");
+        assert_eq!(v[4], "c");
+        let plain: Vec<String> = vec!["/x".into(), "-noshell".into()];
+        assert_eq!(with_node(&plain, "a@b"), plain);
+    }
     use super::*;
 
     const FULL: &str = r#"{

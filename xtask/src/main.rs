@@ -29,11 +29,20 @@ const TOOLS: &[(&str, &str)] = &[
     ("xorriso", "xorriso"),
     ("busybox", "busybox-static"),
     ("setpriv", "util-linux"),
+    // Building beambake's User Mode Linux kernel (uml target) and its images.
+    ("make", "make"),
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("bc", "bc"),
+    ("patch", "patch"),
+    ("xz", "xz-utils"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("unsquashfs", "squashfs-tools"),
 ];
 
 /// Recipes whose target this machine can boot (the others are built in tests only as far
 /// as their toolchains allow; see the README support matrix).
-const RUNNABLE_TARGETS: &[&str] = &["microvm"];
+const RUNNABLE_TARGETS: &[&str] = &["microvm", "uml"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

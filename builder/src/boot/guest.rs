@@ -1,6 +1,8 @@
-//! A running guest: one VM process (qemu, later linux.uml) and its console log. It is
+//! A running guest: one VM process (qemu or linux.uml) and its console log. It is
 //! killed and reaped when dropped — on success, failure, timeout or panic — and dies with
-//! the process that started it (`PR_SET_PDEATHSIG`), so no path leaks a VM.
+//! the process that started it (`PR_SET_PDEATHSIG`), so no path leaks a VM. It also knows
+//! how its VM reports the guest's own exit status (qemu's exit device, or the init's
+//! power-off line on the console for User Mode Linux).
 //!
 //! Must not: decide how the VM is configured.
 
@@ -14,20 +16,37 @@ use std::time::Instant;
 
 use super::BootError;
 
+/// How a VM tells the guest's exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFrom {
+    /// qemu's isa-debug-exit: qemu exits with `(status << 1) | 1`.
+    DebugExit,
+    /// The init's `power off, status N` console line (User Mode Linux).
+    ConsoleLine,
+}
+
 pub struct Guest {
     child: Child,
     pub console_log: PathBuf,
     pub started: Instant,
     status: Option<ExitStatus>,
+    status_from: StatusFrom,
+    tee: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Guest {
-    /// Spawns `cmd`; with `tap`, the tap fd becomes the child's fd 3.
+    /// Spawns `cmd`; with `tap`, the tap fd becomes the child's fd 3. With `tee`, the
+    /// child's stdout is copied to ours and to the console log.
     pub fn spawn(
         mut cmd: Command,
         tap: Option<&OwnedFd>,
         console_log: &Path,
+        status_from: StatusFrom,
+        tee: bool,
     ) -> Result<Guest, BootError> {
+        if tee {
+            cmd.stdout(std::process::Stdio::piped());
+        }
         crate::net::dies_with_parent(&mut cmd);
         if let Some(fd) = tap {
             let raw = fd.as_raw_fd();
@@ -48,18 +67,59 @@ impl Guest {
             }
         }
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let child = cmd.spawn().map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => BootError::Qemu(format!(
-                "{program} not found on PATH: install it with `apt-get install qemu-system-x86`"
-            )),
+        let mut child = cmd.spawn().map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound if status_from == StatusFrom::DebugExit => {
+                BootError::Qemu(format!(
+                    "{program} not found on PATH: install it with `apt-get install qemu-system-x86`"
+                ))
+            }
             _ => BootError::Spawn { program, source },
         })?;
+        let tee = match (tee, child.stdout.take()) {
+            (true, Some(mut out)) => {
+                let mut log = fs::File::create(console_log).map_err(|source| BootError::Io {
+                    path: console_log.to_path_buf(),
+                    source,
+                })?;
+                Some(std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 4096];
+                    let mut term = io::stdout();
+                    while let Ok(n) = out.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let _ = term.write_all(&buf[..n]);
+                        let _ = term.flush();
+                        let _ = log.write_all(&buf[..n]);
+                    }
+                }))
+            }
+            _ => None,
+        };
         Ok(Guest {
             child,
             console_log: console_log.to_path_buf(),
             started: Instant::now(),
             status: None,
+            status_from,
+            tee,
         })
+    }
+
+    /// The guest's own exit status (from its init), once the VM has ended; `None` while
+    /// it runs or when it ended another way (killed, kernel panic, ...).
+    pub fn guest_status(&mut self) -> Option<i32> {
+        let st = self.exited()?;
+        match self.status_from {
+            StatusFrom::DebugExit => super::qemu::guest_status(st.code()),
+            StatusFrom::ConsoleLine => {
+                if let Some(t) = self.tee.take() {
+                    let _ = t.join();
+                }
+                super::uml::guest_status(&self.console_log)
+            }
+        }
     }
 
     /// The exit status if the VM has ended.

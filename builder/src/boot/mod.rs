@@ -1,11 +1,13 @@
 //! Booting built images: the boot plan (written beside the image as `boot.json`, so
-//! `beambake boot DIR` needs nothing else), the guest process type that owns a VM's
-//! lifetime, and the qemu adapter.
+//! `beambake boot DIR` needs nothing else), its VM instances (one image, N VMs, each with
+//! its own address, node name, console log and data disk), the guest process type that
+//! owns a VM's lifetime, and the VM adapters (qemu, User Mode Linux).
 //!
 //! Must not: build images or run checks (see [`crate::smoke`]).
 
 pub mod guest;
 pub mod qemu;
+pub mod uml;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -23,7 +25,15 @@ pub struct BootPlan {
     pub target: Target,
     /// Paths relative to the plan's directory.
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// The initramfs (microvm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// The read-only root filesystem image (uml), and its type (`squashfs`, `ext4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_image: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_fs: Option<String>,
+    /// Kernel parameters common to every VM (each VM adds its address and node name).
     pub cmdline: String,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -33,21 +43,58 @@ pub struct BootPlan {
     #[serde(default)]
     pub cpu: Option<String>,
     pub net: NetPlan,
-    /// `NAME@IP` when the guest runs distributed.
+    /// The node's short name when the guest runs distributed (`NAME@IP` per VM).
     pub node: Option<String>,
     /// File holding the cookie (mode 0600), relative to the plan's directory.
     pub cookie_file: Option<PathBuf>,
     pub checks: Vec<Check>,
     pub smoke: SmokeCfg,
+    /// A persistent data disk per VM (uml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataPlan>,
+    /// Host directories mounted in the guest (uml hostfs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostfs: Vec<HostfsPlan>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetPlan {
     pub mode: NetMode,
-    pub guest: Ipv4Addr,
+    /// One address per VM.
+    pub guests: Vec<Ipv4Addr>,
     pub prefix: u8,
     pub host: Ipv4Addr,
     pub hostname: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataPlan {
+    /// Absolute path of the one disk; `None`: `data-N.ext4` in the plan's directory.
+    pub path: Option<PathBuf>,
+    pub size_mib: u64,
+    pub mount: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostfsPlan {
+    /// Absolute host directory.
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+/// One VM of a plan.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// 0-based.
+    pub index: usize,
+    pub ip: Ipv4Addr,
+    pub hostname: String,
+    /// `NAME@IP` when distributed.
+    pub node: Option<String>,
+    /// Its tap in the sandbox.
+    pub tap: String,
+    pub console_log: PathBuf,
+    pub data_disk: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +136,87 @@ impl BootPlan {
         let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
         s.push('\n');
         s
+    }
+
+    /// The plan's VMs; files (console logs, data disks) live in `dir`.
+    pub fn instances(&self, dir: &Path) -> Vec<Instance> {
+        let many = self.net.guests.len() > 1;
+        self.net
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let n = i + 1;
+                Instance {
+                    index: i,
+                    ip: *ip,
+                    hostname: if many {
+                        format!("{}-{n}", self.net.hostname)
+                    } else {
+                        self.net.hostname.clone()
+                    },
+                    node: self.node.as_ref().map(|name| format!("{name}@{ip}")),
+                    tap: format!("tap{i}"),
+                    console_log: dir.join(if many {
+                        format!("console-{n}.log")
+                    } else {
+                        "console.log".to_string()
+                    }),
+                    data_disk: self.data.as_ref().map(|d| match &d.path {
+                        Some(p) => p.clone(),
+                        None => dir.join(format!("data-{n}.ext4")),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts `count` VMs instead: addresses from the first one upwards.
+    pub fn set_count(&mut self, count: u32) -> Result<(), BootError> {
+        if !(1..=16).contains(&count) {
+            return Err(BootError::Net(format!(
+                "--count {count}: must be between 1 and 16"
+            )));
+        }
+        if count > 1 && self.data.as_ref().is_some_and(|d| d.path.is_some()) {
+            return Err(BootError::Net(
+                "--count > 1 with a data disk named in the recipe (data.path): each VM needs its own disk".into(),
+            ));
+        }
+        let first = self.net.guests.first().copied().ok_or_else(|| {
+            BootError::Net("the boot plan lists no guest address".into())
+        })?;
+        let addrs = crate::recipe::instance_addrs(first, count);
+        crate::recipe::check_addrs(&addrs, self.net.prefix, self.net.host)
+            .map_err(|e| BootError::Net(format!("--count {count}: {e}")))?;
+        self.net.guests = addrs;
+        Ok(())
+    }
+
+    /// The kernel parameters of one VM: the common ones, its network, name and mounts.
+    pub fn instance_cmdline(&self, inst: &Instance) -> String {
+        let mut c = self.cmdline.clone();
+        if self.net.mode != NetMode::None {
+            c.push_str(&format!(
+                " beambake.ip={}/{} beambake.gw={}",
+                inst.ip, self.net.prefix, self.net.host
+            ));
+        }
+        c.push_str(&format!(" beambake.hostname={}", inst.hostname));
+        if let Some(node) = &inst.node {
+            c.push_str(&format!(" beambake.node={node}"));
+        }
+        if let Some(d) = &self.data {
+            c.push_str(&format!(" beambake.mount=/dev/ubdb,{},ext4", d.mount));
+        }
+        for h in &self.hostfs {
+            c.push_str(&format!(
+                " beambake.mount=none,{},hostfs,{}",
+                h.guest,
+                h.host.display()
+            ));
+        }
+        c
     }
 
     pub fn cookie(&self, dir: &Path) -> Result<Option<String>, BootError> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{BootError, BootPlan};
+use super::{BootError, BootPlan, Instance};
 use crate::recipe::{Accel, Machine, NetMode};
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -34,15 +34,21 @@ pub enum Accelerator {
     Tcg,
 }
 
-/// qemu's command for `plan` (whose files live in `dir`), with the tap at fd 3 when the
-/// plan uses a tap network.
-pub fn command(plan: &BootPlan, dir: &Path, accel: Accelerator, console: Console) -> Command {
+/// qemu's command for VM `inst` of `plan` (whose files live in `dir`), with the tap at
+/// fd 3 when the plan uses a tap network.
+pub fn command(
+    plan: &BootPlan,
+    dir: &Path,
+    inst: &Instance,
+    accel: Accelerator,
+    console: Console,
+) -> Command {
     let mut c = Command::new(QEMU);
     let machine = match plan.machine {
         Machine::Microvm => "microvm",
         Machine::Pc => "pc",
     };
-    c.args(["-name", &format!("beambake-{}", plan.name)]);
+    c.args(["-name", &format!("beambake-{}-{}", plan.name, inst.index + 1)]);
     c.args(["-M", machine]);
     match accel {
         Accelerator::Kvm => c.args([
@@ -70,8 +76,10 @@ pub fn command(plan: &BootPlan, dir: &Path, accel: Accelerator, console: Console
         "-no-reboot",
     ]);
     c.arg("-kernel").arg(dir.join(&plan.kernel));
-    c.arg("-initrd").arg(dir.join(&plan.initrd));
-    let mut cmdline = plan.cmdline.clone();
+    if let Some(initrd) = &plan.initrd {
+        c.arg("-initrd").arg(dir.join(initrd));
+    }
+    let mut cmdline = plan.instance_cmdline(inst);
     if accel == Accelerator::Tcg && !cmdline.contains("tsc_early_khz=") {
         // Under TCG the guest's TSC is the host's. Calibrating it against the PIT fails
         // now and then on a busy host, and microvm has no HPET or PM timer to fall back
@@ -153,7 +161,7 @@ pub fn forwarded_ports(plan: &BootPlan) -> Vec<u16> {
         .iter()
         .filter_map(|c| match c {
             Check::TcpEcho { port, .. } | Check::Http { port, .. } => Some(*port),
-            Check::Distribution {} => None,
+            Check::Distribution {} | Check::Rpc { .. } => None,
         })
         .collect();
     v.sort();

@@ -3,4 +3,6 @@
 
 pub mod compress;
 pub mod cpio;
+pub mod ext4;
 pub mod iso9660;
+pub mod squashfs;

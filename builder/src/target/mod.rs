@@ -1,9 +1,43 @@
 //! Targets: thin adapters that take the common pipeline's tree, add what their boot
-//! needs (kernel modules, init, config) and pick a writer. Shared steps live here.
+//! needs (kernel modules, init, config) and pick a writer. The steps every target shares
+//! live here: preparing the release with the recipe's launch options, the node name and
+//! cookie, the boot plan's common part, and writing the cookie, plan and manifest.
 //!
 //! Must not: duplicate pipeline steps per target.
 
 pub mod microvm;
+pub mod uml;
+
+use std::path::{Path, PathBuf};
+
+use crate::assemble;
+use crate::boot::{BootPlan, DataPlan, HostfsPlan, NetPlan, PLAN_FILE};
+use crate::manifest::HostFile;
+use crate::output::Written;
+use crate::pipeline::{self, Error, Input, Prepared, Progress};
+use crate::recipe::Recipe;
+use crate::rootfs::Tree;
+
+/// beambake's init (static), built from the workspace's `init` crate by build.rs.
+pub const INIT: &[u8] = include_bytes!(env!("BEAMBAKE_INIT_BIN"));
+
+/// What a build wrote.
+pub struct Built {
+    pub dir: PathBuf,
+    pub plan: BootPlan,
+    /// The bootable image (initramfs or root filesystem).
+    pub image: Written,
+    pub manifest: PathBuf,
+}
+
+/// The release prepared for a recipe, with its output dir, node name and cookie.
+pub struct Common {
+    pub dir: PathBuf,
+    pub prepared: Prepared,
+    /// Short node name, when distributed.
+    pub node: Option<String>,
+    pub cookie: Option<String>,
+}
 
 /// A random distribution cookie: 32 characters from the kernel's CSPRNG.
 pub fn random_cookie() -> std::io::Result<String> {
@@ -14,6 +48,142 @@ pub fn random_cookie() -> std::io::Result<String> {
     Ok(b.iter()
         .map(|x| ALPHABET[(*x & 31) as usize] as char)
         .collect())
+}
+
+/// Makes the output dir and prepares the release's tree with the recipe's launch options
+/// (the node is named after the first VM's address; each VM gets its own at boot).
+pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Common, Error> {
+    let dir = out_root.join(&recipe.name);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let guests = recipe.guest_addrs().map_err(Error::Recipe)?;
+    let (node, cookie) = match &recipe.distribution {
+        Some(d) => {
+            let cookie = match &d.cookie {
+                Some(c) => c.clone(),
+                None => random_cookie().map_err(|source| Error::Io {
+                    path: PathBuf::from("/dev/urandom"),
+                    source,
+                })?,
+            };
+            (Some(d.node.clone()), Some(cookie))
+        }
+        None => (None, None),
+    };
+    let input = Input {
+        path: recipe.resolve(&recipe.release.source),
+        resolve: crate::source::Resolve {
+            profile: recipe.release.profile.clone(),
+            release: recipe.release.name.clone(),
+            verbose: false,
+        },
+        discover: crate::release::Discover {
+            otp_root: recipe.release.otp_root.as_ref().map(|p| recipe.resolve(p)),
+        },
+    };
+    let opts = assemble::Options {
+        prefix: recipe.release.prefix.clone(),
+        mtime: Tree::epoch_from_env()?,
+        distribution: node
+            .as_ref()
+            .map(|n| format!("{n}@{}", guests[0]))
+            .zip(cookie.clone()),
+        code_loading: recipe.launch.code_loading.map(|m| {
+            match m {
+                crate::recipe::CodeLoading::Embedded => "embedded",
+                crate::recipe::CodeLoading::Interactive => "interactive",
+            }
+            .to_string()
+        }),
+        extra_args: recipe.launch.extra_args.clone(),
+    };
+    let prepared = pipeline::prepare(&input, &opts, progress)?;
+    Ok(Common {
+        dir,
+        prepared,
+        node,
+        cookie,
+    })
+}
+
+/// The plan's parts that do not depend on the target.
+pub fn plan(recipe: &Recipe, common: &Common, kernel: &str, cmdline: String) -> Result<BootPlan, Error> {
+    let prefix = recipe.guest_addr().map_err(Error::Recipe)?.prefix;
+    let mut cmdline = cmdline;
+    if !recipe.kernel.cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&recipe.kernel.cmdline);
+    }
+    Ok(BootPlan {
+        name: recipe.name.clone(),
+        target: recipe.target,
+        kernel: PathBuf::from(kernel),
+        initrd: None,
+        root_image: None,
+        root_fs: None,
+        cmdline,
+        memory_mib: recipe.vm.memory_mib,
+        cpus: recipe.vm.cpus,
+        machine: recipe.vm.machine,
+        accel: recipe.vm.accel,
+        cpu: recipe.vm.cpu.clone(),
+        net: NetPlan {
+            mode: recipe.network.mode,
+            guests: recipe.guest_addrs().map_err(Error::Recipe)?,
+            prefix,
+            host: recipe.host_addr().map_err(Error::Recipe)?,
+            hostname: recipe.hostname(),
+        },
+        node: common.node.clone(),
+        cookie_file: common.cookie.as_ref().map(|_| PathBuf::from("cookie")),
+        checks: recipe.checks.clone(),
+        smoke: recipe.smoke.clone(),
+        data: recipe.data.as_ref().map(|d| DataPlan {
+            path: d.path.as_ref().map(|p| absolute(&recipe.resolve(p))),
+            size_mib: d.size_mib,
+            mount: d.mount.clone(),
+        }),
+        hostfs: recipe
+            .hostfs
+            .iter()
+            .map(|h| HostfsPlan {
+                host: absolute(&recipe.resolve(&h.host)),
+                guest: h.guest.clone(),
+            })
+            .collect(),
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Writes the cookie (0600), the plan and the manifest of `artefacts` (plus the kernel's
+/// inputs) into the output dir.
+pub fn finish(
+    common: &Common,
+    plan: BootPlan,
+    image: Written,
+    artefacts: &[(Written, &str)],
+    kernel_inputs: Vec<HostFile>,
+) -> Result<Built, Error> {
+    let dir = &common.dir;
+    if let Some(c) = &common.cookie {
+        crate::output::write_bytes_mode(&dir.join("cookie"), c.as_bytes(), 0o600)?;
+    }
+    crate::output::write_bytes(&dir.join(PLAN_FILE), plan.to_json().as_bytes())?;
+    let mut manifest = pipeline::manifest(&common.prepared, artefacts, dir, false)?;
+    manifest.inputs.host_files.extend(kernel_inputs);
+    let manifest_path = dir.join("manifest.json");
+    crate::output::write_bytes(&manifest_path, manifest.to_json().as_bytes())?;
+    Ok(Built {
+        dir: dir.clone(),
+        plan,
+        image,
+        manifest: manifest_path,
+    })
 }
 
 #[cfg(test)]
