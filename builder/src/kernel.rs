@@ -301,7 +301,11 @@ pub fn fetch_debian(pin: &Pin, cache_dir: &Path) -> Result<Kernel, KernelError> 
 
 /// Downloads the pinned package with `apt-get download` into `work/download` and checks
 /// its sha256 against the pin; returns the .deb's path. `cache` is named in errors.
-pub(crate) fn download_verified(pin: &Pin, work: &Path, cache: &Path) -> Result<PathBuf, KernelError> {
+pub(crate) fn download_verified(
+    pin: &Pin,
+    work: &Path,
+    cache: &Path,
+) -> Result<PathBuf, KernelError> {
     let download = work.join("download");
     fs::create_dir(&download).map_err(io_err("creating dir", &download))?;
     let mut apt = Command::new("apt-get");
@@ -405,7 +409,12 @@ fn single_deb(dir: &Path, pin: &Pin) -> Result<PathBuf, KernelError> {
 
 /// Runs a command, capturing its output; on failure the error names the
 /// command and the tail of its stderr.
-pub(crate) fn run(cmd: &mut Command, display: &str, dir: &Path, hint: &str) -> Result<(), KernelError> {
+pub(crate) fn run(
+    cmd: &mut Command,
+    display: &str,
+    dir: &Path,
+    hint: &str,
+) -> Result<(), KernelError> {
     cmd.env("LC_ALL", "C");
     let output = cmd.output().map_err(|source| {
         let hint = if source.kind() == io::ErrorKind::NotFound {

@@ -92,6 +92,21 @@ enum Command {
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Apply, check, revert or show beambake's OTP patch sets (patches/otp/MAJOR/SET) on an
+    /// OTP source tree: all or nothing, no offset or fuzz accepted, version checked first.
+    Patch {
+        #[arg(value_enum)]
+        action: PatchAction,
+        /// The OTP source tree (holds OTP_VERSION).
+        #[arg(long)]
+        otp_src: PathBuf,
+        /// The set: osv, rumprun, ...
+        #[arg(long)]
+        set: String,
+        /// The patches directory [default: ./patches, else the checkout's].
+        #[arg(long)]
+        patches: Option<PathBuf>,
+    },
     /// Build, boot in a fresh namespace, run the recipe's checks, tear everything down.
     Smoke {
         /// Recipe file (TOML), or a build's output directory (smoke without building).
@@ -119,18 +134,31 @@ struct OutArgs {
     /// Modules for --kernel (a dir holding lib/modules/RELEASE, or that dir itself).
     #[arg(long, requires = "kernel")]
     modules: Option<PathBuf>,
+    /// rumprun: write erlang.iso, app.iso and the launch config without baking the BEAM
+    /// (no rumprun toolchain needed).
+    #[arg(long)]
+    no_bake: bool,
 }
 
 impl OutArgs {
     /// Loads a recipe and applies the command line's overrides.
     fn recipe(&self, path: &Path) -> Result<Recipe> {
         let mut r = Recipe::load(path)?;
+        r.rumprun.no_bake = self.no_bake;
         if let Some(k) = &self.kernel {
             r.kernel.path = Some(std::path::absolute(k)?);
             r.kernel.modules = self.modules.as_ref().map(std::path::absolute).transpose()?;
         }
         Ok(r)
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PatchAction {
+    Apply,
+    Check,
+    Revert,
+    Status,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -342,7 +370,10 @@ fn run(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("{}", built.image.path.display());
-                println!("{}", built.dir.join(&built.plan.kernel).display());
+                let kernel = built.dir.join(&built.plan.kernel);
+                if kernel.is_file() {
+                    println!("{}", kernel.display());
+                }
                 println!("{}", built.manifest.display());
             }
             Ok(0)
@@ -386,6 +417,45 @@ fn run(cli: Cli) -> Result<u8> {
                     Ok(1)
                 }
             }
+        }
+        Command::Patch {
+            action,
+            otp_src,
+            set,
+            patches,
+        } => {
+            use beambake::patchset::{self, Action};
+            let dir = patches.unwrap_or_else(patchset::default_patches_dir);
+            let series = patchset::series_for(&dir, &otp_src, &set)?;
+            let action = match action {
+                PatchAction::Apply => Action::Apply,
+                PatchAction::Check => Action::Check,
+                PatchAction::Revert => Action::Revert,
+                PatchAction::Status => {
+                    let st = patchset::status(&series.patches, &otp_src)?;
+                    print!("{st}");
+                    let conflicts = st
+                        .patches
+                        .iter()
+                        .any(|(_, s)| matches!(s, beambake::patch::PatchStatus::Conflicts(_)));
+                    return Ok(if conflicts { 2 } else { 0 });
+                }
+            };
+            let report = patchset::run(&series.patches, &otp_src, action)?;
+            if cli.verbose {
+                print!("{report}");
+            }
+            let verb = match action {
+                Action::Apply => "applied",
+                Action::Check => "applies cleanly",
+                Action::Revert => "reverted",
+            };
+            println!(
+                "{set}: {} patch(es) {verb} ({})",
+                series.patches.len(),
+                otp_src.display()
+            );
+            Ok(0)
         }
         Command::Smoke {
             recipe,

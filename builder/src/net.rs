@@ -244,7 +244,7 @@ pub fn add_bridge(name: &str) -> io::Result<()> {
     let sock = inet_socket()?;
     let c = CString::new(name).map_err(io::Error::other)?;
     ifreq(name)?; // name checks
-    // SAFETY: SIOCBRADDBR takes a NUL-terminated interface name.
+                  // SAFETY: SIOCBRADDBR takes a NUL-terminated interface name.
     if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDBR, c.as_ptr()) } != 0 {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(

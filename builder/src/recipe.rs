@@ -54,6 +54,12 @@ pub struct Recipe {
     /// Host directories passed through into the guest (uml: hostfs).
     #[serde(default)]
     pub hostfs: Vec<HostfsCfg>,
+    /// Extra read-only disk images attached to the guest (uml), e.g. ISO 9660 images.
+    #[serde(default, rename = "disk")]
+    pub disks: Vec<DiskCfg>,
+    /// The rumprun target's toolchain settings.
+    #[serde(default)]
+    pub rumprun: RumprunCfg,
     /// Directory of the recipe file; relative paths are resolved against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -102,6 +108,29 @@ pub struct HostfsCfg {
     pub host: PathBuf,
     /// Absolute path in the guest.
     pub guest: String,
+}
+
+/// An extra disk image, attached read-only and mounted at `mount`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCfg {
+    /// The image (relative to the recipe); must exist when the VM boots.
+    pub path: PathBuf,
+    pub mount: String,
+    /// `iso9660`, `squashfs` or `ext4`.
+    pub fstype: String,
+}
+
+/// rumprun: where the toolchain's pieces are.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RumprunCfg {
+    /// The BEAM cross-built for rumprun (`bin/beam` of a rumprun OTP build), baked with
+    /// `rumprun-bake hw_virtio`. Default: `$RUMPRUN_TOOLCHAIN/erlang/bin/beam`.
+    pub beam: Option<PathBuf>,
+    /// Set by `--no-bake`: write the ISOs and the launch config only.
+    #[serde(skip)]
+    pub no_bake: bool,
 }
 
 /// The read-only root filesystem format of the uml target.
@@ -476,17 +505,20 @@ impl Recipe {
             ));
         }
         self.guest_addrs()?;
-        if self
-            .checks
-            .iter()
-            .any(|c| matches!(c, Check::Rpc { .. }))
+        if self.checks.iter().any(|c| matches!(c, Check::Rpc { .. }))
             && (self.distribution.is_none() || self.network.mode != NetMode::Tap)
         {
-            return Err("a check of type \"rpc\" needs a [distribution] section and network.mode = \"tap\"".into());
+            return Err(
+                "a check of type \"rpc\" needs a [distribution] section and network.mode = \"tap\""
+                    .into(),
+            );
         }
         for c in &self.checks {
             if let Check::Rpc { call, expect } = c {
-                if !call.contains(':') || !call.trim_end().ends_with(')') || expect.trim().is_empty() {
+                if !call.contains(':')
+                    || !call.trim_end().ends_with(')')
+                    || expect.trim().is_empty()
+                {
                     return Err(format!("check rpc: call = {call:?} must look like Module:Function(Args...) and expect must be an Erlang term"));
                 }
             }
@@ -494,7 +526,10 @@ impl Recipe {
         if let Some(d) = &self.data {
             check_guest_dir("data.mount", &d.mount)?;
             if !(8..=1 << 20).contains(&d.size_mib) {
-                return Err(format!("data.size_mib = {}: must be between 8 and 1048576", d.size_mib));
+                return Err(format!(
+                    "data.size_mib = {}: must be between 8 and 1048576",
+                    d.size_mib
+                ));
             }
             if d.path.is_some() && self.vm.count > 1 {
                 return Err("data.path names one disk, but vm.count > 1: leave data.path unset (one data-N.ext4 per VM)".into());
@@ -513,8 +548,24 @@ impl Recipe {
         if self.network.mode == NetMode::User && self.vm.count > 1 {
             return Err("network.mode = \"user\" forwards host ports to one VM: use \"tap\" with vm.count > 1".into());
         }
-        if (self.data.is_some() || !self.hostfs.is_empty()) && self.target != Target::Uml {
-            return Err("[data] and [[hostfs]] are supported by target = \"uml\" only".into());
+        for (i, d) in self.disks.iter().enumerate() {
+            check_guest_dir(&format!("disk[{i}].mount"), &d.mount)?;
+            if !["iso9660", "squashfs", "ext4"].contains(&d.fstype.as_str()) {
+                return Err(format!(
+                    "disk[{i}].fstype = {:?}: use iso9660, squashfs or ext4",
+                    d.fstype
+                ));
+            }
+        }
+        if self.target == Target::Rumprun && self.vm.count > 1 {
+            return Err("vm.count > 1 is not supported by the rumprun target (start several from the generated launch config)".into());
+        }
+        if (self.data.is_some() || !self.hostfs.is_empty() || !self.disks.is_empty())
+            && self.target != Target::Uml
+        {
+            return Err(
+                "[data], [[hostfs]] and [[disk]] are supported by target = \"uml\" only".into(),
+            );
         }
         if self.network.mode == NetMode::None && !self.checks.is_empty() {
             return Err("network.mode = \"none\" cannot run network checks".into());
@@ -542,9 +593,8 @@ impl Recipe {
                 }
                 list.iter()
                     .map(|a| {
-                        a.parse::<Ipv4Addr>().map_err(|_| {
-                            format!("network.guests: {a:?} is not an IPv4 address")
-                        })
+                        a.parse::<Ipv4Addr>()
+                            .map_err(|_| format!("network.guests: {a:?} is not an IPv4 address"))
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -616,7 +666,12 @@ pub fn check_addrs(addrs: &[Ipv4Addr], prefix: u8, host: Ipv4Addr) -> Result<(),
 }
 
 fn check_guest_dir(what: &str, p: &str) -> Result<(), String> {
-    if !p.starts_with('/') || p == "/" || p.contains(',') || p.chars().any(char::is_whitespace) || p.split('/').any(|c| c == "..") {
+    if !p.starts_with('/')
+        || p == "/"
+        || p.contains(',')
+        || p.chars().any(char::is_whitespace)
+        || p.split('/').any(|c| c == "..")
+    {
         return Err(format!("{what} = {p:?}: want an absolute guest path other than /, without spaces, commas or '..'"));
     }
     Ok(())
@@ -732,11 +787,22 @@ type = "distribution"
             "host = \"10.0.120.100\"\nguests = [\"10.0.120.5\", \"10.0.120.5\"]",
         ))
         .unwrap_err();
-        assert!(e.contains("VMs 1 and 2 both ask for the address 10.0.120.5"), "{e}");
-        let e = parse(&GOOD.replace("10.0.120.101/24", "10.0.120.254/24").replace("[distribution]", "[vm]\ncount = 2\n[distribution]")).unwrap_err();
+        assert!(
+            e.contains("VMs 1 and 2 both ask for the address 10.0.120.5"),
+            "{e}"
+        );
+        let e = parse(
+            &GOOD
+                .replace("10.0.120.101/24", "10.0.120.254/24")
+                .replace("[distribution]", "[vm]\ncount = 2\n[distribution]"),
+        )
+        .unwrap_err();
         assert!(e.contains("not a host address"), "{e}");
         let e = parse(&format!("{GOOD}\n[data]\nmount = \"/data\"\n")).unwrap_err();
-        assert!(e.contains("target = \\\"uml\\\" only") || e.contains("uml"), "{e}");
+        assert!(
+            e.contains("target = \\\"uml\\\" only") || e.contains("uml"),
+            "{e}"
+        );
         let e = parse(&GOOD.replace("[distribution]\nnode = \"echo\"\n", "")).unwrap_err();
         assert!(e.contains("needs a [distribution] section"), "{e}");
     }

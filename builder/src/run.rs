@@ -10,12 +10,13 @@ use crate::pipeline::{Error, Progress};
 use crate::recipe::{Accel, Recipe, Target};
 use crate::sandbox::{self, Mode, Outcome, Request};
 use crate::smoke::Report;
-use crate::target::{microvm, uml, Built};
+use crate::target::{microvm, rumprun, uml, Built};
 
 pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
     match recipe.target {
         Target::Microvm => microvm::build(recipe, out_root, progress),
         Target::Uml => uml::build(recipe, out_root, progress),
+        Target::Rumprun => rumprun::build(recipe, out_root, progress),
         other => Err(Error::Recipe(format!(
             "{}: target {other:?} cannot be built yet (see the README support matrix)",
             recipe.file.display()
@@ -35,6 +36,13 @@ pub fn boot(
     let mut plan = BootPlan::load(dir)?;
     if let Some(n) = count {
         plan.set_count(n)?;
+    }
+    if plan.target == Target::Rumprun && !dir.join(&plan.kernel).is_file() {
+        return Err(Error::Recipe(format!(
+            "{}: no baked rumprun kernel: the image was built with --no-bake or without the rumprun toolchain \
+             (`rumprun-bake` on PATH or RUMPRUN_TOOLCHAIN); install it and build again without --no-bake",
+            dir.join(&plan.kernel).display()
+        )));
     }
     let kvm = match plan.target {
         Target::Uml => {
@@ -72,7 +80,11 @@ pub fn boot(
         kvm,
         verbose: progress.verbose(),
     };
-    let outcome = sandbox::run(&req)?;
+    let outcome = sandbox::run(&req);
+    // User Mode Linux's per-VM run dirs (pid file, mconsole socket) of VMs that were
+    // killed: nothing in them is needed once the sandbox is gone.
+    let _ = std::fs::remove_dir_all(req.dir.join(".uml"));
+    let outcome = outcome?;
     if let Some(e) = &outcome.error {
         return Err(Error::Boot(BootError::Net(e.clone())));
     }
@@ -81,7 +93,11 @@ pub fn boot(
 
 /// Data disks (created when absent, else checked to be ext4) and host directories (must
 /// exist), before any VM starts.
-fn prepare_storage(plan: &BootPlan, instances: &[crate::boot::Instance], progress: &dyn Progress) -> Result<(), Error> {
+fn prepare_storage(
+    plan: &BootPlan,
+    instances: &[crate::boot::Instance],
+    progress: &dyn Progress,
+) -> Result<(), Error> {
     for h in &plan.hostfs {
         if !h.host.is_dir() {
             return Err(Error::Recipe(format!(
@@ -91,9 +107,20 @@ fn prepare_storage(plan: &BootPlan, instances: &[crate::boot::Instance], progres
             )));
         }
     }
+    for d in &plan.disks {
+        if !d.path.is_file() {
+            return Err(Error::Recipe(format!(
+                "{}: disk image for {} does not exist",
+                d.path.display(),
+                d.mount
+            )));
+        }
+    }
     if let Some(d) = &plan.data {
         for inst in instances {
-            let Some(disk) = &inst.data_disk else { continue };
+            let Some(disk) = &inst.data_disk else {
+                continue;
+            };
             if disk.exists() {
                 crate::image::ext4::probe(disk).map_err(|e| Error::Recipe(e.to_string()))?;
             } else {
@@ -119,7 +146,10 @@ pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf
         .report
         .ok_or_else(|| Error::Recipe("the sandbox returned no report".into()))?;
     if report.passed {
-        let _ = std::fs::remove_file(&log);
+        let dir_abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        for inst in plan.instances(&dir_abs) {
+            let _ = std::fs::remove_file(&inst.console_log);
+        }
     }
     Ok((report, log))
 }

@@ -205,6 +205,10 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
                 uml::command(plan, &req.dir, inst, console)?,
                 StatusFrom::ConsoleLine,
             ),
+            Target::Rumprun => (
+                qemu::rumprun_command(plan, &req.dir, accel, console),
+                StatusFrom::DebugExit,
+            ),
             _ => (
                 qemu::command(plan, &req.dir, inst, accel, console),
                 StatusFrom::DebugExit,
@@ -214,17 +218,22 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
             eprintln!("beambake: {cmd:?}");
         }
         let tee = interactive && !on_qemu;
-        guests.push(Guest::spawn(
+        let mut g = Guest::spawn(
             cmd,
             taps.get(i).map(|t| &t.fd),
             &inst.console_log,
             status_from,
             tee,
-        )?);
+        )?;
+        if plan.target == Target::Uml {
+            g = g.with_mconsole(uml::mconsole_path(plan, &req.dir, inst));
+        }
+        guests.push(g);
     }
     let outcome = match req.mode {
         Mode::Interactive => {
             let g = &mut guests[0];
+            g.pump_console();
             g.wait().map_err(|e| neterr("waiting for the VM", e))?;
             Outcome {
                 guest_exit: g.guest_status(),
@@ -268,8 +277,13 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
             }
         }
     };
+    // A clean shutdown where the VM can be asked (UML: data disks synced), else a kill.
     for g in &mut guests {
-        g.kill();
+        g.request_stop();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for g in &mut guests {
+        g.stop_by(deadline);
     }
     let _ = reaper.kill();
     let _ = reaper.wait();

@@ -123,7 +123,10 @@ pub fn run(name: &str, accel: &str, guests: &mut [Guest], checks: &[Check], t: &
                 millis,
                 message,
             });
-            if let Some(g) = guests.iter_mut().find_map(|g| g.exited().is_some().then_some(g)) {
+            if let Some(g) = guests
+                .iter_mut()
+                .find_map(|g| g.exited().is_some().then_some(g))
+            {
                 report.guest_exit = g.guest_status();
                 ended = true;
                 if !many {
@@ -197,7 +200,12 @@ fn wait_ready(
     }
 }
 
-fn run_one(check: &Check, t: &Target, vm: Option<usize>, bound: Duration) -> Result<String, String> {
+fn run_one(
+    check: &Check,
+    t: &Target,
+    vm: Option<usize>,
+    bound: Duration,
+) -> Result<String, String> {
     let node = |vm: Option<usize>| -> Result<&NodeTarget, String> {
         t.nodes
             .get(vm.unwrap_or(0))
@@ -338,7 +346,12 @@ fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
     if nodes.is_empty() {
         return Err("the image has no node name".into());
     }
-    let line = host_node(t, DISTRIBUTION_EVAL, &[("BEAMBAKE_NODES", &nodes.join(" "))], bound)?;
+    let line = host_node(
+        t,
+        DISTRIBUTION_EVAL,
+        &[("BEAMBAKE_NODES", &nodes.join(" "))],
+        bound,
+    )?;
     if line.starts_with("{ok,") {
         Ok(if nodes.len() == 1 {
             format!("net_adm:ping -> pong; rpc:call -> {line}")
@@ -353,7 +366,13 @@ fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
     }
 }
 
-fn rpc(t: &Target, n: &NodeTarget, call: &str, expect: &str, bound: Duration) -> Result<String, String> {
+fn rpc(
+    t: &Target,
+    n: &NodeTarget,
+    call: &str,
+    expect: &str,
+    bound: Duration,
+) -> Result<String, String> {
     let node = n.node.as_deref().ok_or("the image has no node name")?;
     let line = host_node(
         t,
@@ -374,7 +393,12 @@ fn rpc(t: &Target, n: &NodeTarget, call: &str, expect: &str, bound: Duration) ->
 
 /// Runs `eval` in a host node `beambake_check@HOST` (with the image's cookie) and returns
 /// what it printed after `BEAMBAKE_RESULT `.
-fn host_node(t: &Target, eval: &str, env: &[(&str, &str)], bound: Duration) -> Result<String, String> {
+fn host_node(
+    t: &Target,
+    eval: &str,
+    env: &[(&str, &str)],
+    bound: Duration,
+) -> Result<String, String> {
     let Some(cookie) = t.cookie else {
         return Err("the image has no cookie".into());
     };

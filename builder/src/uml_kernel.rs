@@ -266,7 +266,8 @@ fn build(pin: &Pin, work: &Path, cache: &Path) -> Result<PathBuf, KernelError> {
     text.push_str(CONFIG);
     fs::write(&dotconfig, text).map_err(kernel::io_err("writing", &dotconfig))?;
     make(&["olddefconfig"], "make ARCH=um olddefconfig")?;
-    let final_cfg = fs::read_to_string(&dotconfig).map_err(kernel::io_err("reading", &dotconfig))?;
+    let final_cfg =
+        fs::read_to_string(&dotconfig).map_err(kernel::io_err("reading", &dotconfig))?;
     let missing = missing_options(&wanted_options(CONFIG), &final_cfg);
     if !missing.is_empty() {
         return Err(KernelError::BadPackage {
@@ -333,9 +334,8 @@ mod tests {
 
     #[test]
     fn options_are_checked_both_ways() {
-        let wanted = wanted_options(
-            "# c\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=16\nnot a line\n",
-        );
+        let wanted =
+            wanted_options("# c\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=16\nnot a line\n");
         assert_eq!(wanted.len(), 3);
         assert!(missing_options(&wanted, "CONFIG_A=y\nCONFIG_C=16\n").is_empty());
         assert_eq!(

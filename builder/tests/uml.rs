@@ -35,8 +35,7 @@ fn smoke(target: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn report(o: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(o), stderr(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(o), stderr(o)))
 }
 
 fn sha256(p: &Path) -> String {
@@ -58,7 +57,11 @@ fn uml_recipe(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
 fn with_checks(recipe: &Path, checks: &str) {
     let text = fs::read_to_string(recipe).unwrap();
     let head = &text[..text.find("[[check]]").unwrap()];
-    fs::write(recipe, format!("{head}{checks}\n[smoke]\nready_timeout_s = 60\n")).unwrap();
+    fs::write(
+        recipe,
+        format!("{head}{checks}\n[smoke]\nready_timeout_s = 60\n"),
+    )
+    .unwrap();
 }
 
 fn rpc_check(call: &str, expect: &str) -> String {
@@ -90,8 +93,14 @@ fn three_vms_from_one_image_form_a_cluster_and_leave_the_image_unchanged() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     for vm in 1..=3 {
-        assert!(names.contains(&format!("tcp_echo:8080 @vm{vm}").as_str()), "{names:?}");
-        assert!(names.contains(&format!("http:8081/ @vm{vm}").as_str()), "{names:?}");
+        assert!(
+            names.contains(&format!("tcp_echo:8080 @vm{vm}").as_str()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&format!("http:8081/ @vm{vm}").as_str()),
+            "{names:?}"
+        );
     }
     let dist = r["checks"]
         .as_array()
@@ -130,7 +139,10 @@ fn data_survives_a_restart_and_tmp_and_root_do_not() {
     checks += &rpc_check(r#"file:write_file("/data/value", <<"42">>)"#, "ok");
     checks += &rpc_check(r#"file:write_file("/tmp/value", <<"43">>)"#, "ok");
     checks += &rpc_check(r#"file:read_file("/tmp/value")"#, r#"{ok, <<"43">>}"#);
-    checks += &rpc_check(r#"file:write_file("/etc/value", <<"44">>)"#, "{error, erofs}");
+    checks += &rpc_check(
+        r#"file:write_file("/etc/value", <<"44">>)"#,
+        "{error, erofs}",
+    );
     with_checks(&recipe, &checks);
     let o = smoke(&recipe, &out, &[]);
     assert!(o.status.success(), "{:#}\n{}", report(&o), stderr(&o));
@@ -186,7 +198,11 @@ fn a_data_disk_that_is_not_ext4_is_refused_before_boot() {
     let err = stderr(&o);
     assert!(err.contains("bogus.img"), "{err}");
     assert!(err.contains("not an ext4"), "{err}");
-    assert_eq!(fs::read(&bogus).unwrap(), vec![0u8; 4 << 20], "left untouched");
+    assert_eq!(
+        fs::read(&bogus).unwrap(),
+        vec![0u8; 4 << 20],
+        "left untouched"
+    );
 }
 
 #[test]
@@ -227,7 +243,10 @@ fn two_vms_asking_for_the_same_address_are_refused() {
     // --count that runs out of the subnet is refused too.
     let recipe = uml_recipe(
         d.path(),
-        &[("10.0.121.101/24", "10.0.121.253/24"), ("count = 3", "count = 1")],
+        &[
+            ("10.0.121.101/24", "10.0.121.253/24"),
+            ("count = 3", "count = 1"),
+        ],
     );
     if needs_uml_host().is_none() {
         let _vm = vm_lock();
@@ -253,13 +272,19 @@ fn root_images_are_reproducible_and_ext4_works_too() {
     let d = tempfile::tempdir().unwrap();
     let fixed = [
         ("count = 3", "count = 1"),
-        ("node = \"echo\"", "node = \"echo\"\ncookie = \"fixedcookie\""),
+        (
+            "node = \"echo\"",
+            "node = \"echo\"\ncookie = \"fixedcookie\"",
+        ),
     ];
     let recipe = uml_recipe(d.path(), &fixed);
     build_recipe(&recipe, &d.path().join("a"), &[]);
     build_recipe(&recipe, &d.path().join("b"), &[]);
     let a = d.path().join("a/echo-uml/echo-uml.squashfs");
-    assert_eq!(sha256(&a), sha256(&d.path().join("b/echo-uml/echo-uml.squashfs")));
+    assert_eq!(
+        sha256(&a),
+        sha256(&d.path().join("b/echo-uml/echo-uml.squashfs"))
+    );
     // The same release on an ext4 root boots and answers.
     let mut edits = fixed.to_vec();
     edits.push(("root_fs = \"squashfs\"", "root_fs = \"ext4\""));
@@ -269,4 +294,53 @@ fn root_images_are_reproducible_and_ext4_works_too() {
     let o = smoke(&recipe, &out, &[]);
     assert!(o.status.success(), "{:#}\n{}", report(&o), stderr(&o));
     assert!(out.join("echo-uml/echo-uml.ext4").is_file());
+}
+
+/// `beambake boot` of a uml image streams the console and exits with the guest's own
+/// status (read from the init's power-off line: UML has no exit device); a release that
+/// calls `init:stop()` ends the VM with 0.
+#[test]
+fn boot_exits_with_the_guests_status() {
+    if let Some(why) = needs_uml_host() {
+        skip!("{why}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let recipe = uml_recipe(
+        d.path(),
+        &[
+            ("count = 3", "count = 1"),
+            (
+                "code_loading = \"interactive\"",
+                "code_loading = \"interactive\"\nextra_args = [\"-s\", \"init\", \"stop\"]",
+            ),
+        ],
+    );
+    let out = d.path().join("out");
+    build_recipe(&recipe, &out, &[]);
+    let _vm = vm_lock();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_beambake"))
+        .args(["boot", out.join("echo-uml").to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let console = stdout(&o);
+    assert!(
+        console.contains("beambake-init: starting echo 0.1.0"),
+        "{console}"
+    );
+    assert!(
+        console.contains("release exited with status 0"),
+        "{console}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{console}\n{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("guest exited with status 0"),
+        "{}",
+        stderr(&o)
+    );
+    let log = fs::read_to_string(out.join("echo-uml/console.log")).unwrap();
+    assert!(
+        log.contains("power off, status 0"),
+        "the log has the console: {log}"
+    );
 }

@@ -185,7 +185,11 @@ pub fn parse(cmdline: &str) -> (Config, Vec<Diagnostic>) {
                 None => diags.push(bad("", "missing value (want NAME@HOST)")),
             },
             "if" => match value {
-                Some(v) if !v.is_empty() && v.len() < 16 && v.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                Some(v)
+                    if !v.is_empty()
+                        && v.len() < 16
+                        && v.chars().all(|c| c.is_ascii_alphanumeric()) =>
+                {
                     cfg.iface = Some(v.to_string())
                 }
                 _ => diags.push(bad(value.unwrap_or(""), "want an interface name")),

@@ -144,7 +144,13 @@ fn mount_boot_filesystems(cfg: &Config, writable: &[String]) {
             debug!("writable dir {dir} is not in the image, skipped");
             continue;
         }
-        match mount::mount("tmpfs", dir, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755") {
+        match mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=0755",
+        ) {
             Ok(()) => debug!("tmpfs on {dir}"),
             Err(e) => error!("cannot mount a tmpfs on {dir}: {e}"),
         }
@@ -158,7 +164,18 @@ fn mount_boot_filesystems(cfg: &Config, writable: &[String]) {
                 ));
             }
         }
-        match mount::mount(&m.source, &m.target, &m.fstype, libc::MS_NOSUID | libc::MS_NODEV, &m.data) {
+        let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+        // Read-only formats mount read-only; so does anything on a read-only device.
+        if m.fstype == "iso9660" || m.fstype == "squashfs" {
+            flags |= libc::MS_RDONLY;
+        }
+        let mut r = mount::mount(&m.source, &m.target, &m.fstype, flags, &m.data);
+        if matches!(&r, Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS)))
+        {
+            flags |= libc::MS_RDONLY;
+            r = mount::mount(&m.source, &m.target, &m.fstype, flags, &m.data);
+        }
+        match r {
             Ok(()) => info!("mounted {} ({}) on {}", m.source, m.fstype, m.target),
             Err(e) => fatal(format_args!(
                 "cannot mount {} ({}) on {}: {e}",

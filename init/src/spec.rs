@@ -104,7 +104,9 @@ impl Launch {
         }
         for w in &self.writable {
             if !w.starts_with('/') || w == "/" {
-                return Err(format!("writable entry {w:?} is not an absolute path other than /"));
+                return Err(format!(
+                    "writable entry {w:?} is not an absolute path other than /"
+                ));
             }
             check_text("writable", w)?;
         }
@@ -165,10 +167,16 @@ mod tests {
 
     #[test]
     fn node_replaces_name_values_only() {
-        let argv: Vec<String> = ["/erts/bin/erlexec", "-name", "echo@10.0.0.1", "-setcookie", "c"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv: Vec<String> = [
+            "/erts/bin/erlexec",
+            "-name",
+            "echo@10.0.0.1",
+            "-setcookie",
+            "c",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let v = with_node(&argv, "echo@10.0.0.2");
         assert_eq!(v[2], "echo@10.0.0.2");
         assert_eq!(v[4], "c");

@@ -2,7 +2,9 @@
 //! boot-to-echo-reply under TCG and peak RSS of the build, median of N runs, for
 //! beambake's microvm image and for a naive baseline of the same release (busybox +
 //! shell-script init running `bin/echo foreground`, `find | cpio | gzip`, same kernel,
-//! same qemu flags). Prints a Markdown report (also written to target/bench.md).
+//! same qemu flags); and the uml target's build time, root image size (squashfs and
+//! ext4) and boot-to-echo under User Mode Linux. Prints a Markdown report (also written
+//! to target/bench.md).
 
 use std::fs;
 use std::path::Path;
@@ -228,6 +230,46 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
     )?;
     let emb_dir = emb_out.join("echo-microvm");
 
+    // uml: the same release as a squashfs root and as an ext4 root (one VM, echo check),
+    // under beambake's User Mode Linux kernel (natively: no TCG).
+    let mut uml = vec![];
+    for fs_kind in ["squashfs", "ext4"] {
+        let r = work.join(format!("bench-uml-{fs_kind}.toml"));
+        let text = fs::read_to_string(root.join("recipes/echo-uml.toml"))?
+            .replace(
+                "source = \"../examples/echo\"",
+                &format!("source = {:?}", release.display().to_string()),
+            )
+            .replace("count = 3", "count = 1")
+            .replace(
+                "root_fs = \"squashfs\"",
+                &format!("root_fs = \"{fs_kind}\""),
+            );
+        let cut = text.find("[data]").context("recipe layout changed")?;
+        fs::write(
+            &r,
+            format!(
+                "{}[[check]]\ntype = \"tcp_echo\"\nport = 8080\n",
+                &text[..cut]
+            ),
+        )?;
+        let o = work.join(format!("out-uml-{fs_kind}"));
+        let b = || measured(Command::new(&bb).arg("build").arg(&r).arg("--out").arg(&o));
+        b()?; // builds the UML kernel into the cache on first use
+        let mut times = vec![];
+        for _ in 0..RUNS {
+            times.push(b()?.secs);
+        }
+        let d = o.join("echo-uml");
+        let size = fs::metadata(d.join(format!("echo-uml.{fs_kind}")))?.len();
+        let ksize = fs::metadata(d.join("linux"))?.len();
+        let mut boots = vec![];
+        for _ in 0..RUNS {
+            boots.push(smoke_ms(&bb, &d)?);
+        }
+        uml.push((fs_kind, median(times), size, ksize, boots));
+    }
+
     let mut ours = vec![];
     let mut theirs = vec![];
     let mut embedded = vec![];
@@ -262,6 +304,22 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
         e_ms / 1000.0,
         e_ms / n_ms,
     );
+    let mut report = report;
+    report.push_str(&format!(
+        "\n| uml (median of {RUNS}) | build (warm) | root image | kernel (linux) | boot to first TCP echo reply |\n|---|---|---|---|---|\n"
+    ));
+    for (kind, build, size, ksize, boots) in &uml {
+        report.push_str(&format!(
+            "| {kind} root | {build:.2} s | {:.2} MiB | {:.2} MiB | {:.2} s |\n",
+            mib(*size),
+            mib(*ksize),
+            median(boots.clone()) / 1000.0
+        ));
+    }
+    for (kind, _, _, _, boots) in &uml {
+        report.push_str(&format!("\nall uml {kind} boots (ms): {boots:?}"));
+    }
+    report.push('\n');
     fs::write(root.join("target/bench.md"), &report)?;
     println!("{report}");
     Ok(())

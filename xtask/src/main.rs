@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod otp;
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -38,6 +39,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
     ("mkfs.ext4", "e2fsprogs"),
     ("unsquashfs", "squashfs-tools"),
+    // OTP source for the patch-set tests (`cargo xtask otp-src`).
+    ("dpkg-source", "dpkg-dev"),
 ];
 
 /// Recipes whose target this machine can boot (the others are built in tests only as far
@@ -53,6 +56,17 @@ fn main() -> Result<()> {
         Some("test") => test(&sh, &args[1..]),
         Some("build-image") => beambake(&sh, "build", &args[1..]),
         Some("smoke") => beambake(&sh, "smoke", &args[1..]),
+        Some("otp-src") => otp::otp_src(&sh).map(|_| ()),
+        Some("otp-build") => {
+            let set = match args.get(1).map(String::as_str) {
+                Some("--set") => args.get(2).cloned(),
+                _ => None,
+            };
+            let Some(set) = set else {
+                bail!("usage: cargo xtask otp-build --set NAME");
+            };
+            otp::otp_build(&sh, &root(), &set).map(|_| ())
+        }
         Some("bench") => {
             deps(&sh)?;
             for (tool, pkg) in [("busybox", "busybox-static"), ("zstd", "zstd")] {
@@ -64,7 +78,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | otp-src | otp-build --set NAME>"
             );
             std::process::exit(2);
         }
@@ -181,12 +195,15 @@ fn eunit_counts(line: &str) -> Option<(u64, u64)> {
 
 fn test(sh: &Shell, extra: &[String]) -> Result<()> {
     deps(sh)?;
+    // Debian's OTP source, for the patch-set tests.
+    let otp_src = otp::otp_src(sh)?;
     let mut tally = Tally::default();
     let mut ok = true;
     let mut cargo = std::process::Command::new("cargo");
     cargo
         .args(["test", "--workspace"])
         .args(extra)
+        .env("BEAMBAKE_OTP_SRC", &otp_src)
         .current_dir(root());
     ok &= tally.run(cargo, cargo_counts)?;
     let mut eunit = std::process::Command::new("rebar3");

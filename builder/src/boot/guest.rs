@@ -31,7 +31,11 @@ pub struct Guest {
     pub started: Instant,
     status: Option<ExitStatus>,
     status_from: StatusFrom,
-    tee: Option<std::thread::JoinHandle<()>>,
+    /// The VM's stdout and the log it is copied to, with the terminal, by
+    /// [`Guest::pump_console`] (no thread: the sandbox process may not start one).
+    tee: Option<(std::process::ChildStdout, fs::File)>,
+    /// Where to ask the VM for a clean shutdown (User Mode Linux's mconsole).
+    mconsole: Option<PathBuf>,
 }
 
 impl Guest {
@@ -76,24 +80,12 @@ impl Guest {
             _ => BootError::Spawn { program, source },
         })?;
         let tee = match (tee, child.stdout.take()) {
-            (true, Some(mut out)) => {
-                let mut log = fs::File::create(console_log).map_err(|source| BootError::Io {
+            (true, Some(out)) => {
+                let log = fs::File::create(console_log).map_err(|source| BootError::Io {
                     path: console_log.to_path_buf(),
                     source,
                 })?;
-                Some(std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let mut buf = [0u8; 4096];
-                    let mut term = io::stdout();
-                    while let Ok(n) = out.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        let _ = term.write_all(&buf[..n]);
-                        let _ = term.flush();
-                        let _ = log.write_all(&buf[..n]);
-                    }
-                }))
+                Some((out, log))
             }
             _ => None,
         };
@@ -104,7 +96,53 @@ impl Guest {
             status: None,
             status_from,
             tee,
+            mconsole: None,
         })
+    }
+
+    /// Copies the VM's console to the terminal and the log until the VM closes it (when
+    /// it was spawned with `tee`); returns at once otherwise.
+    pub fn pump_console(&mut self) {
+        use std::io::{Read, Write};
+        let Some((mut out, mut log)) = self.tee.take() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let mut term = io::stdout();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = term.write_all(&buf[..n]);
+            let _ = term.flush();
+            let _ = log.write_all(&buf[..n]);
+        }
+    }
+
+    /// Lets [`Guest::request_stop`] ask the VM to shut down through this mconsole socket.
+    pub fn with_mconsole(mut self, path: PathBuf) -> Guest {
+        self.mconsole = Some(path);
+        self
+    }
+
+    /// Asks the VM to shut down cleanly, if it can be asked (see [`Guest::stop_by`]).
+    pub fn request_stop(&mut self) {
+        if self.exited().is_none() {
+            if let Some(m) = &self.mconsole {
+                let _ = super::uml::request_shutdown(m);
+            }
+        }
+    }
+
+    /// Waits until `deadline` for a VM asked to stop to end, then kills it. A VM that
+    /// cannot be asked is killed at once.
+    pub fn stop_by(&mut self, deadline: Instant) {
+        if self.mconsole.is_some() {
+            while self.exited().is_none() && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        self.kill();
     }
 
     /// The guest's own exit status (from its init), once the VM has ended; `None` while
@@ -113,12 +151,7 @@ impl Guest {
         let st = self.exited()?;
         match self.status_from {
             StatusFrom::DebugExit => super::qemu::guest_status(st.code()),
-            StatusFrom::ConsoleLine => {
-                if let Some(t) = self.tee.take() {
-                    let _ = t.join();
-                }
-                super::uml::guest_status(&self.console_log)
-            }
+            StatusFrom::ConsoleLine => super::uml::guest_status(&self.console_log),
         }
     }
 

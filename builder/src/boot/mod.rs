@@ -55,6 +55,22 @@ pub struct BootPlan {
     /// Host directories mounted in the guest (uml hostfs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostfs: Vec<HostfsPlan>,
+    /// Extra read-only disk images (uml: `ubd2r`, `ubd3r`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskPlan>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskPlan {
+    /// Absolute path of the image.
+    pub path: PathBuf,
+    pub mount: String,
+    pub fstype: String,
+}
+
+/// The guest device of extra disk `i` (after the root `ubda` and the data disk `ubdb`).
+pub fn extra_disk_device(i: usize) -> String {
+    format!("/dev/ubd{}", (b'c' + i as u8) as char)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,9 +199,12 @@ impl BootPlan {
                 "--count > 1 with a data disk named in the recipe (data.path): each VM needs its own disk".into(),
             ));
         }
-        let first = self.net.guests.first().copied().ok_or_else(|| {
-            BootError::Net("the boot plan lists no guest address".into())
-        })?;
+        let first = self
+            .net
+            .guests
+            .first()
+            .copied()
+            .ok_or_else(|| BootError::Net("the boot plan lists no guest address".into()))?;
         let addrs = crate::recipe::instance_addrs(first, count);
         crate::recipe::check_addrs(&addrs, self.net.prefix, self.net.host)
             .map_err(|e| BootError::Net(format!("--count {count}: {e}")))?;
@@ -208,6 +227,14 @@ impl BootPlan {
         }
         if let Some(d) = &self.data {
             c.push_str(&format!(" beambake.mount=/dev/ubdb,{},ext4", d.mount));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            c.push_str(&format!(
+                " beambake.mount={},{},{}",
+                extra_disk_device(i),
+                d.mount,
+                d.fstype
+            ));
         }
         for h in &self.hostfs {
             c.push_str(&format!(

@@ -48,7 +48,10 @@ pub fn command(
         Machine::Microvm => "microvm",
         Machine::Pc => "pc",
     };
-    c.args(["-name", &format!("beambake-{}-{}", plan.name, inst.index + 1)]);
+    c.args([
+        "-name",
+        &format!("beambake-{}-{}", plan.name, inst.index + 1),
+    ]);
     c.args(["-M", machine]);
     match accel {
         Accelerator::Kvm => c.args([
@@ -130,6 +133,62 @@ pub fn command(
     }
     // Lets the init end qemu with the guest's status: (status << 1) | 1.
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c
+}
+
+/// qemu's command for a baked rumprun kernel (multiboot, `hw` platform): the launch
+/// config (rumprun's flat JSON) as the command line, the plan's disks (the ISOs) as
+/// read-only virtio disks in order (`ld0a`, `ld1a`, ...), the tap at fd 3 as `vioif0`.
+pub fn rumprun_command(
+    plan: &BootPlan,
+    dir: &Path,
+    accel: Accelerator,
+    console: Console,
+) -> Command {
+    let mut c = Command::new(QEMU);
+    c.args(["-name", &format!("beambake-{}", plan.name)]);
+    c.args(["-m", &plan.memory_mib.to_string()]);
+    c.args([
+        "-accel",
+        if accel == Accelerator::Kvm {
+            "kvm"
+        } else {
+            "tcg"
+        },
+    ]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-no-reboot",
+    ]);
+    c.arg("-kernel").arg(dir.join(&plan.kernel));
+    c.args(["-append", &plan.cmdline]);
+    for d in &plan.disks {
+        c.arg("-drive").arg(format!(
+            "if=virtio,file={},format=raw,readonly=on",
+            d.path.display()
+        ));
+    }
+    if plan.net.mode == NetMode::Tap {
+        c.args(["-netdev", "tap,id=n0,fd=3"]);
+        c.args(["-device", "virtio-net-pci,netdev=n0"]);
+    }
+    match console {
+        Console::File(log) => {
+            c.arg("-chardev")
+                .arg(format!("file,id=con,path={}", log.display()));
+            c.stdin(Stdio::null());
+        }
+        Console::Terminal(log) => {
+            c.arg("-chardev")
+                .arg(format!("stdio,id=con,signal=on,logfile={}", log.display()));
+        }
+    }
+    c.args(["-serial", "chardev:con"]);
     c
 }
 

@@ -40,6 +40,9 @@ pub fn command(
     if let Some(d) = &inst.data_disk {
         c.arg(format!("ubd1={}", d.display()));
     }
+    for (i, d) in plan.disks.iter().enumerate() {
+        c.arg(format!("ubd{}r={}", i + 2, d.path.display()));
+    }
     c.args(["root=/dev/ubda", "ro", "init=/init"]);
     c.arg(format!(
         "rootfstype={}",
@@ -73,6 +76,31 @@ pub fn command(
         c.arg(tok);
     }
     Ok(c)
+}
+
+/// The VM's management console socket (UML's mconsole, in its `uml_dir`/`umid`).
+pub fn mconsole_path(plan: &BootPlan, dir: &Path, inst: &Instance) -> std::path::PathBuf {
+    dir.join(".uml")
+        .join(format!("{}-{}", plan.name, inst.index + 1))
+        .join("mconsole")
+}
+
+/// Asks the VM to shut down cleanly: an mconsole `cad` request (Ctrl-Alt-Del). The init
+/// turns it into SIGTERM for the release, then syncs the disks and powers off, so what
+/// the release wrote to its data disk is on the host file when linux.uml exits.
+pub fn request_shutdown(mconsole: &Path) -> std::io::Result<()> {
+    const MAGIC: u32 = 0xcafe_babe;
+    const VERSION: u32 = 2;
+    const MAX_DATA: usize = 512;
+    let cmd = b"cad";
+    let mut req = Vec::with_capacity(12 + MAX_DATA);
+    req.extend_from_slice(&MAGIC.to_ne_bytes());
+    req.extend_from_slice(&VERSION.to_ne_bytes());
+    req.extend_from_slice(&(cmd.len() as u32).to_ne_bytes());
+    req.extend_from_slice(cmd);
+    req.resize(12 + MAX_DATA, 0);
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    sock.send_to(&req, mconsole).map(|_| ())
 }
 
 /// Checks that the plan's kernel is an executable file.
@@ -134,9 +162,11 @@ mod tests {
 
     #[test]
     fn known_failures_are_explained() {
-        assert!(explain("VFS: Unable to mount root fs on unknown-block(98,0)")
-            .unwrap()
-            .contains("root image"));
+        assert!(
+            explain("VFS: Unable to mount root fs on unknown-block(98,0)")
+                .unwrap()
+                .contains("root image")
+        );
         assert!(explain("all fine").is_none());
     }
 }

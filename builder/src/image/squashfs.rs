@@ -16,9 +16,10 @@
 //!
 //! The same tree and options give the same bytes: entries are added in tree order and
 //! `backhand` lays them out sorted by path (inode numbers follow that order), every
-//! compressor runs with fixed settings, the id table holds only 0, and duplicate file
-//! contents are stored once in the order they are met. The output depends on the
-//! `backhand` version (pinned by `Cargo.lock`), not on the host, umask or file times.
+//! compressor runs with fixed settings (backhand's xz is liblzma's multi-threaded encoder
+//! with 2 threads; it splits its input by size, not by timing) and the id table holds only
+//! 0. The output depends on the `backhand` version (pinned by `Cargo.lock`), not on the
+//! host, the umask or file times.
 //!
 //! # `backhand` gaps worked around here
 //!
@@ -27,9 +28,12 @@
 //!   reads it back, sets the root's header on the reader (a public field) and starts the
 //!   real writer from it with `FilesystemWriter::from_fs_reader`. The seed has no files,
 //!   so nothing of it ends up in the output.
-//! * `FilesystemWriter::write` needs `Write + Seek` (it seeks back to write the superblock
-//!   and to drop duplicate data), which [`AtomicFile`] is not: the image goes to an
-//!   anonymous temporary file first and is then copied into the [`AtomicFile`].
+//! * `FilesystemWriter::write` needs `Write + Seek` (it seeks back to write the superblock),
+//!   which [`AtomicFile`] is not: the image goes to an anonymous temporary file in the
+//!   destination directory first and is then copied into the [`AtomicFile`].
+//! * Duplicate files are not merged: `backhand` would match them by length and a 64-bit
+//!   xxhash rather than by content, and a collision would silently give a file another
+//!   one's bytes (merging saved 0.2% on /usr/lib/erlang).
 //! * Directory `nlink` is `2 + entries` rather than `2 + subdirectories`. Readers only use
 //!   it as an upper bound on subdirectories (an over-count is harmless), and
 //!   `unsquashfs` does not show it.
@@ -40,7 +44,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use backhand::compression::{CompressionOptions, Compressor};
-use backhand::{BackhandError, FilesystemCompressor, FilesystemReader, FilesystemWriter, NodeHeader};
+use backhand::{
+    BackhandError, FilesystemCompressor, FilesystemReader, FilesystemWriter, NodeHeader,
+};
 
 use crate::output::{parent_dir, AtomicFile, OutputError, Written};
 use crate::rootfs::{DeviceKind, EntryKind, FileSource, Tree};
@@ -54,14 +60,17 @@ pub const MAX_SYMLINK_LEN: usize = 4095;
 pub const MAX_DEVICE_MAJOR: u32 = 0xfff;
 /// Largest device minor number a squashfs inode can hold (Linux `new_encode_dev`).
 pub const MAX_DEVICE_MINOR: u32 = 0xf_ffff;
-/// Default zstd level. Measured on /usr/lib/erlang (OTP 25, 106 MB, 128 KiB blocks, see
-/// the module tests' `measure` helper): level 3 gives 40.2 MB in 1.6 s, level 9 38.9 MB
-/// in 3.5 s, level 15 37.8 MB in 11.5 s, level 19 36.6 MB in 30 s; xz 33.4 MB in 29 s.
-/// Level 15 (the level `mksquashfs` uses for zstd) costs 3x the time of 9 for 3% less.
-/// 9 keeps image builds interactive; pick 19 or xz for release artefacts.
+/// Default zstd level. Measured on /usr/lib/erlang (OTP 25 from Debian 12: 3877 entries,
+/// 102 MB of content; 128 KiB blocks; release build on a shared 2-core VM; see
+/// `examples/measure.rs` in the scratch crate): level 3 gives 49.9 MB in 0.6 s, 9 gives
+/// 47.7 MB in 1.2 s, 15 gives 45.5 MB in 7.2 s, 19 gives 45.2 MB in 20 s (xz: 43.6 MB in
+/// 16 s; `mksquashfs` is within 1% of these sizes). Level 15, `mksquashfs`'s zstd default,
+/// costs 6x the time of 9 for 5% less; 9 keeps image builds interactive, like the zstd
+/// level of `image::compress`. Ask for 19 or xz for artefacts that are shipped.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 9;
-/// Default data block size: 128 KiB, as `mksquashfs`. Larger blocks compress a little
-/// better but make every random read of a small file decompress more.
+/// Default data block size: 128 KiB, as `mksquashfs`. 1 MiB blocks make the tree above 5%
+/// smaller (45.2 MB at zstd 9) but every read of a small file then decompresses a fragment
+/// block of up to 1 MiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 128 * 1024;
 
 /// The compressor for data and metadata blocks.
@@ -103,7 +112,11 @@ pub enum SquashfsError {
         "{path}: device {major}:{minor} does not fit a squashfs device number \
          (major <= {MAX_DEVICE_MAJOR}, minor <= {MAX_DEVICE_MINOR})"
     )]
-    DeviceNumber { path: String, major: u32, minor: u32 },
+    DeviceNumber {
+        path: String,
+        major: u32,
+        minor: u32,
+    },
     #[error("mtime {0} does not fit a squashfs timestamp (32 bits, up to 2106)")]
     Mtime(u64),
     #[error("block size {0} is not a power of two from 4096 to 1048576")]
@@ -159,7 +172,8 @@ pub fn write(tree: &Tree, opts: &Options, dest: &Path) -> Result<Written, Squash
     fs.set_block_size(opts.block_size);
     fs.set_time(mtime);
     fs.set_only_root_id();
-    fs.set_no_duplicate_files(true);
+    // No deduplication (see the module documentation).
+    fs.set_no_duplicate_files(false);
 
     let failure: Arc<Mutex<Option<SquashfsError>>> = Arc::default();
     for (path, entry) in tree.iter() {
@@ -198,10 +212,8 @@ pub fn write(tree: &Tree, opts: &Options, dest: &Path) -> Result<Written, Squash
         path: dir.to_path_buf(),
         source,
     };
-    let mut scratch = BufWriter::with_capacity(
-        1 << 20,
-        tempfile::tempfile_in(dir).map_err(scratch_err)?,
-    );
+    let mut scratch =
+        BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(dir).map_err(scratch_err)?);
     let len = match fs.write(&mut scratch) {
         Ok((_, len)) => len,
         Err(e) => {
@@ -216,14 +228,13 @@ pub fn write(tree: &Tree, opts: &Options, dest: &Path) -> Result<Written, Squash
     scratch.seek(SeekFrom::Start(0)).map_err(scratch_err)?;
 
     let mut out = AtomicFile::create(dest)?;
-    // Only `len` bytes: data of a duplicate file that was written and then dropped may
-    // linger past the end of the image in the scratch file.
-    let copied = io::copy(&mut (&mut scratch).take(len), &mut out).map_err(|source| {
-        OutputError {
+    // Only `len` bytes: with deduplication on, backhand seeks back over a duplicate's data,
+    // which may then linger past the end of the image.
+    let copied =
+        io::copy(&mut (&mut scratch).take(len), &mut out).map_err(|source| OutputError {
             path: dest.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     if copied != len {
         return Err(scratch_err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -454,7 +465,8 @@ mod tests {
         )
         .unwrap();
         // duplicate content (stored once) and a sparse-ish file of zeros
-        t.add_bytes("/usr/lib/big-copy.bin", big, 0o644, "t").unwrap();
+        t.add_bytes("/usr/lib/big-copy.bin", big, 0o644, "t")
+            .unwrap();
         t.add_bytes(
             "/usr/lib/zeros",
             vec![0; DEFAULT_BLOCK_SIZE as usize + 1],
@@ -556,7 +568,10 @@ mod tests {
                 } else {
                     format!("squashfs-root{path}")
                 };
-                (p, (perm_string(&e.kind, e.perm), "0/0".into(), size, target))
+                (
+                    p,
+                    (perm_string(&e.kind, e.perm), "0/0".into(), size, target),
+                )
             })
             .collect()
     }
@@ -739,8 +754,15 @@ mod tests {
         t.add_bytes(&name, b"x".to_vec(), 0o644, "t").unwrap();
         let img = d.path().join("x.img");
         let e = write(&t, &Options::default(), &img).unwrap_err();
-        assert!(matches!(e, SquashfsError::NameTooLong { len: 256, .. }), "{e}");
-        assert!(e.to_string().starts_with(&format!("{name}: name is 256 bytes")), "{e}");
+        assert!(
+            matches!(e, SquashfsError::NameTooLong { len: 256, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{name}: name is 256 bytes")),
+            "{e}"
+        );
         assert!(!img.exists());
     }
 

@@ -126,10 +126,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
         &common,
         plan,
         image.clone(),
-        &[
-            (image, "cpio-newc+zstd"),
-            (kernel_out, "linux-bzimage"),
-        ],
+        &[(image, "cpio-newc+zstd"), (kernel_out, "linux-bzimage")],
         inputs,
     )
 }

@@ -6,6 +6,7 @@
 //! Must not: duplicate pipeline steps per target.
 
 pub mod microvm;
+pub mod rumprun;
 pub mod uml;
 
 use std::path::{Path, PathBuf};
@@ -109,7 +110,12 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
 }
 
 /// The plan's parts that do not depend on the target.
-pub fn plan(recipe: &Recipe, common: &Common, kernel: &str, cmdline: String) -> Result<BootPlan, Error> {
+pub fn plan(
+    recipe: &Recipe,
+    common: &Common,
+    kernel: &str,
+    cmdline: String,
+) -> Result<BootPlan, Error> {
     let prefix = recipe.guest_addr().map_err(Error::Recipe)?.prefix;
     let mut cmdline = cmdline;
     if !recipe.kernel.cmdline.is_empty() {
@@ -151,6 +157,15 @@ pub fn plan(recipe: &Recipe, common: &Common, kernel: &str, cmdline: String) -> 
             .map(|h| HostfsPlan {
                 host: absolute(&recipe.resolve(&h.host)),
                 guest: h.guest.clone(),
+            })
+            .collect(),
+        disks: recipe
+            .disks
+            .iter()
+            .map(|d| crate::boot::DiskPlan {
+                path: absolute(&recipe.resolve(&d.path)),
+                mount: d.mount.clone(),
+                fstype: d.fstype.clone(),
             })
             .collect(),
     })

@@ -15,7 +15,10 @@ use crate::uml_kernel;
 pub use super::Built;
 
 /// The UML kernel for `recipe`: its `kernel.path`, or beambake's build from the cache.
-pub fn kernel_for(recipe: &Recipe, progress: &dyn Progress) -> Result<(PathBuf, Vec<HostFile>), Error> {
+pub fn kernel_for(
+    recipe: &Recipe,
+    progress: &dyn Progress,
+) -> Result<(PathBuf, Vec<HostFile>), Error> {
     if let Some(p) = &recipe.kernel.path {
         let path = recipe.resolve(p);
         let sha = crate::kernel::sha256_file(&path)?;
@@ -60,6 +63,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
     tree.add_bytes("/etc/beambake/modules", Vec::new(), 0o644, "beambake")?;
     // Mount points for the data disk and host directories: the root is read-only.
     let mut points: Vec<&str> = recipe.hostfs.iter().map(|h| h.guest.as_str()).collect();
+    points.extend(recipe.disks.iter().map(|d| d.mount.as_str()));
     if let Some(d) = &recipe.data {
         points.push(&d.mount);
     }
