@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -49,6 +49,10 @@ pub struct Options {
     pub code_loading: Option<String>,
     /// Extra emulator/init arguments for the launch spec.
     pub extra_args: Vec<String>,
+    /// An installed OTP (e.g. one built with beambake's patch sets) whose
+    /// `erts-VSN` replaces the release's: it must hold the ERTS version the release
+    /// was built for.
+    pub erts_from: Option<PathBuf>,
 }
 
 /// A host library pulled in by the ELF closure.
@@ -79,10 +83,24 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
     }
     base_layout(&mut tree)?;
 
-    // The release itself, as the user built it.
-    tree.add_host_tree(&rel.root, &prefix, "release", &|_| false)?;
-    // Whatever it does not bundle comes from the host OTP, at the same relative place.
-    if !rel.erts.bundled {
+    let erts_name = format!("erts-{}", rel.erts.vsn);
+    let erts_override = match &opts.erts_from {
+        Some(root) => Some(erts_in(root, &rel.erts.vsn)?),
+        None => None,
+    };
+    // The release itself, as the user built it (without its ERTS when another replaces it).
+    let skip_erts = |p: &Path| erts_override.is_some() && p == Path::new(&erts_name);
+    tree.add_host_tree(&rel.root, &prefix, "release", &skip_erts)?;
+    if let Some(dir) = &erts_override {
+        let dest = format!("{prefix}/{erts_name}/bin");
+        tree.add_host_tree(
+            &dir.join("bin"),
+            &dest,
+            "erts from the recipe's OTP build",
+            &|_| false,
+        )?;
+    } else if !rel.erts.bundled {
+        // Whatever it does not bundle comes from the host OTP, at the same relative place.
         let dest = format!("{prefix}/erts-{}/bin", rel.erts.vsn);
         tree.add_host_tree(&rel.erts.dir.join("bin"), &dest, "host erts", &|_| false)?;
     }
@@ -137,6 +155,35 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
         launch,
         host_libs,
     })
+}
+
+/// `ROOT/erts-VSN` (or `ROOT/lib/erlang/erts-VSN`) of an installed OTP; a clear error when
+/// it holds another ERTS version (or none).
+pub fn erts_in(root: &Path, vsn: &str) -> Result<PathBuf, AssembleError> {
+    let name = format!("erts-{vsn}");
+    for base in [root.to_path_buf(), root.join("lib/erlang")] {
+        let d = base.join(&name);
+        if d.join("bin").is_dir() {
+            return Ok(d);
+        }
+    }
+    let mut found: Vec<String> = [root.to_path_buf(), root.join("lib/erlang")]
+        .iter()
+        .filter_map(|b| fs::read_dir(b).ok())
+        .flat_map(|rd| rd.filter_map(Result::ok))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("erts-"))
+        .collect();
+    found.sort();
+    Err(AssembleError::Conflict(format!(
+        "{}: the OTP build has {}, but the release was built for {name}: build the patched OTP from the same OTP version as the release",
+        root.display(),
+        if found.is_empty() {
+            "no erts-* directory".to_string()
+        } else {
+            found.join(", ")
+        }
+    )))
 }
 
 /// Mount points, writable scratch directories and the two device nodes the kernel and

@@ -181,6 +181,10 @@ struct InputArgs {
     /// Host Erlang/OTP root for what the release does not bundle [default: from `erl` on PATH].
     #[arg(long)]
     otp_root: Option<PathBuf>,
+    /// An installed OTP build (e.g. patched by `beambake patch`) whose ERTS replaces the
+    /// release's; it must hold the same ERTS version.
+    #[arg(long)]
+    erts_from: Option<PathBuf>,
     /// Guest directory of the release [default: /opt/NAME].
     #[arg(long)]
     prefix: Option<String>,
@@ -251,6 +255,7 @@ impl InputArgs {
             distribution: None,
             code_loading: None,
             extra_args: Vec::new(),
+            erts_from: self.erts_from.clone(),
         })
     }
 }

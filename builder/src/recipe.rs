@@ -76,6 +76,9 @@ pub struct ReleaseCfg {
     pub name: Option<String>,
     pub otp_root: Option<PathBuf>,
     pub prefix: Option<String>,
+    /// An installed OTP build (e.g. patched with `beambake patch apply`, then
+    /// `make install`) whose ERTS replaces the release's; its version must match.
+    pub erts_from: Option<PathBuf>,
 }
 
 /// A data disk: an ext4 image per VM, created by beambake when absent, mounted at
@@ -128,6 +131,10 @@ pub struct RumprunCfg {
     /// The BEAM cross-built for rumprun (`bin/beam` of a rumprun OTP build), baked with
     /// `rumprun-bake hw_virtio`. Default: `$RUMPRUN_TOOLCHAIN/erlang/bin/beam`.
     pub beam: Option<PathBuf>,
+    /// Strip debug and documentation chunks from every `.beam` on the ISOs
+    /// (`beam_lib:strip_files/1`): smaller images, no source-level debugging.
+    #[serde(default)]
+    pub strip_beams: bool,
     /// Set by `--no-bake`: write the ISOs and the launch config only.
     #[serde(skip)]
     pub no_bake: bool,

@@ -354,7 +354,7 @@ fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
     )?;
     if line.starts_with("{ok,") {
         Ok(if nodes.len() == 1 {
-            format!("net_adm:ping -> pong; rpc:call -> {line}")
+            format!("net_adm:ping('{}') -> pong; rpc:call -> {line}", nodes[0])
         } else {
             format!(
                 "{} nodes: each answers ping from the host and from every other node; rpc:multicall reaches all ({line})",

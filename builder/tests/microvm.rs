@@ -346,26 +346,7 @@ fn boot_exits_with_the_guests_status() {
     let out_dir = d.path().join("out");
     build_recipe(&recipe, &out_dir, &[]);
     let _vm = vm_lock();
-    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
-        .args(["boot", out_dir.join("echo-microvm").to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = stdout(&o);
-    assert!(
-        console.contains("beambake-init: starting echo 0.1.0"),
-        "{console}"
-    );
-    assert!(
-        console.contains("release exited with status 0"),
-        "{console}"
-    );
-    assert_eq!(o.status.code(), Some(0), "{console}\n{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("guest exited with status 0"),
-        "{}",
-        stderr(&o)
-    );
+    boot_expecting_clean_exit(&out_dir.join("echo-microvm"));
 }
 
 /// Without root: user networking in a user+net+PID namespace works; a tap is refused

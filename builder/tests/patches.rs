@@ -12,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::*;
 
@@ -212,4 +213,64 @@ fn malformed_patches_and_other_otp_versions_are_refused() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("OTP 26.2 has no patch set here"), "{err}");
+}
+
+/// An installed OTP build given with `--erts-from` replaces the release's ERTS in the
+/// image; one with another ERTS version is refused, naming both versions.
+#[test]
+fn erts_from_an_otp_build_replaces_the_releases_erts() {
+    let rel = &echo().release;
+    let vsn = fs::read_to_string(rel.join("releases/start_erl.data"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let host_erts = Path::new("/usr/lib/erlang").join(format!("erts-{vsn}"));
+    if !host_erts.is_dir() {
+        skip!("the host's OTP has no erts-{vsn}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let otp = d.path().join("otp");
+    let erts = otp.join(format!("lib/erlang/erts-{vsn}"));
+    copy_dir(&host_erts, &erts);
+    fs::write(erts.join("bin/patched-by-beambake"), b"marker\n").unwrap();
+    let out = d.path().join("img.cpio");
+    let o = beambake(&[
+        "rootfs",
+        rel.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--erts-from",
+        otp.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = Command::new("cpio")
+        .args(["-it", "--quiet", "-F", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let names = stdout(&list);
+    assert!(
+        names.contains(&format!("opt/echo/erts-{vsn}/bin/patched-by-beambake")),
+        "{names}"
+    );
+    // Another version: refused before anything is written.
+    let other = d.path().join("otp-other");
+    fs::create_dir_all(other.join("lib/erlang/erts-99.0/bin")).unwrap();
+    let out2 = d.path().join("img2.cpio");
+    let o = beambake(&[
+        "rootfs",
+        rel.to_str().unwrap(),
+        "-o",
+        out2.to_str().unwrap(),
+        "--erts-from",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("erts-99.0") && err.contains(&format!("erts-{vsn}")),
+        "{err}"
+    );
+    assert!(!out2.exists());
 }

@@ -318,26 +318,7 @@ fn boot_exits_with_the_guests_status() {
     let out = d.path().join("out");
     build_recipe(&recipe, &out, &[]);
     let _vm = vm_lock();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_beambake"))
-        .args(["boot", out.join("echo-uml").to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let console = stdout(&o);
-    assert!(
-        console.contains("beambake-init: starting echo 0.1.0"),
-        "{console}"
-    );
-    assert!(
-        console.contains("release exited with status 0"),
-        "{console}"
-    );
-    assert_eq!(o.status.code(), Some(0), "{console}\n{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("guest exited with status 0"),
-        "{}",
-        stderr(&o)
-    );
+    boot_expecting_clean_exit(&out.join("echo-uml"));
     let log = fs::read_to_string(out.join("echo-uml/console.log")).unwrap();
     assert!(
         log.contains("power off, status 0"),

@@ -270,6 +270,28 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
         uml.push((fs_kind, median(times), size, ksize, boots));
     }
 
+    // rumprun: the two ISOs (no toolchain needed for --no-bake), against the seed's 152 MB.
+    let rr = work.join("bench-rumprun.toml");
+    fs::write(
+        &rr,
+        fs::read_to_string(root.join("recipes/echo-rumprun.toml"))?.replace(
+            "source = \"../examples/echo\"",
+            &format!("source = {:?}", release.display().to_string()),
+        ),
+    )?;
+    let rr_out = work.join("out-rumprun");
+    let rr_build = measured(
+        Command::new(&bb)
+            .arg("build")
+            .arg(&rr)
+            .arg("--out")
+            .arg(&rr_out)
+            .arg("--no-bake"),
+    )?;
+    let rr_dir = rr_out.join("echo-rumprun");
+    let erlang_iso = fs::metadata(rr_dir.join("erlang.iso"))?.len();
+    let app_iso = fs::metadata(rr_dir.join("app.iso"))?.len();
+
     let mut ours = vec![];
     let mut theirs = vec![];
     let mut embedded = vec![];
@@ -319,7 +341,13 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
     for (kind, _, _, _, boots) in &uml {
         report.push_str(&format!("\nall uml {kind} boots (ms): {boots:?}"));
     }
-    report.push('\n');
+    report.push_str(&format!(
+        "\n\n| rumprun (--no-bake) | erlang.iso | app.iso | both | seed's erlang.iso |\n|---|---|---|---|---|\n| echo release, .beam stripped | {:.2} MiB | {:.2} MiB | {:.2} MiB | 152 MB |\n\nrumprun build (ISOs + launch config): {:.2} s\n",
+        mib(erlang_iso),
+        mib(app_iso),
+        mib(erlang_iso + app_iso),
+        rr_build.secs
+    ));
     fs::write(root.join("target/bench.md"), &report)?;
     println!("{report}");
     Ok(())

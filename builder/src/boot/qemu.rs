@@ -92,18 +92,7 @@ pub fn command(
         }
     }
     c.args(["-append", &cmdline]);
-    match console {
-        Console::File(log) => {
-            c.arg("-chardev")
-                .arg(format!("file,id=con,path={}", log.display()));
-            c.stdin(Stdio::null());
-        }
-        Console::Terminal(log) => {
-            c.arg("-chardev")
-                .arg(format!("stdio,id=con,signal=on,logfile={}", log.display()));
-        }
-    }
-    c.args(["-serial", "chardev:con"]);
+    serial_console(&mut c, console);
     let nic = match plan.machine {
         Machine::Microvm => "virtio-net-device",
         Machine::Pc => "virtio-net-pci",
@@ -177,6 +166,12 @@ pub fn rumprun_command(
         c.args(["-netdev", "tap,id=n0,fd=3"]);
         c.args(["-device", "virtio-net-pci,netdev=n0"]);
     }
+    serial_console(&mut c, console);
+    c
+}
+
+/// The serial console: to a log file, or to the terminal and a log file.
+fn serial_console(c: &mut Command, console: Console) {
     match console {
         Console::File(log) => {
             c.arg("-chardev")
@@ -189,7 +184,6 @@ pub fn rumprun_command(
         }
     }
     c.args(["-serial", "chardev:con"]);
-    c
 }
 
 /// The host's TSC frequency in kHz, measured against CLOCK_MONOTONIC over 50 ms and

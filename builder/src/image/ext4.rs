@@ -73,6 +73,14 @@ pub const MAX_SYMLINK_LEN: usize = 4095;
 pub const MAX_DEVICE_MAJOR: u32 = 0xfff;
 /// Largest device minor number an ext4 inode can hold (Linux `new_encode_dev`).
 pub const MAX_DEVICE_MINOR: u32 = 0xf_ffff;
+
+const LIMITS: super::Limits = super::Limits {
+    format: "ext4",
+    name_len: MAX_NAME_LEN,
+    symlink_len: MAX_SYMLINK_LEN,
+    device_major: MAX_DEVICE_MAJOR,
+    device_minor: MAX_DEVICE_MINOR,
+};
 /// Latest mtime the root image writer accepts (2038-01-19T03:14:07Z).
 pub const MAX_MTIME: u64 = i32::MAX as u64;
 /// Smallest data disk: room for the journal (4 MiB at this size) and some data.
@@ -121,21 +129,10 @@ pub enum Ext4Error {
         status: String,
         stderr: String,
     },
-    #[error("{path}: name is {len} bytes long; the limit is {MAX_NAME_LEN}")]
-    NameTooLong { path: String, len: usize },
+    #[error(transparent)]
+    Limit(#[from] super::LimitError),
     #[error("{path:?}: names with a newline or carriage return cannot be written (debugfs reads one command a line)")]
     Unscriptable { path: String },
-    #[error("symlink {path}: target is {len} bytes long; the limit is {MAX_SYMLINK_LEN}")]
-    SymlinkTooLong { path: String, len: usize },
-    #[error(
-        "{path}: device {major}:{minor} does not fit an ext4 device number \
-         (major <= {MAX_DEVICE_MAJOR}, minor <= {MAX_DEVICE_MINOR})"
-    )]
-    DeviceNumber {
-        path: String,
-        major: u32,
-        minor: u32,
-    },
     #[error("mtime {0} is outside 1..={MAX_MTIME}: e2fsprogs takes 0 as \"now\" and writes 32-bit inode times")]
     Mtime(u64),
     #[error("{path}: reading {from}: {source}")]
@@ -369,36 +366,12 @@ fn check_label(label: &str) -> Result<(), Ext4Error> {
 
 /// Refuses what ext4 or the debugfs script cannot represent, naming the path.
 fn check_entries(tree: &Tree) -> Result<(), Ext4Error> {
-    for (path, entry) in tree.iter() {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        if name.len() > MAX_NAME_LEN {
-            return Err(Ext4Error::NameTooLong {
-                path: path.to_string(),
-                len: name.len(),
-            });
-        }
+    super::check_limits(tree, &LIMITS)?;
+    for (path, _) in tree.iter() {
         if path.contains(['\n', '\r']) {
             return Err(Ext4Error::Unscriptable {
                 path: path.to_string(),
             });
-        }
-        match &entry.kind {
-            EntryKind::Symlink(t) if t.len() > MAX_SYMLINK_LEN => {
-                return Err(Ext4Error::SymlinkTooLong {
-                    path: path.to_string(),
-                    len: t.len(),
-                })
-            }
-            EntryKind::Device { major, minor, .. }
-                if *major > MAX_DEVICE_MAJOR || *minor > MAX_DEVICE_MINOR =>
-            {
-                return Err(Ext4Error::DeviceNumber {
-                    path: path.to_string(),
-                    major: *major,
-                    minor: *minor,
-                })
-            }
-            _ => {}
         }
     }
     Ok(())

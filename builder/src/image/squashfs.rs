@@ -60,6 +60,14 @@ pub const MAX_SYMLINK_LEN: usize = 4095;
 pub const MAX_DEVICE_MAJOR: u32 = 0xfff;
 /// Largest device minor number a squashfs inode can hold (Linux `new_encode_dev`).
 pub const MAX_DEVICE_MINOR: u32 = 0xf_ffff;
+
+const LIMITS: super::Limits = super::Limits {
+    format: "squashfs",
+    name_len: MAX_NAME_LEN,
+    symlink_len: MAX_SYMLINK_LEN,
+    device_major: MAX_DEVICE_MAJOR,
+    device_minor: MAX_DEVICE_MINOR,
+};
 /// Default zstd level. Measured on /usr/lib/erlang (OTP 25 from Debian 12: 3877 entries,
 /// 102 MB of content; 128 KiB blocks; release build on a shared 2-core VM; see
 /// `examples/measure.rs` in the scratch crate): level 3 gives 49.9 MB in 0.6 s, 9 gives
@@ -104,19 +112,8 @@ impl Default for Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SquashfsError {
-    #[error("{path}: name is {len} bytes long; the limit is {MAX_NAME_LEN}")]
-    NameTooLong { path: String, len: usize },
-    #[error("symlink {path}: target is {len} bytes long; the limit is {MAX_SYMLINK_LEN}")]
-    SymlinkTooLong { path: String, len: usize },
-    #[error(
-        "{path}: device {major}:{minor} does not fit a squashfs device number \
-         (major <= {MAX_DEVICE_MAJOR}, minor <= {MAX_DEVICE_MINOR})"
-    )]
-    DeviceNumber {
-        path: String,
-        major: u32,
-        minor: u32,
-    },
+    #[error(transparent)]
+    Limit(#[from] super::LimitError),
     #[error("mtime {0} does not fit a squashfs timestamp (32 bits, up to 2106)")]
     Mtime(u64),
     #[error("block size {0} is not a power of two from 4096 to 1048576")]
@@ -268,34 +265,7 @@ fn filesystem_compressor(opts: &Options) -> Result<FilesystemCompressor, Squashf
 
 /// Refuses what squashfs (or the kernel reading it) cannot represent, naming the path.
 fn check_entries(tree: &Tree) -> Result<(), SquashfsError> {
-    for (path, entry) in tree.iter() {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        if name.len() > MAX_NAME_LEN {
-            return Err(SquashfsError::NameTooLong {
-                path: path.to_string(),
-                len: name.len(),
-            });
-        }
-        match &entry.kind {
-            EntryKind::Symlink(t) if t.len() > MAX_SYMLINK_LEN => {
-                return Err(SquashfsError::SymlinkTooLong {
-                    path: path.to_string(),
-                    len: t.len(),
-                })
-            }
-            EntryKind::Device { major, minor, .. }
-                if *major > MAX_DEVICE_MAJOR || *minor > MAX_DEVICE_MINOR =>
-            {
-                return Err(SquashfsError::DeviceNumber {
-                    path: path.to_string(),
-                    major: *major,
-                    minor: *minor,
-                })
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    Ok(super::check_limits(tree, &LIMITS)?)
 }
 
 /// Linux `new_encode_dev`, the encoding squashfs device inodes use.
@@ -755,7 +725,10 @@ mod tests {
         let img = d.path().join("x.img");
         let e = write(&t, &Options::default(), &img).unwrap_err();
         assert!(
-            matches!(e, SquashfsError::NameTooLong { len: 256, .. }),
+            matches!(
+                e,
+                SquashfsError::Limit(super::super::LimitError::NameTooLong { len: 256, .. })
+            ),
             "{e}"
         );
         assert!(

@@ -99,6 +99,7 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
             .to_string()
         }),
         extra_args: recipe.launch.extra_args.clone(),
+        erts_from: recipe.release.erts_from.as_ref().map(|p| recipe.resolve(p)),
     };
     let prepared = pipeline::prepare(&input, &opts, progress)?;
     Ok(Common {

@@ -312,3 +312,30 @@ pub fn build_fails(recipe: &Path, out: &Path, extra: &[&str], needle: &str) -> S
     assert!(err.contains(needle), "{needle:?} not in: {err}");
     err
 }
+
+/// `beambake boot DIR` of an image whose release stops by itself: the console streams to
+/// stdout, shows the release's start and its exit status 0, and beambake exits with the
+/// guest's status 0. Returns the console.
+pub fn boot_expecting_clean_exit(dir: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
+        .args(["boot", dir.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let console = stdout(&o);
+    assert!(
+        console.contains("beambake-init: starting echo 0.1.0"),
+        "{console}"
+    );
+    assert!(
+        console.contains("release exited with status 0"),
+        "{console}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{console}\n{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("guest exited with status 0"),
+        "{}",
+        stderr(&o)
+    );
+    console
+}
