@@ -1,7 +1,8 @@
 //! beambake's OTP patch sets (`patches/otp/<major>/<set>/series`) and their use on an OTP
 //! source tree: which set fits the tree (its `OTP_VERSION` major must match, checked before
 //! anything is touched), and apply / check / revert / status through [`crate::patch`]
-//! (strict: our own patches must apply with no offset and no fuzz).
+//! (strict: our own patches must apply with no offset and no fuzz). A set named `common`
+//! is the base of the others: asking for `osv` means `common` then `osv`.
 //!
 //! Must not: fetch or build OTP (see `cargo xtask otp-src` / `otp-build`).
 
@@ -98,8 +99,18 @@ pub fn series_for(patches: &Path, tree: &Path, set: &str) -> Result<Series, Patc
             available: subdirs(&dir).join(", "),
         });
     }
-    Ok(Series::load(&set_dir)?)
+    let mut series = Series::load(&set_dir)?;
+    let common = dir.join(COMMON);
+    if set != COMMON && common.join("series").is_file() {
+        let mut base = Series::load(&common)?;
+        base.patches.append(&mut series.patches);
+        series.patches = base.patches;
+    }
+    Ok(series)
 }
+
+/// The set every other set of the same OTP major is applied on top of.
+pub const COMMON: &str = "common";
 
 /// What to do with a set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,16 @@ use std::process::Command;
 
 use common::*;
 
-const SETS: &[&str] = &["osv", "rumprun"];
+const SETS: &[&str] = &["common", "osv", "rumprun"];
+
+/// The sets `set` means: `common` first, then the set itself.
+fn with_common(set: &str) -> Vec<&str> {
+    if set == "common" {
+        vec!["common"]
+    } else {
+        vec!["common", set]
+    }
+}
 
 fn otp_src() -> Option<PathBuf> {
     std::env::var_os("BEAMBAKE_OTP_SRC")
@@ -28,8 +37,20 @@ fn set_dir(set: &str) -> PathBuf {
     repo_root().join("patches/otp/25").join(set)
 }
 
-/// Files a set touches (from its patches' `--- a/` and `+++ b/` lines).
+/// Files a set (with `common` under it) touches (from the `--- a/` and `+++ b/` lines).
 fn touched(set: &str) -> Vec<String> {
+    let mut files = vec![];
+    for s in with_common(set) {
+        for f in touched_by(s) {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    files
+}
+
+fn touched_by(set: &str) -> Vec<String> {
     let dir = set_dir(set);
     let series = fs::read_to_string(dir.join("series")).unwrap();
     let mut files = vec![];

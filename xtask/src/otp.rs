@@ -130,17 +130,60 @@ pub fn otp_src(sh: &Shell) -> Result<PathBuf> {
     Ok(tree)
 }
 
-/// `otp-build --set NAME`: patched copy of the source, configured with PIE flags, erts
-/// built. Prints the build tree and how long each step took.
+/// `CFLAGS` defines and extra configure arguments per set (patches/otp/25/README.md).
+fn build_flags(set: &str) -> Result<(&'static str, &'static [&'static str])> {
+    Ok(match set {
+        // -fPIC rather than the -fPIE of a real OSv build: the proof relinks beam.smp and
+        // erlexec as shared objects, and glibc will not dlopen a PIE (OSv does).
+        "osv" => (
+            "-O2 -fPIC -DBEAMBAKE_NO_FORK -DBEAMBAKE_ERLEXEC_IN_PROCESS -DBEAMBAKE_EPMD_THREAD",
+            &[],
+        ),
+        "rumprun" => (
+            "-O2 -DBEAMBAKE_NO_FORK",
+            &[
+                "--enable-static-nifs",
+                "--disable-dynamic-ssl-lib",
+                "LIBS=-lcrypto",
+            ],
+        ),
+        "common" => ("-O2 -DBEAMBAKE_NO_FORK", &[]),
+        other => bail!("no build settings for set {other:?} (osv, rumprun, common)"),
+    })
+}
+
+/// `otp-build --set NAME`: a fresh copy of the source with `common` and the set applied by
+/// `beambake patch apply`, configured with the set's defines, erts built (`make
+/// erl_interface` for erl_call, then `make emulator`: beam.smp, erlexec, epmd). Prints the
+/// tree and how long each step took. Reuses a finished build of the same patches.
 pub fn otp_build(sh: &Shell, root: &Path, set: &str) -> Result<PathBuf> {
+    let (cflags, extra) = build_flags(set)?;
     let src = otp_src(sh)?;
+    let patches = root.join("patches");
+    // The build is reused while the patches and flags are unchanged.
+    let mut key = format!("{cflags}{extra:?}");
+    for s in ["common", set] {
+        let dir = patches.join("otp/25").join(s);
+        if let Ok(rd) = fs::read_dir(&dir) {
+            let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            names.sort();
+            for n in names {
+                key.push_str(&fs::read_to_string(&n).unwrap_or_default());
+            }
+        }
+    }
+    let stamp_text = format!("{:x}\n", fnv(key.as_bytes()));
     let work = cache().join("otp-build").join(set);
+    let stamp = work.join(".beambake-built");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_text.as_str()) {
+        println!("{}", work.display());
+        return Ok(work);
+    }
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(work.parent().context("cache dir")?)?;
     cmd!(sh, "cp -a {src} {work}").run()?;
     cmd!(sh, "cargo build -q -p beambake").run()?;
     let bb = root.join("target/debug/beambake");
-    let patches = root.join("patches");
     cmd!(
         sh,
         "{bb} patch apply --otp-src {work} --set {set} --patches {patches}"
@@ -152,25 +195,57 @@ pub fn otp_build(sh: &Shell, root: &Path, set: &str) -> Result<PathBuf> {
         .unwrap_or(1)
         .to_string();
     let t = std::time::Instant::now();
-    cmd!(sh, "./configure --enable-pie --without-javac --without-wx --without-odbc --without-jinterface --without-megaco --without-debugger --without-observer --without-et --without-reltool --without-termcap")
+    let cf = format!("CFLAGS={cflags}");
+    let cxx = if cflags.contains("-fPIC") {
+        "CXXFLAGS=-O2 -fPIC"
+    } else {
+        "CXXFLAGS=-O2"
+    };
+    cmd!(sh, "./configure {cf} {cxx} LDFLAGS=-pie --without-javac --without-wx --without-odbc --without-jinterface --without-megaco --without-debugger --without-observer --without-et --without-reltool {extra...}")
         .env("ERL_TOP", &work)
-        .env("CFLAGS", "-O2 -fPIE")
-        .env("LDFLAGS", "-pie")
         .quiet()
         .ignore_stdout()
         .run()?;
     let configure_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
+    cmd!(sh, "make -j{jobs} erl_interface")
+        .env("ERL_TOP", &work)
+        .quiet()
+        .ignore_stdout()
+        .run()?;
     cmd!(sh, "make -j{jobs} emulator")
         .env("ERL_TOP", &work)
         .quiet()
         .ignore_stdout()
         .run()?;
     eprintln!(
-        "xtask: otp-build {set}: configure {configure_s:.0} s, make emulator {:.0} s ({})",
+        "xtask: otp-build {set}: configure {configure_s:.0} s, make erl_interface + emulator {:.0} s ({})",
         t.elapsed().as_secs_f64(),
         work.display()
     );
+    fs::write(&stamp, stamp_text)?;
     println!("{}", work.display());
     Ok(work)
+}
+
+/// `otp-prove`: the osv build's epmd-as-thread proof (xtask/otp/prove-epmd-thread.sh):
+/// erlexec runs epmd on a thread and the emulator in-process, no epmd process exists, and
+/// Debian's erl pings the node. True when every check passed.
+pub fn otp_prove(sh: &Shell, root: &Path) -> Result<bool> {
+    let tree = otp_build(sh, root, "osv")?;
+    let script = root.join("xtask/otp/prove-epmd-thread.sh");
+    let ok = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&tree)
+        .status()
+        .with_context(|| script.display().to_string())?
+        .success();
+    Ok(ok)
+}
+
+/// FNV-1a, for a build stamp (not security).
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3)
+    })
 }
