@@ -108,12 +108,23 @@ fn have(sh: &Shell, tool: &str) -> bool {
         .is_ok()
 }
 
+/// Library packages (no command to look for): building the patched OTP's erts.
+const LIBS: &[&str] = &["libncurses-dev", "libssl-dev"];
+
 fn deps(sh: &Shell) -> Result<()> {
-    let missing: Vec<&str> = TOOLS
+    let fmt = "${Status}";
+    let mut missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(tool, _)| !have(sh, tool))
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.extend(LIBS.iter().copied().filter(|pkg| {
+        !cmd!(sh, "dpkg-query -W -f={fmt} {pkg}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .is_ok_and(|s| s.contains("install ok installed"))
+    }));
     if missing.is_empty() {
         return Ok(());
     }
