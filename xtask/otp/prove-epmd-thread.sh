@@ -285,5 +285,6 @@ for p in $CONTROL_EPMD; do   # started by this script: its binary is ours
     [ "$(readlink /proc/$p/exe)" = "$BIN/epmd" ] && kill "$p"
 done
 
+if [ "$FAILS" -eq 0 ]; then rm -rf "$SCR"; say "ALL PASSED"; exit 0; fi
 say "logs in $SCR"
-if [ "$FAILS" -eq 0 ]; then say "ALL PASSED"; exit 0; else say "$FAILS FAILED"; exit 1; fi
+say "$FAILS FAILED"; exit 1

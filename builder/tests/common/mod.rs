@@ -65,7 +65,6 @@ pub struct Echo {
     pub release: PathBuf,
     pub tarball: PathBuf,
     pub hosterts: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 pub fn echo() -> &'static Echo {
@@ -75,11 +74,14 @@ pub fn echo() -> &'static Echo {
             have("rebar3"),
             "rebar3 is required (apt-get install rebar3)"
         );
-        let dir = tempfile::Builder::new()
-            .prefix("bb-echo-")
-            .tempdir()
-            .unwrap();
-        let project = dir.path().join("echo");
+        // A static is never dropped, so no TempDir: one fixed dir per test binary under
+        // cargo's target tmpdir, rebuilt at each run (nothing piles up in /tmp).
+        let exe = std::env::current_exe().unwrap();
+        let stem = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("echo-fixture-{stem}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let project = dir.join("echo");
         copy_dir(&repo_root().join("examples/echo"), &project);
         let _ = fs::remove_dir_all(project.join("_build"));
         rebar3(&project, &["tar"]);
@@ -92,13 +94,12 @@ pub fn echo() -> &'static Echo {
             tarball.display()
         );
         // Keep the tarball out of the release dir it describes.
-        let moved = dir.path().join("echo-0.1.0.tar.gz");
+        let moved = dir.join("echo-0.1.0.tar.gz");
         fs::rename(&tarball, &moved).unwrap();
         Echo {
             release,
             tarball: moved,
             hosterts: project.join("_build/hosterts/rel/echo"),
-            _dir: dir,
         }
     })
 }
