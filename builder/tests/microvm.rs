@@ -273,58 +273,22 @@ fn killing_a_smoke_run_leaves_nothing_behind() {
             d.path(),
             &[("name = \"echo-microvm\"", &format!("name = \"{marker}\""))],
         );
-        let before = netns_in_use();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_beambake"))
-            .args([
+        assert_signal_leaves_nothing(
+            &[
                 "smoke",
                 recipe.to_str().unwrap(),
                 "--out",
                 d.path().join("out").to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        let qemu = loop {
-            let q = processes_matching(&format!("beambake-{marker}"));
-            if !q.is_empty() {
-                break q;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "qemu never started"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let ns = fs::read_link(format!("/proc/{}/ns/net", qemu[0]))
-            .unwrap()
-            .display()
-            .to_string();
-        assert!(!before.contains(&ns), "qemu is not in a private namespace");
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { kill(child.id() as i32, signal) };
-        let _ = child.wait();
-        let start = Instant::now();
-        while !processes_matching(&format!("beambake-{marker}")).is_empty()
-            || netns_in_use().contains(&ns)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "qemu or its namespace survived signal {signal}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            ],
+            &format!("beambake-{marker}"),
+            signal,
+        );
     }
 }
 
 mod libc_sig {
     pub const SIGINT: i32 = 2;
     pub const SIGKILL: i32 = 9;
-}
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 /// `beambake boot` streams the console and exits with the guest's own status: a release

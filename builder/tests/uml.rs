@@ -325,3 +325,25 @@ fn boot_exits_with_the_guests_status() {
         "the log has the console: {log}"
     );
 }
+
+/// SIGINT or SIGKILL to `beambake boot --count 2` of a uml image: both linux processes
+/// (and every host process UML made for the guests' processes) and the namespace go.
+#[test]
+fn killing_a_boot_of_two_vms_leaves_nothing_behind() {
+    if let Some(why) = needs_uml_host() {
+        skip!("{why}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let recipe = uml_recipe(d.path(), &[("count = 3", "count = 1")]);
+    let out = d.path().join("out");
+    build_recipe(&recipe, &out, &[]);
+    let dir = out.join("echo-uml");
+    let _vm = vm_lock();
+    for signal in [2, 9] {
+        assert_signal_leaves_nothing(
+            &["boot", dir.to_str().unwrap(), "--count", "2"],
+            &format!("ubd0r={}", dir.display()),
+            signal,
+        );
+    }
+}

@@ -340,3 +340,51 @@ pub fn boot_expecting_clean_exit(dir: &Path) -> String {
     );
     console
 }
+
+/// Starts `beambake ARGS`, waits until a VM process whose command line contains `needle`
+/// runs in a network namespace of its own, sends `signal` to beambake, and checks that
+/// every such process and that namespace are gone within 20 s.
+pub fn assert_signal_leaves_nothing(args: &[&str], needle: &str, signal: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    let before = netns_in_use();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_beambake"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let vm = loop {
+        let q = processes_matching(needle);
+        if !q.is_empty() {
+            break q;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the VM never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ns = fs::read_link(format!("/proc/{}/ns/net", vm[0]))
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(
+        !before.contains(&ns),
+        "the VM is not in a private namespace"
+    );
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { kill(child.id() as i32, signal) };
+    let _ = child.wait();
+    let start = Instant::now();
+    while !processes_matching(needle).is_empty() || netns_in_use().contains(&ns) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "VM processes or their namespace survived signal {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
