@@ -41,7 +41,7 @@ pub struct Service {
     pub argv: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Wait until 127.0.0.1:PORT accepts before going on.
+    /// Wait until a TCP socket listens on PORT before going on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_tcp: Option<u16>,
 }

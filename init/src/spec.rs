@@ -50,8 +50,8 @@ pub struct Service {
     /// Working directory; `/` when absent.
     #[serde(default = "default_cwd")]
     pub cwd: String,
-    /// If set, the release is not started until a TCP connect to
-    /// 127.0.0.1:PORT succeeds.
+    /// If set, the release is not started until a TCP socket listens on
+    /// PORT (read from the kernel's socket table, without connecting).
     #[serde(default)]
     pub wait_tcp: Option<u16>,
 }

@@ -13,7 +13,6 @@
 //! (every wait there is bounded).
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -195,10 +194,11 @@ impl Supervisor {
     }
 
     fn wait_tcp(&mut self, name: &str, pid: libc::pid_t, port: u16) -> Result<(), String> {
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            // A listening socket, read from the kernel's table: a probe connection
+            // would make epmd log "got partial packet only" on the console.
+            if listening(port) {
                 return Ok(());
             }
             if let Some(sig) = pending_signal() {
@@ -283,6 +283,30 @@ impl Supervisor {
     }
 }
 
+/// True when a TCP socket listens on `port` (any address, IPv4 or IPv6), per
+/// `/proc/net/tcp{,6}`.
+fn listening(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .map(|t| table_has_listener(&t, port))
+            .unwrap_or(false)
+    })
+}
+
+/// Whether a `/proc/net/tcp` table has a socket in state LISTEN (`0A`) on `port`.
+fn table_has_listener(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1).unwrap_or("");
+        let state = f.nth(1).unwrap_or("");
+        state == "0A"
+            && local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+    })
+}
+
 /// One non-blocking reap; `None` when nothing (more) has exited.
 fn try_reap() -> Option<(libc::pid_t, Exit)> {
     let mut status: libc::c_int = 0;
@@ -347,6 +371,14 @@ pub fn finish(exit: Exit) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listeners_are_found_in_the_kernel_table() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 00000000:1111 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n   1: 0100007F:1F90 0100007F:D2A4 01 00000000:00000000\n";
+        assert!(table_has_listener(t, 4369));
+        assert!(!table_has_listener(t, 8080), "established, not listening");
+        assert!(!table_has_listener(t, 1));
+    }
 
     #[test]
     fn exit_codes() {
