@@ -187,7 +187,7 @@ impl Supervisor {
         if let Some(port) = s.wait_tcp {
             self.wait_tcp(&s.name, pid, port)?;
             if pending_signal().is_none() {
-                debug!("service {} accepts connections on port {port}", s.name);
+                debug!("service {} listens on port {port}", s.name);
             }
         }
         Ok(())
@@ -212,14 +212,14 @@ impl Supervisor {
                 self.note_exit(p, exit);
                 if p == pid {
                     return Err(format!(
-                        "service {name} {} before accepting connections on port {port}",
+                        "service {name} {} before listening on port {port}",
                         exit.describe()
                     ));
                 }
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "service {name} did not accept connections on 127.0.0.1:{port} within 10 s"
+                    "service {name} did not listen on port {port} within 10 s"
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
