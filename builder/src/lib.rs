@@ -11,6 +11,7 @@ pub mod digest;
 pub mod elf;
 #[cfg(test)]
 mod golden;
+pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod launch;

@@ -404,8 +404,10 @@ fn run(cli: Cli) -> Result<u8> {
             });
             steps.done();
             let quiet_steps = Steps::new(cli.verbose, true);
-            let (_, outcome, log) =
+            let (_, outcome, logs) =
                 run::boot(&dir, accel, count, sandbox::Mode::Interactive, &quiet_steps)?;
+            // The first VM's console is the one on the terminal.
+            let log = logs.first().cloned().unwrap_or_default();
             match outcome.guest_exit {
                 Some(s) => {
                     eprintln!(

@@ -121,6 +121,22 @@ pub fn write_bytes_mode(dest: &Path, bytes: &[u8], mode: u32) -> Result<Written,
     f.commit()
 }
 
+/// Copies the file `src` to `dest` atomically with permission bits `mode`, streaming
+/// (a read error names `src`, a write error `dest`).
+pub fn copy_file(src: &Path, dest: &Path, mode: u32) -> Result<Written, OutputError> {
+    let mut input = File::open(src).map_err(|source| OutputError {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    let mut f = AtomicFile::create(dest)?;
+    f.set_mode(mode);
+    io::copy(&mut input, f.writer()).map_err(|source| OutputError {
+        path: src.to_path_buf(),
+        source,
+    })?;
+    f.commit()
+}
+
 /// The directory holding `file` (`.` for a bare file name).
 pub fn parent_dir(file: &Path) -> &Path {
     match file.parent() {

@@ -25,14 +25,14 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
 }
 
 /// Boots the image in `dir` (a build's output directory) in a fresh sandbox; `count`
-/// overrides how many VMs start from it. Returns the first VM's console log.
+/// overrides how many VMs start from it. Returns the VMs' console logs, in VM order.
 pub fn boot(
     dir: &Path,
     accel: Option<Accel>,
     count: Option<u32>,
     mode: Mode,
     progress: &dyn Progress,
-) -> Result<(BootPlan, Outcome, PathBuf), Error> {
+) -> Result<(BootPlan, Outcome, Vec<PathBuf>), Error> {
     let mut plan = BootPlan::load(dir)?;
     if let Some(n) = count {
         plan.set_count(n)?;
@@ -69,10 +69,7 @@ pub fn boot(
         Mode::Smoke => "booting and running the checks",
         Mode::Interactive => "booting",
     });
-    let console_log = instances
-        .first()
-        .map(|i| i.console_log.clone())
-        .unwrap_or_else(|| dir_abs.join("console.log"));
+    let console_logs = instances.iter().map(|i| i.console_log.clone()).collect();
     let req = Request {
         dir: dir_abs,
         plan: plan.clone(),
@@ -81,14 +78,13 @@ pub fn boot(
         verbose: progress.verbose(),
     };
     let outcome = sandbox::run(&req);
-    // User Mode Linux's per-VM run dirs (pid file, mconsole socket) of VMs that were
-    // killed: nothing in them is needed once the sandbox is gone.
-    let _ = std::fs::remove_dir_all(req.dir.join(".uml"));
+    // User Mode Linux's run dirs of VMs that were killed.
+    let _ = std::fs::remove_dir_all(crate::boot::uml::run_dir(&req.dir));
     let outcome = outcome?;
     if let Some(e) = &outcome.error {
         return Err(Error::Boot(BootError::Net(e.clone())));
     }
-    Ok((plan, outcome, console_log))
+    Ok((plan, outcome, console_logs))
 }
 
 /// Data disks (created when absent, else checked to be ext4) and host directories (must
@@ -135,7 +131,7 @@ fn prepare_storage(
 
 /// Smoke-tests an already built image (a build's output directory).
 pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf), Error> {
-    let (plan, outcome, log) = boot(dir, None, None, Mode::Smoke, progress)?;
+    let (plan, outcome, logs) = boot(dir, None, None, Mode::Smoke, progress)?;
     if plan.checks.is_empty() {
         return Err(Error::Recipe(format!(
             "{}: the plan has no checks",
@@ -146,12 +142,15 @@ pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf
         .report
         .ok_or_else(|| Error::Recipe("the sandbox returned no report".into()))?;
     if report.passed {
-        let dir_abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        for inst in plan.instances(&dir_abs) {
-            let _ = std::fs::remove_file(&inst.console_log);
+        for log in &logs {
+            let _ = std::fs::remove_file(log);
         }
     }
-    Ok((report, log))
+    let first = logs
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| dir.join("console.log"));
+    Ok((report, first))
 }
 
 /// Builds and smoke-tests a recipe. The console log is kept only when a check failed.

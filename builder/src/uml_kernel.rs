@@ -47,7 +47,6 @@ const TOOLS: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct UmlKernel {
     pub image: PathBuf,
-    pub sha256: String,
     pub pin: Pin,
     /// Hash of pin + patches + config (the cache key).
     pub key: String,
@@ -123,21 +122,18 @@ pub fn get(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<UmlKernel, Kerne
     let base = cache_dir.join("uml");
     let final_dir = base.join(format!("{}_{}-{key}", pin.package, pin.version));
     let image = final_dir.join("linux");
-    let done = |image: PathBuf| -> Result<UmlKernel, KernelError> {
-        Ok(UmlKernel {
-            sha256: kernel::sha256_file(&image)?,
-            image,
-            pin: pin.clone(),
-            key: key.clone(),
-        })
+    let done = |image: PathBuf| UmlKernel {
+        image,
+        pin: pin.clone(),
+        key: key.clone(),
     };
     if image.is_file() {
-        return done(image);
+        return Ok(done(image));
     }
     fs::create_dir_all(&base).map_err(kernel::io_err("creating cache dir", &base))?;
     let _lock = Lock::take(&base.join(".build.lock"))?;
     if image.is_file() {
-        return done(image); // built by another process while we waited
+        return Ok(done(image)); // built by another process while we waited
     }
     check_tools()?;
     progress(&format!(
@@ -164,13 +160,13 @@ pub fn get(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<UmlKernel, Kerne
             })
         }
     }
-    done(image)
+    Ok(done(image))
 }
 
 fn check_tools() -> Result<(), KernelError> {
     let missing: Vec<&str> = TOOLS
         .iter()
-        .filter(|(tool, _)| !on_path(tool))
+        .filter(|(tool, _)| crate::host::which(tool).is_none())
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -184,12 +180,6 @@ fn check_tools() -> Result<(), KernelError> {
             missing.join(" ")
         ),
     })
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
 }
 
 /// Fetch, unpack, patch, configure and build in `work`; returns the path of `linux`.

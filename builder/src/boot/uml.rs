@@ -49,8 +49,8 @@ pub fn command(
         plan.root_fs.as_deref().unwrap_or("squashfs")
     ));
     // The VM's run dir (pid file, mconsole socket) inside the output dir, per VM.
-    c.arg(format!("uml_dir={}", dir.join(".uml").display()));
-    c.arg(format!("umid={}-{}", plan.name, inst.index + 1));
+    c.arg(format!("uml_dir={}", run_dir(dir).display()));
+    c.arg(format!("umid={}", umid(plan, inst)));
     if plan.net.mode == NetMode::Tap {
         // The tap (without vnet header) is fd 3; `vec=0`: plain read/write on it.
         c.arg("vec0:transport=fd,fd=3,vec=0");
@@ -78,11 +78,20 @@ pub fn command(
     Ok(c)
 }
 
-/// The VM's management console socket (UML's mconsole, in its `uml_dir`/`umid`).
-pub fn mconsole_path(plan: &BootPlan, dir: &Path, inst: &Instance) -> std::path::PathBuf {
+/// Where linux.uml keeps its VMs' run dirs (`uml_dir`): inside the output dir `dir`.
+/// Nothing in it is needed once the VMs are gone.
+pub fn run_dir(dir: &Path) -> std::path::PathBuf {
     dir.join(".uml")
-        .join(format!("{}-{}", plan.name, inst.index + 1))
-        .join("mconsole")
+}
+
+/// The VM's id (`umid`), which names its run dir.
+fn umid(plan: &BootPlan, inst: &Instance) -> String {
+    format!("{}-{}", plan.name, inst.index + 1)
+}
+
+/// The VM's management console socket (UML's mconsole, in its run dir).
+pub fn mconsole_path(plan: &BootPlan, dir: &Path, inst: &Instance) -> std::path::PathBuf {
+    run_dir(dir).join(umid(plan, inst)).join("mconsole")
 }
 
 /// Asks the VM to shut down cleanly: an mconsole `cad` request (Ctrl-Alt-Del). The init

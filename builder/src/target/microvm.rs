@@ -105,11 +105,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
         Compression::Zstd,
         recipe.vm.compression_level,
     )?;
-    let kernel_bytes = std::fs::read(&kernel.image).map_err(|source| Error::Io {
-        path: kernel.image.clone(),
-        source,
-    })?;
-    let kernel_out = crate::output::write_bytes(&dir.join("vmlinuz"), &kernel_bytes)?;
+    let kernel_out = crate::output::copy_file(&kernel.image, &dir.join("vmlinuz"), 0o644)?;
     let mut plan = super::plan(recipe, &common, "vmlinuz", qemu::FAST_CMDLINE.to_string())?;
     plan.initrd = Some(PathBuf::from(&initrd_name));
     let mut inputs = vec![HostFile {

@@ -217,11 +217,7 @@ pub fn find_bake() -> Option<PathBuf> {
             return Some(p);
         }
     }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("rumprun-bake"))
-            .find(|p| p.is_file())
-    })
+    crate::host::which("rumprun-bake")
 }
 
 /// The error when the toolchain is missing.

@@ -14,39 +14,24 @@ use crate::uml_kernel;
 
 pub use super::Built;
 
-/// The UML kernel for `recipe`: its `kernel.path`, or beambake's build from the cache.
+/// The UML kernel for `recipe` (its `kernel.path`, or beambake's build from the cache),
+/// and, for beambake's build, what it was built from (for the manifest).
 pub fn kernel_for(
     recipe: &Recipe,
     progress: &dyn Progress,
-) -> Result<(PathBuf, Vec<HostFile>), Error> {
+) -> Result<(PathBuf, Option<HostFile>), Error> {
     if let Some(p) = &recipe.kernel.path {
-        let path = recipe.resolve(p);
-        let sha = crate::kernel::sha256_file(&path)?;
-        return Ok((
-            path.clone(),
-            vec![HostFile {
-                path: path.display().to_string(),
-                sha256: sha,
-            }],
-        ));
+        return Ok((recipe.resolve(p), None));
     }
     let k = uml_kernel::get(&crate::kernel::default_cache_dir(), &|m| progress.step(m))?;
-    Ok((
-        k.image.clone(),
-        vec![
-            HostFile {
-                path: k.image.display().to_string(),
-                sha256: k.sha256.clone(),
-            },
-            HostFile {
-                path: format!(
-                    "debian:{}={}.deb + patches/linux/6.1/uml + images/uml-kernel.config (key {})",
-                    k.pin.package, k.pin.version, k.key
-                ),
-                sha256: k.pin.sha256.clone(),
-            },
-        ],
-    ))
+    let source = HostFile {
+        path: format!(
+            "debian:{}={}.deb + patches/linux/6.1/uml + images/uml-kernel.config (key {})",
+            k.pin.package, k.pin.version, k.key
+        ),
+        sha256: k.pin.sha256.clone(),
+    };
+    Ok((k.image, Some(source)))
 }
 
 pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
@@ -74,13 +59,15 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
     }
 
     progress.step("building the kernel");
-    let (kernel, inputs) = kernel_for(recipe, progress)?;
+    let (kernel, source) = kernel_for(recipe, progress)?;
     let dir = common.dir.clone();
-    let kernel_bytes = std::fs::read(&kernel).map_err(|source| Error::Io {
-        path: kernel.clone(),
-        source,
-    })?;
-    let kernel_out = crate::output::write_bytes_mode(&dir.join("linux"), &kernel_bytes, 0o755)?;
+    let kernel_out = crate::output::copy_file(&kernel, &dir.join("linux"), 0o755)?;
+    // The copy's sha256 is the host file's: no second read.
+    let mut inputs = vec![HostFile {
+        path: kernel.display().to_string(),
+        sha256: kernel_out.sha256.clone(),
+    }];
+    inputs.extend(source);
 
     let (image, kind, fstype) = match recipe.vm.root_fs {
         RootFs::Squashfs => {
