@@ -389,6 +389,8 @@ fn run(cli: Cli) -> Result<u8> {
             accel,
             count,
         } => {
+            // A bad BEAMBAKE_ACCEL is refused before anything is built.
+            beambake::boot::accel::env_accel()?;
             let steps = Steps::new(cli.verbose, false);
             let dir = if image.is_file() {
                 let recipe = out.recipe(&image)?;
@@ -470,6 +472,7 @@ fn run(cli: Cli) -> Result<u8> {
             junit,
             json,
         } => {
+            beambake::boot::accel::env_accel()?;
             let steps = Steps::new(cli.verbose, false);
             let result = if recipe.is_dir() {
                 run::smoke_dir(&recipe, &steps).map_err(anyhow::Error::from)
@@ -504,6 +507,10 @@ fn print_report(r: &beambake::smoke::Report, log: &Path) {
             c.millis as f64 / 1000.0,
             c.message
         );
+    }
+    match &r.accel_reason {
+        Some(why) => println!("accelerator: {} ({why})", r.accel),
+        None => println!("accelerator: {}", r.accel),
     }
     if let Some(ms) = r.boot_to_ready_ms {
         println!("boot to ready: {:.2}s ({})", ms as f64 / 1000.0, r.accel);

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::boot::{qemu, BootError, BootPlan};
+use crate::boot::{accel, qemu, BootError, BootPlan};
 use crate::pipeline::{Error, Progress};
 use crate::recipe::{Accel, Recipe, Target};
 use crate::sandbox::{self, Mode, Outcome, Request};
@@ -44,21 +44,35 @@ pub fn boot(
             dir.join(&plan.kernel).display()
         )));
     }
-    let kvm = match plan.target {
+    let choice = match plan.target {
         Target::Uml => {
             crate::boot::uml::check_kernel(&plan, dir)?;
-            false
+            None
         }
         _ => {
             qemu::check_installed()?;
             progress.step("choosing the accelerator");
-            qemu::resolve_accel(
-                accel.unwrap_or(plan.accel),
-                &dir.join(&plan.kernel),
+            let target = accel::ProbeTarget {
+                qemu: qemu::program(),
+                kernel: dir.join(&plan.kernel),
+                machine: plan.machine,
+                cpu: plan.cpu.clone().unwrap_or_else(|| "host".into()),
+                bound: accel::PROBE_BOUND,
+            };
+            let c = accel::choose(
+                accel,
+                plan.accel,
+                &target,
                 &crate::kernel::default_cache_dir(),
-            ) == qemu::Accelerator::Kvm
+            )
+            .map_err(BootError::from)?;
+            progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
+            Some(c)
         }
     };
+    let kvm = choice
+        .as_ref()
+        .is_some_and(|c| c.accelerator == qemu::Accelerator::Kvm);
     let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -80,7 +94,13 @@ pub fn boot(
     let outcome = sandbox::run(&req);
     // User Mode Linux's run dirs of VMs that were killed.
     let _ = std::fs::remove_dir_all(crate::boot::uml::run_dir(&req.dir));
-    let outcome = outcome?;
+    let mut outcome = outcome?;
+    if let Some(report) = outcome.report.as_mut() {
+        report.accel_reason = Some(match &choice {
+            Some(c) => c.reason.clone(),
+            None => "User Mode Linux runs as a host process (no accelerator)".into(),
+        });
+    }
     if let Some(e) = &outcome.error {
         return Err(Error::Boot(BootError::Net(e.clone())));
     }

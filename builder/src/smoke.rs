@@ -32,6 +32,9 @@ pub struct CheckResult {
 pub struct Report {
     pub name: String,
     pub accel: String,
+    /// Why that accelerator (who asked for it, or the KVM probe's verdict).
+    #[serde(default)]
+    pub accel_reason: Option<String>,
     pub passed: bool,
     /// From VM start to the first check passing.
     pub boot_to_ready_ms: Option<u64>,
@@ -77,6 +80,7 @@ pub fn run(name: &str, accel: &str, guests: &mut [Guest], checks: &[Check], t: &
     let mut report = Report {
         name: name.into(),
         accel: accel.into(),
+        accel_reason: None,
         passed: false,
         boot_to_ready_ms: None,
         checks: vec![],
@@ -466,6 +470,17 @@ pub fn junit(r: &Report) -> String {
         r.checks.len(),
         total as f64 / 1000.0
     );
+    x.push_str(&format!(
+        "  <properties>\n    <property name=\"accel\" value=\"{}\"/>\n",
+        esc(&r.accel)
+    ));
+    if let Some(why) = &r.accel_reason {
+        x.push_str(&format!(
+            "    <property name=\"accel_reason\" value=\"{}\"/>\n",
+            esc(why)
+        ));
+    }
+    x.push_str("  </properties>\n");
     for c in &r.checks {
         x.push_str(&format!(
             "  <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\">",
@@ -541,6 +556,7 @@ mod tests {
         let r = Report {
             name: "a<b".into(),
             accel: "tcg".into(),
+            accel_reason: Some("asked for by BEAMBAKE_ACCEL=tcg".into()),
             passed: false,
             boot_to_ready_ms: None,
             checks: vec![CheckResult {
@@ -556,5 +572,11 @@ mod tests {
         assert!(x.contains("tests=\"1\" failures=\"1\""), "{x}");
         assert!(x.contains("message=\"x &quot;y&quot; &amp; z\""), "{x}");
         assert!(x.contains("&lt;tail&gt;"), "{x}");
+        assert!(
+            x.contains(
+                "<property name=\"accel_reason\" value=\"asked for by BEAMBAKE_ACCEL=tcg\"/>"
+            ),
+            "{x}"
+        );
     }
 }

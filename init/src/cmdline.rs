@@ -1,8 +1,8 @@
 //! Parsing of the kernel command line into the `beambake.*` settings.
 //!
 //! Owns: tokenising `/proc/cmdline` (whitespace-separated, double quotes
-//! group), recognising `beambake.ip`, `beambake.gw`, `beambake.hostname` and
-//! `beambake.debug`, validating their values, and reporting unknown keys and
+//! group), recognising `beambake.ip`, `beambake.gw`, `beambake.hostname`,
+//! `beambake.debug` and `beambake.probe`, validating their values, and reporting unknown keys and
 //! malformed values as diagnostics.
 //!
 //! Must not: read files, log, or perform any system call. It is a pure
@@ -52,6 +52,19 @@ pub struct Config {
     /// `beambake.if=NAME`: the interface `beambake.ip` goes on (default eth0; User
     /// Mode Linux's vector NIC is vec0).
     pub iface: Option<String>,
+    /// `beambake.probe=TOKEN` (1..=64 letters or digits): the host's accelerator probe.
+    /// The init prints [`probe_marker`] and powers off with [`PROBE_STATUS`], nothing else.
+    pub probe: Option<String>,
+}
+
+/// The guest status a probe boot powers off with (qemu then exits with `(42 << 1) | 1`).
+/// The host side (`builder/src/boot/accel.rs`) expects exactly this value.
+pub const PROBE_STATUS: u8 = 42;
+
+/// The console line (after `beambake-init: `) that proves a probe guest ran its init.
+/// It differs from the `beambake.probe=TOKEN` text a kernel may echo.
+pub fn probe_marker(token: &str) -> String {
+    format!("probe {token} ok")
 }
 
 /// One `beambake.mount=` entry.
@@ -198,6 +211,16 @@ pub fn parse(cmdline: &str) -> (Config, Vec<Diagnostic>) {
                 Some(Ok(m)) => cfg.mounts.push(m),
                 Some(Err(reason)) => diags.push(bad(value.unwrap_or(""), reason)),
                 None => diags.push(bad("", "missing value (want SOURCE,TARGET,FSTYPE)")),
+            },
+            "probe" => match value {
+                Some(v)
+                    if !v.is_empty()
+                        && v.len() <= 64
+                        && v.chars().all(|c| c.is_ascii_alphanumeric()) =>
+                {
+                    cfg.probe = Some(v.to_string())
+                }
+                _ => diags.push(bad(value.unwrap_or(""), "want 1 to 64 letters or digits")),
             },
             "debug" => match value.map(parse_bool) {
                 // A bare `beambake.debug` turns debugging on.
@@ -405,6 +428,21 @@ mod tests {
         );
         let (cfg, _) = parse("x -- beambake.debug=1");
         assert!(!cfg.debug);
+    }
+
+    #[test]
+    fn probe_token() {
+        let (cfg, diags) = parse("quiet beambake.probe=0123abcdEF");
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(cfg.probe.as_deref(), Some("0123abcdEF"));
+        assert_eq!(probe_marker("0123abcdEF"), "probe 0123abcdEF ok");
+        for bad in ["beambake.probe", "beambake.probe=", "beambake.probe=a-b"] {
+            let (cfg, diags) = parse(bad);
+            assert_eq!(cfg.probe, None, "{bad}");
+            assert_eq!(diags.len(), 1, "{bad}");
+        }
+        let (cfg, _) = parse(&format!("beambake.probe={}", "a".repeat(65)));
+        assert_eq!(cfg.probe, None);
     }
 
     #[test]

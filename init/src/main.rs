@@ -72,6 +72,11 @@ fn main() {
 
     let cfg = read_cmdline();
     debug!("mounted {}", mounted.join(" "));
+    if let Some(token) = &cfg.probe {
+        // The host's accelerator probe: proof that this kernel ran its init, nothing more.
+        info!("{}", cmdline::probe_marker(token));
+        power::power_off(cmdline::PROBE_STATUS);
+    }
 
     match modules::load_all(Path::new(modules::MODULES_PATH), |path, already| {
         if already {

@@ -1,10 +1,12 @@
 //! Booting built images: the boot plan (written beside the image as `boot.json`, so
 //! `beambake boot DIR` needs nothing else), its VM instances (one image, N VMs, each with
 //! its own address, node name, console log and data disk), the guest process type that
-//! owns a VM's lifetime, and the VM adapters (qemu, User Mode Linux).
+//! owns a VM's lifetime, the VM adapters (qemu, User Mode Linux) and the accelerator
+//! choice (`accel`: KVM only when a probe guest proved it).
 //!
 //! Must not: build images or run checks (see [`crate::smoke`]).
 
+pub mod accel;
 pub mod guest;
 pub mod qemu;
 pub mod uml;
@@ -133,6 +135,8 @@ pub enum BootError {
     },
     #[error("{0}")]
     Net(String),
+    #[error(transparent)]
+    Accel(#[from] accel::AccelError),
 }
 
 impl BootPlan {

@@ -1,6 +1,5 @@
-//! The qemu adapter: the `qemu-system-x86_64` command line for a boot plan, and the KVM
-//! probe (on some hosts `/dev/kvm` exists but a guest hangs after the decompressor, so KVM
-//! is used only when a short probe boot finishes; TCG otherwise).
+//! The qemu adapter: the `qemu-system-x86_64` command line for a boot plan (the program
+//! is `BEAMBAKE_QEMU` when set). Choosing KVM or TCG is [`super::accel`]'s job.
 //!
 //! Must not: manage process lifetimes (see [`super::guest`]) or networks.
 
@@ -9,9 +8,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{BootError, BootPlan, Instance};
-use crate::recipe::{Accel, Machine, NetMode};
+use crate::recipe::{Machine, NetMode};
 
 pub const QEMU: &str = "qemu-system-x86_64";
+/// Environment variable naming the qemu program instead of `qemu-system-x86_64` on
+/// `PATH` (a path, or a name looked up on `PATH`).
+pub const QEMU_ENV: &str = "BEAMBAKE_QEMU";
+
+/// The qemu program: `BEAMBAKE_QEMU` when set and not empty, else [`QEMU`].
+pub fn program() -> PathBuf {
+    std::env::var_os(QEMU_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(QEMU))
+}
 
 /// Kernel parameters that make the Debian cloud kernel boot fast and reliably under TCG
 /// (measured: see BENCHMARKS.md and shared notes): no crypto self-tests, no PS/2 probing,
@@ -28,10 +38,20 @@ pub enum Console<'a> {
 }
 
 /// Resolved acceleration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Accelerator {
     Kvm,
     Tcg,
+}
+
+impl Accelerator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
 }
 
 /// qemu's command for VM `inst` of `plan` (whose files live in `dir`), with the tap at
@@ -43,7 +63,7 @@ pub fn command(
     accel: Accelerator,
     console: Console,
 ) -> Command {
-    let mut c = Command::new(QEMU);
+    let mut c = Command::new(program());
     let machine = match plan.machine {
         Machine::Microvm => "microvm",
         Machine::Pc => "pc",
@@ -134,7 +154,7 @@ pub fn rumprun_command(
     accel: Accelerator,
     console: Console,
 ) -> Command {
-    let mut c = Command::new(QEMU);
+    let mut c = Command::new(program());
     c.args(["-name", &format!("beambake-{}", plan.name)]);
     c.args(["-m", &plan.memory_mib.to_string()]);
     c.args([
@@ -233,7 +253,8 @@ pub fn guest_status(qemu_code: Option<i32>) -> Option<i32> {
 
 /// Checks that qemu is installed.
 pub fn check_installed() -> Result<(), BootError> {
-    match Command::new(QEMU)
+    let qemu = program();
+    match Command::new(&qemu)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -241,92 +262,12 @@ pub fn check_installed() -> Result<(), BootError> {
     {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BootError::Qemu(format!(
-            "{QEMU} not found on PATH: install it with `apt-get install qemu-system-x86`"
+            "{} not found{}: install it with `apt-get install qemu-system-x86`",
+            qemu.display(),
+            if qemu.components().count() > 1 { "" } else { " on PATH" }
         ))),
-        Err(e) => Err(BootError::Qemu(format!("{QEMU}: {e}"))),
+        Err(e) => Err(BootError::Qemu(format!("{}: {e}", qemu.display()))),
     }
-}
-
-/// Resolves `Accel::Auto`: KVM only if `/dev/kvm` opens and a probe boot of `kernel`
-/// (no initrd: the kernel panics and, with `panic=-1 -no-reboot`, qemu exits) finishes
-/// within a few seconds. The answer is cached per host boot in `cache_dir`.
-pub fn resolve_accel(accel: Accel, kernel: &Path, cache_dir: &Path) -> Accelerator {
-    match accel {
-        Accel::Kvm => return Accelerator::Kvm,
-        Accel::Tcg => return Accelerator::Tcg,
-        Accel::Auto => {}
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Accelerator::Tcg;
-    }
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let cache: PathBuf = cache_dir.join("kvm-probe");
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        if let Some((id, verdict)) = text.trim().split_once(' ') {
-            if id == boot_id.trim() {
-                return if verdict == "kvm" {
-                    Accelerator::Kvm
-                } else {
-                    Accelerator::Tcg
-                };
-            }
-        }
-    }
-    let verdict = probe_kvm(kernel);
-    let _ = std::fs::create_dir_all(cache_dir);
-    let _ = std::fs::write(
-        &cache,
-        format!(
-            "{} {}\n",
-            boot_id.trim(),
-            if verdict == Accelerator::Kvm {
-                "kvm"
-            } else {
-                "tcg"
-            }
-        ),
-    );
-    verdict
-}
-
-fn probe_kvm(kernel: &Path) -> Accelerator {
-    let mut c = Command::new(QEMU);
-    c.args([
-        "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128",
-    ])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .args(["-append", "console=ttyS0 panic=-1 quiet"])
-    .args(["-serial", "stdio"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    crate::net::dies_with_parent(&mut c);
-    let Ok(mut child) = c.spawn() else {
-        return Accelerator::Tcg;
-    };
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return Accelerator::Kvm;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    Accelerator::Tcg
 }
 
 #[cfg(test)]
