@@ -8,6 +8,7 @@
 pub mod assemble;
 pub mod boot;
 pub mod digest;
+pub mod doctor;
 pub mod elf;
 #[cfg(test)]
 mod golden;

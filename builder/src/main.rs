@@ -107,6 +107,18 @@ enum Command {
         #[arg(long)]
         patches: Option<PathBuf>,
     },
+    /// What this host can do for beambake, and why: KVM (with the probe's evidence), qemu,
+    /// tap and user namespaces, User Mode Linux, rebar3/erl/elixir, the cache. Start here
+    /// when something fails.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Probe KVM with this kernel (a bzImage) [default: the microvm recipe's Debian
+        /// cloud kernel, fetched into the cache when absent].
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+    },
     /// Build, boot in a fresh namespace, run the recipe's checks, tear everything down.
     Smoke {
         /// Recipe file (TOML), or a build's output directory (smoke without building).
@@ -464,6 +476,21 @@ fn run(cli: Cli) -> Result<u8> {
                 series.patches.len(),
                 otp_src.display()
             );
+            Ok(0)
+        }
+        Command::Doctor { json, kernel } => {
+            let steps = Steps::new(cli.verbose, false);
+            let opts = beambake::doctor::Options {
+                kernel: kernel.map(std::path::absolute).transpose()?,
+                cache_dir: beambake::kernel::default_cache_dir(),
+            };
+            let report = beambake::doctor::run(&opts, &|what| steps.step(what));
+            steps.done();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(0)
         }
         Command::Smoke {

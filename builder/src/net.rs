@@ -4,7 +4,7 @@
 //! Owns: entering the namespaces (`unshare` in a child before exec, with
 //! `PR_SET_PDEATHSIG` so the kernel frees everything when the parent dies: no named
 //! namespace, nothing to clean up by hand), creating the tap (held by an fd, gone with
-//! it), and configuring links.
+//! it), configuring links, and trying namespaces in a throwaway child (`beambake doctor`).
 //! Must not: start guests or run checks; it never touches the host's own network
 //! namespace (every call that configures a link runs inside a namespace we made).
 
@@ -99,6 +99,70 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What [`try_namespaces`] attempts in its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsTrial {
+    /// A new network namespace and a tap inside it (what the sandbox needs as root).
+    TapInNetns,
+    /// A new user namespace with a network namespace (rootless networking).
+    UserNetns,
+}
+
+/// Tries `trial` in a short-lived child (`true`, dying with us) that enters the new
+/// namespaces before exec: they are held by that child only and vanish with it. The
+/// error is the failing step's.
+pub fn try_namespaces(trial: NsTrial) -> io::Result<()> {
+    // The ifreq's name, copied into a fresh ifreq in the child (no allocation there).
+    let name = ifreq("bbprobe0")?.ifr_name;
+    let mut cmd = Command::new("true");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    dies_with_parent(&mut cmd);
+    let step = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    // SAFETY: only async-signal-safe calls (unshare, open, ioctl, close) between fork and
+    // exec; the interface name was checked before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = match trial {
+                NsTrial::TapInNetns => libc::CLONE_NEWNET,
+                NsTrial::UserNetns => libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
+            };
+            if libc::unshare(flags) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if trial == NsTrial::TapInNetns {
+                let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut r: libc::ifreq = std::mem::zeroed();
+                r.ifr_name = name;
+                r.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+                let rc = libc::ioctl(fd, TUNSETIFF, &mut r);
+                let e = io::Error::last_os_error();
+                libc::close(fd);
+                if rc != 0 {
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+    }
+    let what = match trial {
+        NsTrial::TapInNetns => "unshare(CLONE_NEWNET) + tap on /dev/net/tun",
+        NsTrial::UserNetns => "unshare(CLONE_NEWUSER | CLONE_NEWNET)",
+    };
+    let status = cmd.status().map_err(|e| step(what, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{what}: the child ended with {status}"
+        )))
+    }
 }
 
 /// True when the current network namespace has no interface but `lo` (a fresh one).

@@ -199,7 +199,7 @@ pub enum Machine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
-    /// KVM when a short probe boots, else TCG.
+    /// KVM when a probe guest proves it (see `boot::accel`), else TCG.
     Auto,
     Kvm,
     Tcg,

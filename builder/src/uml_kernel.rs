@@ -114,13 +114,23 @@ pub fn missing_options(wanted: &[(String, Option<String>)], dotconfig: &str) -> 
         .collect()
 }
 
+/// Where [`get`] keeps the kernel in `cache_dir` (whether or not it is built yet).
+pub fn image_path(cache_dir: &Path) -> Result<PathBuf, KernelError> {
+    let pin = pin()?;
+    Ok(final_dir(&cache_dir.join("uml"), &pin, &key()).join("linux"))
+}
+
+fn final_dir(base: &Path, pin: &Pin, key: &str) -> PathBuf {
+    base.join(format!("{}_{}-{key}", pin.package, pin.version))
+}
+
 /// The kernel from the cache, building it first when absent. `progress` is told when a
 /// build starts (it takes minutes).
 pub fn get(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<UmlKernel, KernelError> {
     let pin = pin()?;
     let key = key();
     let base = cache_dir.join("uml");
-    let final_dir = base.join(format!("{}_{}-{key}", pin.package, pin.version));
+    let final_dir = final_dir(&base, &pin, &key);
     let image = final_dir.join("linux");
     let done = |image: PathBuf| UmlKernel {
         image,

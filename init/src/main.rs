@@ -3,7 +3,8 @@
 //! the default route and the hostname from the kernel command line, starts
 //! the services and the Erlang release described by
 //! `/etc/beambake/launch.json`, reaps every process, and powers the VM off
-//! with the release's exit code.
+//! with the release's exit code. With `beambake.probe=TOKEN` (the host's KVM
+//! probe) it only prints the probe marker and powers off with `PROBE_STATUS`.
 //!
 //! Owns: the order of the boot steps, what is fatal, and the fatal path
 //! (`beambake-init: fatal: ...`, power off with code 1).
