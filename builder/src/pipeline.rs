@@ -40,6 +40,8 @@ pub enum Error {
     Boot(#[from] crate::boot::BootError),
     #[error(transparent)]
     RecipeFile(#[from] crate::recipe::RecipeError),
+    #[error(transparent)]
+    Tls(#[from] crate::smoke::tls::TlsError),
     #[error("{0}")]
     Recipe(String),
     #[error("{path}: {source}")]

@@ -350,6 +350,118 @@ pub enum Check {
     /// A host node runs `call` (`Module:Function(Args...)`, Erlang syntax) on the guest
     /// node with `rpc:call`; the result must equal `expect` (an Erlang term).
     Rpc { call: String, expect: String },
+    /// TLS echo: connect, TLS handshake, send `payload`, expect it back. The server's
+    /// certificate must chain to `ca` and be valid for `server_name`; `verify = false`
+    /// accepts any certificate instead (exactly one of the two).
+    TlsEcho {
+        port: u16,
+        #[serde(default = "default_payload")]
+        payload: String,
+        /// CA certificate(s), PEM, relative to the recipe.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<PathBuf>,
+        /// `false`: the server's certificate is explicitly not verified.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verify: Option<bool>,
+        /// The name (DNS or IP) the certificate must be valid for; default: the guest's
+        /// address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_name: Option<String>,
+    },
+    /// HTTPS: an `http` check over TLS, the certificate verified as for `tls_echo`.
+    Https {
+        port: u16,
+        #[serde(default = "default_path")]
+        path: String,
+        #[serde(default = "default_status")]
+        status: u16,
+        #[serde(default)]
+        body_contains: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verify: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_name: Option<String>,
+    },
+}
+
+/// A TLS check's settings. Validated recipes have `ca` set or `verify = false`; `ca` is
+/// `None` exactly when the certificate is not verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsSettings<'a> {
+    pub ca: Option<&'a Path>,
+    pub server_name: Option<&'a str>,
+}
+
+impl Check {
+    /// The TLS settings of a `tls_echo` or `https` check.
+    pub fn tls(&self) -> Option<TlsSettings<'_>> {
+        match self {
+            Check::TlsEcho {
+                ca, server_name, ..
+            }
+            | Check::Https {
+                ca, server_name, ..
+            } => Some(TlsSettings {
+                ca: ca.as_deref(),
+                server_name: server_name.as_deref(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The TLS rules: exactly one of `ca` and `verify = false`; a usable server name.
+    fn validate_tls(&self) -> Result<(), String> {
+        let (Check::TlsEcho {
+            port,
+            ca,
+            verify,
+            server_name,
+            ..
+        }
+        | Check::Https {
+            port,
+            ca,
+            verify,
+            server_name,
+            ..
+        }) = self
+        else {
+            return Ok(());
+        };
+        let what = match self {
+            Check::Https { .. } => format!("check https:{port}"),
+            _ => format!("check tls_echo:{port}"),
+        };
+        match (ca, verify) {
+            (Some(_), Some(false)) => {
+                return Err(format!(
+                    "{what}: `ca` and `verify = false` exclude each other: keep `ca` to verify \
+                     the server's certificate, or `verify = false` to accept any"
+                ))
+            }
+            (None, Some(false)) => {}
+            (Some(ca), _) if ca.as_os_str().is_empty() => {
+                return Err(format!("{what}: ca = \"\": name a PEM file"))
+            }
+            (Some(_), _) => {}
+            (None, _) => {
+                return Err(format!(
+                    "{what}: say how the server's certificate is checked: `ca = \"FILE\"` (PEM, \
+                     relative to the recipe) to verify it, or `verify = false` to accept any"
+                ))
+            }
+        }
+        if let Some(n) = server_name {
+            if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+                return Err(format!(
+                    "{what}: server_name = {n:?} is neither a DNS name nor an IP address"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_payload() -> String {
@@ -418,7 +530,26 @@ impl Recipe {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         r.validate().map_err(invalid)?;
+        for (i, c) in r.checks.iter().enumerate() {
+            c.validate_tls().map_err(|m| match check_line(text, i) {
+                Some(line) => invalid(format!("line {line}: {m}")),
+                None => invalid(m),
+            })?;
+        }
         Ok(r)
+    }
+
+    /// The checks with their files (`ca`) resolved against the recipe's directory and
+    /// made absolute, as the boot plan keeps them.
+    pub fn resolved_checks(&self) -> Vec<Check> {
+        let mut checks = self.checks.clone();
+        for c in &mut checks {
+            if let Check::TlsEcho { ca: Some(ca), .. } | Check::Https { ca: Some(ca), .. } = c {
+                let p = self.resolve(ca);
+                *ca = std::path::absolute(&p).unwrap_or(p);
+            }
+        }
+        checks
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -699,6 +830,18 @@ fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
     u32::from(a) & mask == u32::from(b) & mask
 }
 
+/// The line of the `i`th check (its `[[check]]` header or inline table).
+fn check_line(text: &str, i: usize) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Spans {
+        #[serde(default)]
+        check: Vec<toml::Spanned<toml::Value>>,
+    }
+    let spans: Spans = toml::from_str(text).ok()?;
+    let start = spans.check.get(i)?.span().start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
+}
+
 /// toml's errors span several lines (with a source excerpt); keep them, indented.
 fn one_line(e: &toml::de::Error) -> String {
     e.to_string().trim_end().replace('\n', "\n  ")
@@ -812,5 +955,53 @@ type = "distribution"
         );
         let e = parse(&GOOD.replace("[distribution]\nnode = \"echo\"\n", "")).unwrap_err();
         assert!(e.contains("needs a [distribution] section"), "{e}");
+    }
+
+    #[test]
+    fn tls_checks_need_a_ca_or_verify_false_named_with_their_line() {
+        let tls =
+            |body: &str| format!("{GOOD}\n[[check]]\ntype = \"tls_echo\"\nport = 8443\n{body}");
+        let line = GOOD.lines().count() + 2;
+        let e = parse(&tls("")).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "recipes/x.toml: line {line}: check tls_echo:8443: "
+            )),
+            "{e}"
+        );
+        assert!(
+            e.contains("`ca = \"FILE\"`") && e.contains("`verify = false`"),
+            "{e}"
+        );
+        let e = parse(&tls("verify = true\n")).unwrap_err();
+        assert!(e.contains(&format!("line {line}: ")), "{e}");
+        let e = parse(&tls("ca = \"ca.pem\"\nverify = false\n")).unwrap_err();
+        assert!(e.contains("exclude each other"), "{e}");
+        let e = parse(&tls("verify = false\nserver_name = \"not a name\"\n")).unwrap_err();
+        assert!(e.contains("server_name = \"not a name\""), "{e}");
+        let e = parse(&tls("verify = false\nsrever_name = \"echo\"\n")).unwrap_err();
+        assert!(e.contains("unknown field `srever_name`"), "{e}");
+        let e = parse(&GOOD.replace("type = \"tcp_echo\"", "type = \"https\"")).unwrap_err();
+        assert!(e.contains("check https:8080: say how"), "{e}");
+
+        let r = parse(&tls("verify = false\n")).unwrap();
+        let s = r.checks[2].tls().unwrap();
+        assert_eq!((s.ca, s.server_name), (None, None));
+        let r = parse(&tls(
+            "ca = \"certs/ca.pem\"\nserver_name = \"10.0.120.101\"\n",
+        ))
+        .unwrap();
+        let s = r.checks[2].tls().unwrap();
+        assert_eq!(s.ca, Some(Path::new("certs/ca.pem")));
+        assert_eq!(s.server_name, Some("10.0.120.101"));
+        assert!(r.checks[0].tls().is_none());
+        // The plan's copy names the CA by an absolute path from the recipe's directory.
+        let resolved = r.resolved_checks();
+        let ca = resolved[2].tls().unwrap().ca.unwrap();
+        assert!(
+            ca.is_absolute() && ca.ends_with("recipes/certs/ca.pem"),
+            "{ca:?}"
+        );
+        assert_eq!(resolved[0], r.checks[0]);
     }
 }

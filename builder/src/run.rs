@@ -13,6 +13,8 @@ use crate::smoke::Report;
 use crate::target::{microvm, rumprun, uml, Built};
 
 pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
+    // The checks' CA files, before minutes of building.
+    crate::smoke::tls::check_cas(&recipe.resolved_checks())?;
     match recipe.target {
         Target::Microvm => microvm::build(recipe, out_root, progress),
         Target::Uml => uml::build(recipe, out_root, progress),
@@ -79,6 +81,9 @@ pub fn boot(
     })?;
     let instances = plan.instances(&dir_abs);
     prepare_storage(&plan, &instances, progress)?;
+    if mode == Mode::Smoke {
+        crate::smoke::tls::check_cas(&plan.checks)?;
+    }
     progress.step(match mode {
         Mode::Smoke => "booting and running the checks",
         Mode::Interactive => "booting",

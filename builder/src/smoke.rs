@@ -1,9 +1,11 @@
 //! Smoke checks against booted guests (one or several VMs): TCP echo round trip, HTTP
-//! GET, Erlang distribution (a host node pings every guest node and runs an `rpc:call`;
-//! several nodes must also reach each other and answer an `rpc:multicall`), and an
-//! `rpc` check that runs a call on the guest node and compares the result. Every check is
-//! bounded in time; the first one also waits (bounded) for the guest to become ready and
-//! notices when the guest ends instead (reporting its exit status and console tail).
+//! GET, the same two over TLS (certificate verified against a CA file, or explicitly
+//! not; see [`tls`]), Erlang distribution (a host node pings every guest node and runs
+//! an `rpc:call`; several nodes must also reach each other and answer an
+//! `rpc:multicall`), and an `rpc` check that runs a call on the guest node and compares
+//! the result. Every check is bounded in time; the first one also waits (bounded) for the
+//! guest to become ready and notices when the guest ends instead (reporting its exit
+//! status and console tail).
 //!
 //! Owns: the checks, the report and its JUnit XML form.
 //! Must not: start or configure guests (it is handed a running [`Guest`]), or touch
@@ -19,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot::guest::Guest;
 use crate::recipe::Check;
+
+pub mod tls;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult {
@@ -70,7 +74,24 @@ pub fn check_name(c: &Check) -> String {
         Check::Http { port, path, .. } => format!("http:{port}{path}"),
         Check::Distribution {} => "distribution".into(),
         Check::Rpc { call, .. } => format!("rpc:{call}"),
+        Check::TlsEcho { port, .. } => format!("tls_echo:{port}{}", tls_suffix(c)),
+        Check::Https { port, path, .. } => format!("https:{port}{path}{}", tls_suffix(c)),
     }
+}
+
+/// How a TLS check's name tells it from another on the same port.
+fn tls_suffix(c: &Check) -> String {
+    let Some(t) = c.tls() else {
+        return String::new();
+    };
+    let mut s = String::new();
+    if let Some(n) = t.server_name {
+        s.push_str(&format!(" (server_name {n})"));
+    }
+    if t.ca.is_none() {
+        s.push_str(" (unverified)");
+    }
+    s
 }
 
 /// Runs `checks` in order against every guest (the distribution check runs once, for all
@@ -233,6 +254,38 @@ fn run_one(
         ),
         Check::Distribution {} => distribution(t, bound),
         Check::Rpc { call, expect } => rpc(t, node(vm)?, call, expect, bound),
+        Check::TlsEcho {
+            port,
+            payload,
+            ca,
+            server_name,
+            ..
+        } => tls_echo(
+            SocketAddr::new(node(vm)?.addr, *port),
+            payload,
+            ca.as_deref(),
+            server_name.as_deref(),
+            bound,
+        ),
+        Check::Https {
+            port,
+            path,
+            status,
+            body_contains,
+            ca,
+            server_name,
+            ..
+        } => https_get(
+            SocketAddr::new(node(vm)?.addr, *port),
+            HttpWant {
+                path,
+                status: *status,
+                body_contains,
+            },
+            ca.as_deref(),
+            server_name.as_deref(),
+            bound,
+        ),
     }
 }
 
@@ -270,17 +323,97 @@ pub fn http_get(
     bound: Duration,
 ) -> Result<String, String> {
     let mut s = connect(addr, bound)?;
+    let want = HttpWant {
+        path,
+        status: want_status,
+        body_contains,
+    };
+    http_exchange(&mut s, addr, &addr.ip().to_string(), &want, &|e| {
+        e.to_string()
+    })
+}
+
+/// What an HTTP(S) check asks for and expects.
+pub struct HttpWant<'a> {
+    pub path: &'a str,
+    pub status: u16,
+    pub body_contains: &'a str,
+}
+
+/// TLS echo: the handshake, `payload` sent, the same bytes back, all within `bound`.
+pub fn tls_echo(
+    addr: SocketAddr,
+    payload: &str,
+    ca: Option<&Path>,
+    server_name: Option<&str>,
+    bound: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + bound;
+    let mut s = tls::connect(addr, ca, server_name, deadline)?;
+    let why = |e: &std::io::Error| tls::explain(e, deadline, bound);
+    s.stream
+        .write_all(payload.as_bytes())
+        .and_then(|()| s.stream.flush())
+        .map_err(|e| format!("send to {addr}: {}", why(&e)))?;
+    let mut back = vec![0u8; payload.len()];
+    s.stream
+        .read_exact(&mut back)
+        .map_err(|e| format!("read echo from {addr}: {}", why(&e)))?;
+    if back != payload.as_bytes() {
+        return Err(format!(
+            "{addr} answered {:?} over TLS, expected {payload:?}",
+            String::from_utf8_lossy(&back)
+        ));
+    }
+    Ok(format!(
+        "{addr} echoed {} bytes over {} ({})",
+        payload.len(),
+        s.version,
+        s.verified
+    ))
+}
+
+/// HTTPS GET: an [`http_get`] over TLS, all within `bound`.
+pub fn https_get(
+    addr: SocketAddr,
+    want: HttpWant,
+    ca: Option<&Path>,
+    server_name: Option<&str>,
+    bound: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + bound;
+    let mut s = tls::connect(addr, ca, server_name, deadline)?;
+    let host = server_name
+        .map(str::to_string)
+        .unwrap_or_else(|| addr.ip().to_string());
+    let ok = http_exchange(&mut s.stream, addr, &host, &want, &|e| {
+        tls::explain(e, deadline, bound)
+    })?;
+    Ok(format!("{ok} over {} ({})", s.version, s.verified))
+}
+
+/// Sends a GET for `want.path` on `s` and judges the answer (read to the end, at most
+/// 1 MiB); `why` words an I/O error.
+fn http_exchange(
+    s: &mut (impl Read + Write),
+    addr: SocketAddr,
+    host: &str,
+    want: &HttpWant,
+    why: &dyn Fn(&std::io::Error) -> String,
+) -> Result<String, String> {
+    let (path, want_status, body_contains) = (want.path, want.status, want.body_contains);
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        addr.ip()
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
-    .map_err(|e| format!("send to {addr}: {e}"))?;
+    .and_then(|()| s.flush())
+    .map_err(|e| format!("send to {addr}: {}", why(&e)))?;
     let mut resp = Vec::new();
     if let Err(e) = s.take(1 << 20).read_to_end(&mut resp) {
-        // A reset after a complete answer still counts as the answer.
+        // A reset (or a TLS peer closing without close_notify) after a complete answer
+        // still counts as the answer.
         if resp.is_empty() {
-            return Err(format!("read from {addr}: {e}"));
+            return Err(format!("read from {addr}: {}", why(&e)));
         }
     }
     let text = String::from_utf8_lossy(&resp);
@@ -549,6 +682,179 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("connect"), "{e}");
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    fn tls_fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/echo/priv/tls")
+            .join(name)
+    }
+
+    /// A rustls server on 127.0.0.1 with the echo example's test certificate, for
+    /// `conns` connections: a request starting with `GET ` gets an HTTP answer, anything
+    /// else is echoed. Failed handshakes end only their connection.
+    fn tls_server(conns: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(tls_fixture("server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(tls_fixture("server.key")).unwrap();
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            for _ in 0..conns {
+                let (tcp, _) = l.accept().unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut s = rustls::StreamOwned::new(conn, tcp);
+                let mut got = Vec::new();
+                let mut b = [0u8; 512];
+                while let Ok(n @ 1..) = s.read(&mut b) {
+                    got.extend_from_slice(&b[..n]);
+                    if !got.starts_with(b"GET ") {
+                        let _ = s.write_all(&b[..n]);
+                    } else if got.ends_with(b"\r\n\r\n") {
+                        let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\necho ok over tls\n");
+                        s.conn.send_close_notify();
+                        let _ = s.flush();
+                        break;
+                    }
+                }
+            }
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn tls_echo_and_https_verified_against_the_ca_and_unverified() {
+        let (addr, t) = tls_server(4);
+        let ca = tls_fixture("ca.pem");
+        let bound = Duration::from_secs(10);
+        let m = tls_echo(addr, "hello there!\n", Some(&ca), None, bound).unwrap();
+        assert!(m.contains("echoed 13 bytes over TLSv1_3"), "{m}");
+        assert!(
+            m.contains("certificate for 127.0.0.1 verified against ca.pem"),
+            "{m}"
+        );
+        let want = HttpWant {
+            path: "/",
+            status: 200,
+            body_contains: "echo ok over tls",
+        };
+        let m = https_get(addr, want, Some(&ca), Some("localhost"), bound).unwrap();
+        assert!(m.contains("200 over TLSv1_3"), "{m}");
+        let m = tls_echo(addr, "x", None, None, bound).unwrap();
+        assert!(m.contains("not verified"), "{m}");
+        let want = HttpWant {
+            path: "/",
+            status: 200,
+            body_contains: "something else",
+        };
+        let e = https_get(addr, want, None, None, bound).unwrap_err();
+        assert!(e.contains("body does not contain"), "{e}");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn tls_certificate_for_another_name_or_another_ca_is_refused() {
+        let (addr, t) = tls_server(2);
+        let bound = Duration::from_secs(10);
+        let e = tls_echo(
+            addr,
+            "x",
+            Some(&tls_fixture("ca.pem")),
+            Some("example.org"),
+            bound,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("TLS handshake with") && e.contains("not valid for name \"example.org\""),
+            "{e}"
+        );
+        // The server's own certificate is not the CA that issued it.
+        let e = tls_echo(addr, "x", Some(&tls_fixture("server.pem")), None, bound).unwrap_err();
+        assert!(e.contains("UnknownIssuer"), "{e}");
+        t.join().unwrap();
+    }
+
+    /// A TLS check against a plain TCP echo server, and against one that never answers:
+    /// both fail with a handshake message, within the bound.
+    #[test]
+    fn tls_against_a_plain_tcp_port_fails_the_handshake_within_its_bound() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut b) {
+                if s.write_all(&b[..n]).is_err() {
+                    break;
+                }
+            }
+            // A silent one: reads, never answers, until the client gives up.
+            let (mut s, _) = l.accept().unwrap();
+            while let Ok(1..) = s.read(&mut b) {}
+        });
+        let ca = tls_fixture("ca.pem");
+        let start = Instant::now();
+        let e = tls_echo(addr, "x", Some(&ca), None, Duration::from_secs(5)).unwrap_err();
+        assert!(
+            e.contains(&format!("TLS handshake with {addr} failed"))
+                && e.contains("does not speak TLS"),
+            "{e}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+        let start = Instant::now();
+        let want = HttpWant {
+            path: "/",
+            status: 200,
+            body_contains: "",
+        };
+        let e = https_get(addr, want, None, None, Duration::from_secs(2)).unwrap_err();
+        assert!(
+            e.contains("TLS handshake with") && e.contains("no answer within 2.0s"),
+            "{e}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(4), "{e:?}");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn ca_files_missing_or_garbage_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope.pem");
+        let e = tls::load_ca(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: cannot read", missing.display())),
+            "{e}"
+        );
+        let garbage = d.path().join("garbage.pem");
+        std::fs::write(&garbage, "this is not a certificate\n").unwrap();
+        let e = tls::load_ca(&garbage).unwrap_err().to_string();
+        assert!(e.contains("garbage.pem: no certificate"), "{e}");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = tls::load_ca(&garbage).unwrap_err().to_string();
+        assert!(
+            e.contains("garbage.pem: certificate 1 cannot be a trust anchor"),
+            "{e}"
+        );
+        assert_eq!(tls::load_ca(&tls_fixture("ca.pem")).unwrap().len(), 1);
     }
 
     #[test]

@@ -489,3 +489,107 @@ fn garbage_boot_plans_are_clear_errors() {
     assert!(!o.status.success());
     assert!(err.contains("boot.json: not a beambake boot plan"), "{err}");
 }
+
+/// `recipes/echo-tls-microvm.toml` copied into `dir` with its CA made absolute, the
+/// first TLS echo check aimed at `tls_port` and `edits` applied.
+fn tls_recipe(dir: &Path, tls_port: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let rel = "\"../examples/echo/priv/tls/ca.pem\"";
+    let abs = format!(
+        "{:?}",
+        repo_root()
+            .join("examples/echo/priv/tls/ca.pem")
+            .display()
+            .to_string()
+    );
+    let port = format!("port = {tls_port}\nca = ");
+    let mut all: Vec<(&str, &str)> = vec![(rel, &abs), (rel, &abs), (rel, &abs)];
+    all.push(("port = 8443\nca = ", &port));
+    all.extend_from_slice(edits);
+    recipe_copy("echo-tls-microvm", dir, &all)
+}
+
+/// The TLS release (the echo example's `tls` profile, which starts ssl) serves TLS echo
+/// and HTTPS verified against the test CA; a TLS check aimed at the plain TCP echo port
+/// fails with a handshake message, within its bound, and the other checks still pass.
+#[test]
+fn tls_checks_pass_and_a_plain_tcp_port_fails_the_handshake() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let recipe = tls_recipe(
+        d.path(),
+        "8080",
+        &[("check_timeout_s = 30", "check_timeout_s = 10")],
+    );
+    let _vm = vm_lock();
+    let out = smoke(&recipe, &d.path().join("out"), &["--json"]);
+    assert!(!out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    let checks = r["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "tcp_echo:8080",
+            "tls_echo:8080",
+            "https:8444/",
+            "https:8444/ (server_name echo)",
+            "tls_echo:8443 (unverified)"
+        ],
+        "{r:#}"
+    );
+    let failed = &checks[1];
+    assert_eq!(failed["passed"], false, "{r:#}");
+    let msg = failed["message"].as_str().unwrap();
+    assert!(
+        msg.contains("TLS handshake with 10.0.125.101:8080 failed"),
+        "{r:#}"
+    );
+    assert!(failed["millis"].as_u64().unwrap() <= 12_000, "{r:#}");
+    for (i, c) in checks.iter().enumerate() {
+        if i != 1 {
+            assert_eq!(c["passed"], true, "{r:#}");
+        }
+    }
+    assert!(
+        checks[2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verified against ca.pem"),
+        "{r:#}"
+    );
+}
+
+/// A CA file that is missing or not a certificate stops the build before anything is
+/// built, naming the file.
+#[test]
+fn tls_check_with_a_missing_or_garbage_ca_is_refused_before_the_build() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("no-such-ca.pem");
+    let recipe = tls_recipe(
+        d.path(),
+        "8443",
+        &[(
+            "verify = false ",
+            &format!("ca = {:?}\n", missing.display().to_string()),
+        )],
+    );
+    let out = d.path().join("out");
+    let err = build_fails(
+        &recipe,
+        &out,
+        &[],
+        "no-such-ca.pem: cannot read the CA file",
+    );
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    fs::write(&missing, "not a certificate\n").unwrap();
+    build_fails(
+        &recipe,
+        &out,
+        &[],
+        "no-such-ca.pem: no certificate in the CA file",
+    );
+    assert!(!out.join("echo-tls-microvm").exists(), "built anyway");
+}

@@ -233,7 +233,10 @@ pub fn forwarded_ports(plan: &BootPlan) -> Vec<u16> {
         .checks
         .iter()
         .filter_map(|c| match c {
-            Check::TcpEcho { port, .. } | Check::Http { port, .. } => Some(*port),
+            Check::TcpEcho { port, .. }
+            | Check::Http { port, .. }
+            | Check::TlsEcho { port, .. }
+            | Check::Https { port, .. } => Some(*port),
             Check::Distribution {} | Check::Rpc { .. } => None,
         })
         .collect();

@@ -145,7 +145,7 @@ pub fn plan(
         },
         node: common.node.clone(),
         cookie_file: common.cookie.as_ref().map(|_| PathBuf::from("cookie")),
-        checks: recipe.checks.clone(),
+        checks: recipe.resolved_checks(),
         smoke: recipe.smoke.clone(),
         data: recipe.data.as_ref().map(|d| DataPlan {
             path: d.path.as_ref().map(|p| absolute(&recipe.resolve(p))),

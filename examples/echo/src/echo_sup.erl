@@ -16,4 +16,12 @@ init([]) ->
              start => {echo_http, start_link, [HttpPort]},
              restart => permanent,
              type => worker},
-    {ok, {#{strategy => one_for_one, intensity => 5, period => 10}, [Echo, Http]}}.
+    %% TLS listeners only when configured (the release must start ssl then); started
+    %% first, so that the echo port answering means every listener is up.
+    Tls = [#{id => {echo_tls, Kind},
+             start => {echo_tls, start_link, [Kind, TlsPort]},
+             restart => permanent,
+             type => worker}
+           || {Kind, Key} <- [{echo, tls_port}, {https, https_port}],
+              {ok, TlsPort} <- [application:get_env(echo, Key)]],
+    {ok, {#{strategy => one_for_one, intensity => 5, period => 10}, Tls ++ [Echo, Http]}}.
