@@ -276,8 +276,9 @@ fn main() -> ExitCode {
     // Internal entry points of the sandbox (see beambake::sandbox); not for users.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
-        Some(sandbox::SANDBOX_ARG) if args.len() == 3 => {
-            return ExitCode::from(sandbox::main(Path::new(&args[2])) as u8)
+        Some(sandbox::SANDBOX_ARG) if args.len() == 4 => {
+            let fd = |i: usize| args[i].to_str().unwrap_or_default();
+            return ExitCode::from(sandbox::main(fd(2), fd(3)) as u8);
         }
         Some(sandbox::REAPER_ARG) => return ExitCode::from(sandbox::reaper_main() as u8),
         _ => {}
@@ -406,6 +407,8 @@ fn run(cli: Cli) -> Result<u8> {
             let steps = Steps::new(cli.verbose, false);
             let dir = if image.is_file() {
                 let recipe = out.recipe(&image)?;
+                // Refused before anything is built.
+                sandbox::check_runnable(recipe.network.mode)?;
                 let built = run::build(&recipe, &out.out, &steps);
                 built?.dir
             } else {

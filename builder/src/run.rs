@@ -36,6 +36,8 @@ pub fn boot(
     progress: &dyn Progress,
 ) -> Result<(BootPlan, Outcome, Vec<PathBuf>), Error> {
     let mut plan = BootPlan::load(dir)?;
+    // Before any probe, data disk or sandbox.
+    sandbox::check_runnable(plan.net.mode)?;
     if let Some(n) = count {
         plan.set_count(n)?;
     }
@@ -190,6 +192,8 @@ pub fn smoke(
             recipe.file.display()
         )));
     }
+    // A run this process cannot make is refused before anything is built.
+    sandbox::check_runnable(recipe.network.mode)?;
     let built = build(recipe, out_root, progress)?;
     let (report, log) = smoke_dir(&built.dir, progress)?;
     Ok((built, report, log))

@@ -1,8 +1,9 @@
 //! Running a guest in a private sandbox: the parent (`beambake boot|smoke`) re-executes
-//! itself as `beambake __sandbox REQUEST.json` in a new network and PID namespace
-//! ([`crate::net::sandboxed`]); that process sets up `lo` and the tap, starts a reaper as
-//! PID 1 of the new PID namespace, boots the VM and, for smoke runs, runs the checks from
-//! inside the namespace and prints the report as JSON on stdout.
+//! itself as `beambake __sandbox REQ_FD OUT_FD` in a new network and PID namespace
+//! ([`crate::net::sandboxed`]), handing it the JSON [`Request`] over an inherited pipe
+//! (no file: nothing to leave behind); that process sets up `lo` and the tap, starts a
+//! reaper as PID 1 of the new PID namespace, boots the VM and, for smoke runs, runs the
+//! checks from inside the namespace, and writes its JSON [`Outcome`] to the other pipe.
 //!
 //! Cleanup is the kernel's job, on every path: the sandbox dies with its parent
 //! (`PR_SET_PDEATHSIG`), the reaper and the VM die with the sandbox, every process left
@@ -11,8 +12,12 @@
 //!
 //! Must not: build images; send traffic anywhere but into the namespace it made.
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -58,31 +63,52 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// The refusal of a plan this process cannot run (a tap needs root), before anything
+/// is built, written or started.
+pub fn check_runnable(net: NetMode) -> Result<(), BootError> {
+    if net == NetMode::Tap && !net::is_root() {
+        return Err(BootError::Net(
+            "tap networking needs root; use network.mode = \"user\" (qemu user networking, rootless)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the request in a fresh sandbox (a child of this process) and returns its outcome.
+/// The request and the outcome travel over pipes the child inherits: nothing is written
+/// to disk, so nothing is left when either side is killed.
 pub fn run(req: &Request) -> Result<Outcome, BootError> {
+    check_runnable(req.plan.net.mode)?;
     let exe = std::env::current_exe().map_err(|source| BootError::Io {
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
-    let req_path = req
-        .dir
-        .join(format!(".sandbox-{}.json", std::process::id()));
     let json = serde_json::to_string(req).map_err(|e| BootError::Net(e.to_string()))?;
-    crate::output::write_bytes(&req_path, json.as_bytes()).map_err(|e| BootError::Io {
-        path: e.path,
-        source: e.source,
-    })?;
-    let out_path = outcome_path(&req_path);
-    let _ = std::fs::remove_file(&out_path);
+    let pipe_err = |e: std::io::Error| BootError::Net(format!("making the sandbox's pipes: {e}"));
+    let (req_r, req_w) = pipe().map_err(pipe_err)?;
+    let (out_r, out_w) = pipe().map_err(pipe_err)?;
+    // The whole request goes into the pipe before the child exists: no write can block
+    // on, or be broken by, a child that does not read.
+    fill(req_w, json.as_bytes())
+        .map_err(|e| BootError::Net(format!("handing over the request: {e}")))?;
     let mut cmd = Command::new(exe);
-    cmd.arg(SANDBOX_ARG).arg(&req_path);
+    cmd.arg(SANDBOX_ARG)
+        .arg(req_r.as_raw_fd().to_string())
+        .arg(out_w.as_raw_fd().to_string());
     if req.mode == Mode::Smoke {
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
     }
-    if req.plan.net.mode == NetMode::Tap && !net::is_root() {
-        return Err(BootError::Net(
-            "tap networking needs root; use network.mode = \"user\" (qemu user networking, rootless)".into(),
-        ));
+    let inherited = [req_r.as_raw_fd(), out_w.as_raw_fd()];
+    // SAFETY: fcntl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in inherited {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
     net::sandboxed(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
@@ -92,26 +118,80 @@ pub fn run(req: &Request) -> Result<Outcome, BootError> {
             format!("starting the sandbox: {e}")
         })
     })?;
+    // Only the child holds its ends: EOF when it is gone.
+    drop((req_r, out_w));
+    let mut text = String::new();
+    let read = File::from(out_r).read_to_string(&mut text);
     let status = child.wait().map_err(|e| BootError::Net(e.to_string()))?;
-    let _ = std::fs::remove_file(&req_path);
-    let out = std::fs::read_to_string(&out_path);
-    let _ = std::fs::remove_file(&out_path);
-    match out {
-        Ok(text) => serde_json::from_str(&text)
+    match read {
+        Ok(_) if !text.is_empty() => serde_json::from_str(&text)
             .map_err(|e| BootError::Net(format!("sandbox answered garbage ({e}): {text}"))),
-        Err(_) => Err(BootError::Net(format!(
+        _ => Err(BootError::Net(format!(
             "the sandbox ended ({status}) without an answer"
         ))),
     }
 }
 
-fn outcome_path(req_path: &Path) -> PathBuf {
-    req_path.with_extension("outcome")
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success; each is owned once.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
 }
 
-/// Body of `beambake __sandbox REQUEST`: writes the JSON [`Outcome`] beside the request.
-pub fn main(req_path: &Path) -> i32 {
-    let outcome = match load(req_path).and_then(|req| inside(&req)) {
+/// Writes `data` into the pipe `w` (grown to hold it) and closes it; fails rather than
+/// block when it does not fit.
+fn fill(w: OwnedFd, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: fcntl on an owned fd.
+    let cap = unsafe {
+        let cap = libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ);
+        if (cap as usize) < data.len() {
+            libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, data.len() as libc::c_int)
+        } else {
+            cap
+        }
+    };
+    if cap < 0 || (cap as usize) < data.len() {
+        return Err(std::io::Error::other(format!(
+            "{} bytes do not fit in a pipe",
+            data.len()
+        )));
+    }
+    File::from(w).write_all(data)
+}
+
+/// Takes ownership of an inherited fd named on the command line, making it
+/// close-on-exec again (the reaper and the VMs must not hold it).
+fn inherited_fd(arg: &str) -> Result<File, BootError> {
+    let bad = || BootError::Net(format!("{arg}: not an inherited file descriptor"));
+    let fd: i32 = arg.parse().map_err(|_| bad())?;
+    if fd < 3 {
+        return Err(bad());
+    }
+    // SAFETY: fcntl on an arbitrary number only inspects it.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(bad());
+    }
+    // SAFETY: the parent passed this fd to this process alone; it is owned once, here.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Body of `beambake __sandbox REQ_FD OUT_FD`: reads the JSON [`Request`] from `REQ_FD`
+/// and writes the JSON [`Outcome`] to `OUT_FD`.
+pub fn main(req_fd: &str, out_fd: &str) -> i32 {
+    let mut out = match inherited_fd(out_fd) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("beambake sandbox: {e}");
+            return 1;
+        }
+    };
+    let outcome = match load(req_fd).and_then(|req| inside(&req)) {
         Ok(o) => o,
         Err(e) => Outcome {
             guest_exit: None,
@@ -120,24 +200,21 @@ pub fn main(req_path: &Path) -> i32 {
         },
     };
     let json = serde_json::to_string(&outcome).unwrap_or_default();
-    match crate::output::write_bytes(&outcome_path(req_path), json.as_bytes()) {
-        Ok(_) => 0,
+    match out.write_all(json.as_bytes()) {
+        Ok(()) => 0,
         Err(e) => {
-            eprintln!("beambake sandbox: {e}");
+            eprintln!("beambake sandbox: writing the outcome: {e}");
             1
         }
     }
 }
 
-fn load(p: &Path) -> Result<Request, BootError> {
-    let text = std::fs::read_to_string(p).map_err(|source| BootError::Io {
-        path: p.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| BootError::Plan {
-        path: p.to_path_buf(),
-        message: e.to_string(),
-    })
+fn load(req_fd: &str) -> Result<Request, BootError> {
+    let mut text = String::new();
+    inherited_fd(req_fd)?
+        .read_to_string(&mut text)
+        .map_err(|e| BootError::Net(format!("reading the request: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| BootError::Net(format!("a garbled request: {e}")))
 }
 
 fn inside(req: &Request) -> Result<Outcome, BootError> {

@@ -191,6 +191,17 @@ impl BootPlan {
             .collect()
     }
 
+    /// True for the files [`BootPlan::instances`] puts in an output dir (console logs,
+    /// data disks): they belong to the runs, not the build, and a rebuild keeps them.
+    pub fn is_run_file(name: &str) -> bool {
+        let numbered = |prefix: &str, suffix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|s| s.strip_suffix(suffix))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        name == "console.log" || numbered("console-", ".log") || numbered("data-", ".ext4")
+    }
+
     /// Starts `count` VMs instead: addresses from the first one upwards.
     pub fn set_count(&mut self, count: u32) -> Result<(), BootError> {
         if !(1..=16).contains(&count) {
@@ -259,6 +270,37 @@ impl BootPlan {
                     .map(|s| Some(s.trim().to_string()))
                     .map_err(|source| BootError::Io { path: p, source })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod run_file_tests {
+    use super::BootPlan;
+
+    #[test]
+    fn run_files_are_console_logs_and_data_disks_only() {
+        for n in [
+            "console.log",
+            "console-3.log",
+            "data-1.ext4",
+            "data-12.ext4",
+        ] {
+            assert!(BootPlan::is_run_file(n), "{n}");
+        }
+        for n in [
+            "boot.json",
+            "manifest.json",
+            "cookie",
+            "vmlinuz",
+            "echo.squashfs",
+            "console-.log",
+            "console-x.log",
+            "data-1.ext4.tmp",
+            ".beambake-x.tmp",
+            "data.ext4",
+        ] {
+            assert!(!BootPlan::is_run_file(n), "{n}");
         }
     }
 }

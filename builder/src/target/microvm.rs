@@ -119,7 +119,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
         });
     }
     super::finish(
-        &common,
+        common,
         plan,
         image.clone(),
         &[(image, "cpio-newc+zstd"), (kernel_out, "linux-bzimage")],

@@ -2,6 +2,9 @@
 //! needs (kernel modules, init, config) and pick a writer. The steps every target shares
 //! live here: preparing the release with the recipe's launch options, the node name and
 //! cookie, the boot plan's common part, and writing the cookie, plan and manifest.
+//! Targets write into the build's staging dir ([`Common::dir`]); [`finish`] swaps the
+//! whole set in for the previous one ([`crate::output::OutputSet`]), keeping the
+//! previous set's console logs and data disks ([`BootPlan::is_run_file`]).
 //!
 //! Must not: duplicate pipeline steps per target.
 
@@ -14,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::assemble;
 use crate::boot::{BootPlan, DataPlan, HostfsPlan, NetPlan, PLAN_FILE};
 use crate::manifest::HostFile;
-use crate::output::Written;
+use crate::output::{OutputSet, Written};
 use crate::pipeline::{self, Error, Input, Prepared, Progress};
 use crate::recipe::Recipe;
 use crate::rootfs::Tree;
@@ -31,9 +34,12 @@ pub struct Built {
     pub manifest: PathBuf,
 }
 
-/// The release prepared for a recipe, with its output dir, node name and cookie.
+/// The release prepared for a recipe, with its output set, node name and cookie.
 pub struct Common {
+    /// Where the target writes its files: the output set's staging dir, which becomes
+    /// `OUT/NAME` in [`finish`] (the final dir is `set.final_dir()`).
     pub dir: PathBuf,
+    pub set: OutputSet,
     pub prepared: Prepared,
     /// Short node name, when distributed.
     pub node: Option<String>,
@@ -51,14 +57,10 @@ pub fn random_cookie() -> std::io::Result<String> {
         .collect())
 }
 
-/// Makes the output dir and prepares the release's tree with the recipe's launch options
-/// (the node is named after the first VM's address; each VM gets its own at boot).
+/// Prepares the release's tree with the recipe's launch options (the node is named after
+/// the first VM's address; each VM gets its own at boot), then starts the output set (a
+/// release that cannot be prepared creates nothing in `out_root`).
 pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Common, Error> {
-    let dir = out_root.join(&recipe.name);
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-        path: dir.clone(),
-        source,
-    })?;
     let guests = recipe.guest_addrs().map_err(Error::Recipe)?;
     let (node, cookie) = match &recipe.distribution {
         Some(d) => {
@@ -102,8 +104,10 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
         erts_from: recipe.release.erts_from.as_ref().map(|p| recipe.resolve(p)),
     };
     let prepared = pipeline::prepare(&input, &opts, progress)?;
+    let set = OutputSet::begin(out_root, &recipe.name)?;
     Ok(Common {
-        dir,
+        dir: set.dir().to_path_buf(),
+        set,
         prepared,
         node,
         cookie,
@@ -177,9 +181,9 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Writes the cookie (0600), the plan and the manifest of `artefacts` (plus the kernel's
-/// inputs) into the output dir.
+/// inputs) into the staging dir and swaps the set in as `OUT/NAME`.
 pub fn finish(
-    common: &Common,
+    common: Common,
     plan: BootPlan,
     image: Written,
     artefacts: &[(Written, &str)],
@@ -194,11 +198,16 @@ pub fn finish(
     manifest.inputs.host_files.extend(kernel_inputs);
     let manifest_path = dir.join("manifest.json");
     crate::output::write_bytes(&manifest_path, manifest.to_json().as_bytes())?;
+    let dir = common.set.commit(&BootPlan::is_run_file)?;
+    let moved = |p: &Path| p.file_name().map_or_else(|| dir.clone(), |n| dir.join(n));
     Ok(Built {
-        dir: dir.clone(),
+        image: Written {
+            path: moved(&image.path),
+            ..image
+        },
+        manifest: moved(&manifest_path),
+        dir,
         plan,
-        image,
-        manifest: manifest_path,
     })
 }
 

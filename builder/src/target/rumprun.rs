@@ -387,12 +387,12 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
         .disks
         .iter()
         .map(|d| crate::boot::DiskPlan {
-            path: std::path::absolute(dir.join(&d.iso)).unwrap_or_else(|_| dir.join(&d.iso)),
+            path: super::absolute(&common.set.final_dir().join(&d.iso)),
             mount: d.mountpoint.clone(),
             fstype: "iso9660".into(),
         })
         .collect();
-    super::finish(&common, plan, erlang_iso, &artefacts, inputs)
+    super::finish(common, plan, erlang_iso, &artefacts, inputs)
 }
 
 #[cfg(test)]

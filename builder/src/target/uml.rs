@@ -98,7 +98,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
     plan.root_image = image.path.file_name().map(PathBuf::from);
     plan.root_fs = Some(fstype.to_string());
     super::finish(
-        &common,
+        common,
         plan,
         image.clone(),
         &[(image, kind), (kernel_out, "linux-uml")],
