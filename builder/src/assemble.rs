@@ -43,8 +43,9 @@ pub struct Options {
     pub prefix: Option<String>,
     /// mtime of every entry (`SOURCE_DATE_EPOCH`).
     pub mtime: u64,
-    /// Run as a distributed node: (`NAME@HOST`, cookie).
-    pub distribution: Option<(String, String)>,
+    /// What the build asks of distribution (the release's `vm.args` is the other half:
+    /// see [`launch::resolve_distribution`]).
+    pub distribution: launch::DistributionRequest,
     /// Code loading mode replacing the release's (`embedded`/`interactive`).
     pub code_loading: Option<String>,
     /// Extra emulator/init arguments for the launch spec.
@@ -69,6 +70,8 @@ pub struct Assembly {
     pub tree: Tree,
     pub prefix: String,
     pub launch: LaunchSpec,
+    /// How the node runs distributed, if it does.
+    pub distribution: Option<launch::Distribution>,
     pub host_libs: Vec<HostLib>,
 }
 
@@ -90,44 +93,66 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
     };
     // The release itself, as the user built it (without its ERTS when another replaces it).
     let skip_erts = |p: &Path| erts_override.is_some() && p == Path::new(&erts_name);
-    tree.add_host_tree(&rel.root, &prefix, "release", &skip_erts)?;
+    let links = rel.link_policy();
+    tree.add_host_tree(&rel.root, &prefix, "release", &links, &skip_erts)?;
     if let Some(dir) = &erts_override {
         let dest = format!("{prefix}/{erts_name}/bin");
+        // The OTP build the recipe names is a place its own links may lead.
+        let mut links = links.clone();
+        if let Some(root) = opts
+            .erts_from
+            .as_deref()
+            .and_then(|r| fs::canonicalize(r).ok())
+        {
+            links
+                .follow
+                .push((root.clone(), "the recipe's OTP build".into()));
+            links.lenient.push(root);
+        }
         tree.add_host_tree(
             &dir.join("bin"),
             &dest,
             "erts from the recipe's OTP build",
+            &links,
             &|_| false,
         )?;
     } else if !rel.erts.bundled {
         // Whatever it does not bundle comes from the host OTP, at the same relative place.
         let dest = format!("{prefix}/erts-{}/bin", rel.erts.vsn);
-        tree.add_host_tree(&rel.erts.dir.join("bin"), &dest, "host erts", &|_| false)?;
+        tree.add_host_tree(
+            &rel.erts.dir.join("bin"),
+            &dest,
+            "host erts",
+            &links,
+            &|_| false,
+        )?;
     }
     for app in rel.apps.iter().filter(|a| !a.bundled) {
         for sub in ["ebin", "priv"] {
             let src = app.dir.join(sub);
             if src.is_dir() {
                 let dest = format!("{prefix}/lib/{}-{}/{sub}", app.name, app.vsn);
-                tree.add_host_tree(&src, &dest, "host otp application", &|_| false)?;
+                tree.add_host_tree(&src, &dest, "host otp application", &links, &|_| false)?;
             }
         }
     }
 
     let mut launch = LaunchSpec::for_release(rel, &prefix);
-    if let Some((node, cookie)) = &opts.distribution {
-        if let Some(flag) = ["-name", "-sname"]
-            .into_iter()
-            .find(|f| rel.vm_arg(f).is_some())
-        {
-            return Err(AssembleError::Conflict(format!(
-                "{}: sets {flag}, but the recipe names the node; remove it from vm.args",
-                rel.root
-                    .join(rel.vm_args_rel.as_deref().unwrap_or("vm.args"))
-                    .display()
-            )));
-        }
-        launch = launch.with_distribution(node, cookie);
+    let vm_args_file = rel
+        .root
+        .join(rel.vm_args_rel.as_deref().unwrap_or("vm.args"))
+        .display()
+        .to_string();
+    let distribution = launch::resolve_distribution(
+        &rel.name,
+        &rel.vm_args,
+        &vm_args_file,
+        &opts.distribution,
+        launch::random_cookie,
+    )
+    .map_err(AssembleError::Conflict)?;
+    if let Some(d) = &distribution {
+        launch = launch.with_distribution(&rel.vm_args, d);
     }
     if let Some(mode) = &opts.code_loading {
         launch = launch.with_mode(mode);
@@ -153,6 +178,7 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
         tree,
         prefix,
         launch,
+        distribution,
         host_libs,
     })
 }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -35,38 +35,51 @@ pub fn sha256_file(p: &Path) -> io::Result<String> {
 
 /// A digest of a directory tree: sorted relative paths, their type, executable bit, and
 /// content (or symlink target). Independent of mtimes, owners and directory order.
-pub fn sha256_tree(root: &Path) -> io::Result<String> {
+/// An error names the file or directory it is about.
+pub fn sha256_tree(root: &Path) -> Result<String, (PathBuf, io::Error)> {
     let mut h = Sha256::new();
     walk(root, root, &mut h)?;
     Ok(hex(h.finalize()))
 }
 
-fn walk(root: &Path, dir: &Path, h: &mut Sha256) -> io::Result<()> {
-    let mut names: Vec<_> = fs::read_dir(dir)?
+fn walk(root: &Path, dir: &Path, h: &mut Sha256) -> Result<(), (PathBuf, io::Error)> {
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .map_err(at(dir))?
         .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(at(dir))?;
     names.sort();
     for n in names {
         let p = dir.join(&n);
         let rel = p.strip_prefix(root).unwrap_or(&p);
-        let meta = fs::symlink_metadata(&p)?;
+        let meta = fs::symlink_metadata(&p).map_err(at(&p))?;
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
         if meta.file_type().is_symlink() {
             h.update(b"l");
-            h.update(fs::read_link(&p)?.as_os_str().as_encoded_bytes());
+            h.update(
+                fs::read_link(&p)
+                    .map_err(at(&p))?
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
         } else if meta.is_dir() {
             h.update(b"d");
             walk(root, &p, h)?;
         } else if !meta.is_file() {
-            return Err(io::Error::new(
+            let e = io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{}: not a regular file, directory or symlink", p.display()),
-            ));
+                "not a regular file, directory or symlink",
+            );
+            return Err((p, e));
         } else {
             let x = meta.permissions().mode() & 0o100 != 0;
             h.update(if x { b"x" } else { b"f" });
-            h.update(sha256_file(&p)?.as_bytes());
+            h.update(sha256_file(&p).map_err(at(&p))?.as_bytes());
         }
         h.update([0]);
     }

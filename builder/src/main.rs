@@ -22,7 +22,10 @@ use beambake::{run, sandbox};
 #[command(
     name = "beambake",
     version,
-    about = "Turns an Erlang/OTP release into an immutable guest image and proves it boots"
+    about = "Turns an Erlang/OTP release into an immutable guest image and proves it boots",
+    after_help = "Recipes (RECIPE.toml for build, boot and smoke): every key is described in README.md, \
+                  section \"Recipe format\", and the recipes/ directory holds annotated examples. \
+                  When something fails, `beambake doctor` says what this host can do."
 )]
 struct Cli {
     /// Print each step and the tools' output.
@@ -241,6 +244,14 @@ impl Progress for Steps {
         }
         self.bar.set_message(what.to_string());
     }
+    fn detail(&self, what: &str) {
+        if self.verbose {
+            self.bar.suspend(|| eprintln!("beambake:   {what}"));
+        }
+    }
+    fn note(&self, what: &str) {
+        self.bar.suspend(|| eprintln!("beambake: note: {what}"));
+    }
     fn verbose(&self) -> bool {
         self.verbose
     }
@@ -264,7 +275,7 @@ impl InputArgs {
         Ok(assemble::Options {
             prefix: self.prefix.clone(),
             mtime: Tree::epoch_from_env()?,
-            distribution: None,
+            distribution: Default::default(),
             code_loading: None,
             extra_args: Vec::new(),
             erts_from: self.erts_from.clone(),

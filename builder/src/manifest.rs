@@ -18,6 +18,10 @@ pub struct Manifest {
     pub tool: Tool,
     pub source_date_epoch: u64,
     pub inputs: Inputs,
+    /// How the node runs distributed: its name, who chose the cookie (never the cookie
+    /// itself), and what beambake changed from the release's `vm.args`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<crate::launch::Distribution>,
     pub artefacts: Vec<Artefact>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileRow>>,
@@ -42,6 +46,10 @@ impl Default for Tool {
 pub struct Inputs {
     pub release: ReleaseInput,
     pub host_files: Vec<HostFile>,
+    /// Symlinks of the release left out of the image (dangling ones, as a rebar3
+    /// dev-mode release has; system installations' links that lead out of them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_links: Vec<crate::rootfs::SkippedLink>,
 }
 
 #[derive(Debug, Clone, Serialize)]

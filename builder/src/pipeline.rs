@@ -76,6 +76,12 @@ pub struct Prepared {
 /// Progress steps, for the caller to display.
 pub trait Progress {
     fn step(&self, what: &str);
+    /// A detail of the current step, shown with `-v` only.
+    fn detail(&self, _what: &str) {}
+    /// Something the user should know about the result (shown without `-v`).
+    fn note(&self, what: &str) {
+        self.detail(what)
+    }
     /// Whether the user asked for detail (`-v`): commands run are shown too.
     fn verbose(&self) -> bool {
         false
@@ -101,6 +107,26 @@ pub fn prepare(
     let release = Release::discover(&source.release_dir, &input.discover)?;
     progress.step("assembling the root filesystem and its library closure");
     let assembly = assemble::assemble(&release, opts)?;
+    for l in assembly.tree.skipped_links() {
+        progress.detail(&format!(
+            "left out {} (symlink to {}): {}",
+            l.host.display(),
+            l.target.display(),
+            l.reason
+        ));
+    }
+    if let Some(d) = &assembly.distribution {
+        for note in &d.notes {
+            progress.detail(note);
+        }
+        if d.cookie_source == crate::launch::CookieSource::Release {
+            progress.note(&format!(
+                "node {}: the cookie comes from -setcookie in the release's vm.args and is baked \
+                 into the image (set [distribution] cookie in the recipe to replace it)",
+                d.name
+            ));
+        }
+    }
     Ok(Prepared {
         source,
         release,
@@ -180,7 +206,9 @@ pub fn manifest(
                 sha256: p.source.sha256.clone(),
             },
             host_files,
+            skipped_links: p.assembly.tree.skipped_links().to_vec(),
         },
+        distribution: p.assembly.distribution.clone(),
         artefacts: artefacts
             .iter()
             .map(|(w, format)| Artefact {

@@ -319,8 +319,9 @@ impl Default for NetworkCfg {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributionCfg {
-    /// Node name; the node runs as `NAME@GUEST_IP`.
-    pub node: String,
+    /// Node name; the node runs as `NAME@GUEST_IP`. Replaces a name in the release's
+    /// `vm.args`; when absent, the release's own name (or the release's name) is used.
+    pub node: Option<String>,
     /// The cookie; a random one is generated per build when absent.
     pub cookie: Option<String>,
 }
@@ -522,7 +523,8 @@ impl Recipe {
             path: path.to_path_buf(),
             message,
         };
-        let mut r: Recipe = toml::from_str(text).map_err(|e| invalid(one_line(&e)))?;
+        let mut r: Recipe = toml::from_str(text)
+            .map_err(|e| invalid(unknown_key_line(text, &e).unwrap_or_else(|| one_line(&e))))?;
         r.file = path.to_path_buf();
         r.dir = path
             .parent()
@@ -537,6 +539,30 @@ impl Recipe {
             })?;
         }
         Ok(r)
+    }
+
+    /// Where `[table] key` is set in the recipe file: `FILE: line N: table.key` (or
+    /// `FILE: table.key` when the file cannot be read again), for errors found after
+    /// parsing (a release source that does not exist, ...).
+    pub fn locate(&self, table: &str, key: &str) -> String {
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        let header = format!("[{table}]");
+        let line = text
+            .lines()
+            .enumerate()
+            .skip_while(|(_, l)| l.trim() != header)
+            .skip(1)
+            .take_while(|(_, l)| !l.trim_start().starts_with('['))
+            .find(|(_, l)| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+            .map(|(i, _)| i + 1);
+        match line {
+            Some(n) => format!("{}: line {n}: {table}.{key}", self.file.display()),
+            None => format!("{}: {table}.{key}", self.file.display()),
+        }
     }
 
     /// The checks with their files (`ca`) resolved against the recipe's directory and
@@ -606,27 +632,20 @@ impl Recipe {
             ));
         }
         if let Some(d) = &self.distribution {
-            if d.node.is_empty()
-                || !d
-                    .node
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(format!("distribution.node = {:?}: not a node name", d.node));
+            if let Some(node) = &d.node {
+                if node.is_empty()
+                    || !node
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(format!("distribution.node = {node:?}: not a node name"));
+                }
             }
             if let Some(c) = &d.cookie {
                 if c.is_empty() || c.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err("distribution.cookie: must be non-empty, without spaces".into());
                 }
             }
-        }
-        if self
-            .checks
-            .iter()
-            .any(|c| matches!(c, Check::Distribution {}))
-            && self.distribution.is_none()
-        {
-            return Err("a check of type \"distribution\" needs a [distribution] section".into());
         }
         if self.network.mode == NetMode::User
             && self
@@ -643,13 +662,12 @@ impl Recipe {
             ));
         }
         self.guest_addrs()?;
+        // Whether the node is distributed is known once the release is read (its vm.args
+        // may name it): see `target::prepare`.
         if self.checks.iter().any(|c| matches!(c, Check::Rpc { .. }))
-            && (self.distribution.is_none() || self.network.mode != NetMode::Tap)
+            && self.network.mode != NetMode::Tap
         {
-            return Err(
-                "a check of type \"rpc\" needs a [distribution] section and network.mode = \"tap\""
-                    .into(),
-            );
+            return Err("a check of type \"rpc\" needs network.mode = \"tap\"".into());
         }
         for c in &self.checks {
             if let Check::Rpc { call, expect } = c {
@@ -842,6 +860,29 @@ fn check_line(text: &str, i: usize) -> Option<usize> {
     Some(text.get(..start)?.matches('\n').count() + 1)
 }
 
+/// An unknown key inside a table that toml reports at the table's header (tagged tables
+/// such as `[[check]]`): the key's own line instead, `line N: message: <the line>`.
+fn unknown_key_line(text: &str, e: &toml::de::Error) -> Option<String> {
+    let msg = e.message();
+    let key = msg.strip_prefix("unknown field `")?.split('`').next()?;
+    let start = e.span()?.start;
+    let before = text.get(..start)?.matches('\n').count();
+    // toml points at the first table of an array of tables: search them all.
+    let header = text.lines().nth(before)?.trim();
+    for (i, line) in text.lines().enumerate().skip(before + 1) {
+        let t = line.trim_start();
+        if t.starts_with('[') && t.trim_end() != header {
+            break;
+        }
+        if t.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(format!("line {}: {msg}: {}", i + 1, line.trim()));
+        }
+    }
+    None
+}
+
 /// toml's errors span several lines (with a source excerpt); keep them, indented.
 fn one_line(e: &toml::de::Error) -> String {
     e.to_string().trim_end().replace('\n', "\n  ")
@@ -897,6 +938,17 @@ type = "distribution"
         assert!(e.contains("line 8"), "{e}");
         let e = parse(&format!("{GOOD}\n[vm]\nmemory = 5\n")).unwrap_err();
         assert!(e.contains("unknown field `memory`"), "{e}");
+        // Inside a [[check]] (a tagged table) the key's own line is named, not the header.
+        let text = format!("{GOOD}[[check]]\ntype = \"tcp_echo\"\nport = 8080\npayloadd = \"x\"\n");
+        let line = text.lines().count();
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "recipes/x.toml: line {line}: unknown field `payloadd`"
+            )),
+            "{e}"
+        );
+        assert!(e.ends_with("payloadd = \"x\""), "{e}");
     }
 
     #[test]
@@ -953,8 +1005,6 @@ type = "distribution"
             e.contains("target = \\\"uml\\\" only") || e.contains("uml"),
             "{e}"
         );
-        let e = parse(&GOOD.replace("[distribution]\nnode = \"echo\"\n", "")).unwrap_err();
-        assert!(e.contains("needs a [distribution] section"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::rootfs::LinkPolicy;
 use crate::term::{self, Term};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +35,11 @@ pub enum ReleaseError {
         #[source]
         source: io::Error,
     },
-    #[error("the release needs ERTS {needed} but does not include it, and no host Erlang/OTP was found (install erlang-nox, or pass --otp-root DIR)")]
-    NoHostOtp { needed: String },
-    #[error("the release needs ERTS {needed} but does not include it, and the host Erlang/OTP at {root} has {found} (rebuild the release with include_erts true, or use a matching OTP with --otp-root)")]
+    #[error("{}: the release needs ERTS {needed}, but {}/erts-{needed} does not exist (not bundled), and no host Erlang/OTP was found (install erlang-nox, or pass --otp-root DIR)", .release.display(), .release.display())]
+    NoHostOtp { release: PathBuf, needed: String },
+    #[error("{}: the release needs ERTS {needed}, but {}/erts-{needed} does not exist (not bundled), and the host Erlang/OTP at {root} has {found} (rebuild the release with include_erts true, or use a matching OTP with --otp-root)", .release.display(), .release.display())]
     HostErtsMismatch {
+        release: PathBuf,
         needed: String,
         root: PathBuf,
         found: String,
@@ -216,12 +218,18 @@ impl Release {
         } else {
             let otp = match host_otp.clone().or_else(find_host_otp) {
                 Some(p) => p,
-                None => return Err(ReleaseError::NoHostOtp { needed: erts_vsn }),
+                None => {
+                    return Err(ReleaseError::NoHostOtp {
+                        release: root.to_path_buf(),
+                        needed: erts_vsn,
+                    })
+                }
             };
             host_otp = Some(otp.clone());
             let dir = otp.join(format!("erts-{erts_vsn}"));
             if !dir.join("bin").is_dir() {
                 return Err(ReleaseError::HostErtsMismatch {
+                    release: root.to_path_buf(),
                     needed: erts_vsn,
                     found: list_erts(&otp),
                     root: otp,
@@ -325,6 +333,80 @@ impl Release {
             host_otp,
             natives,
         })
+    }
+
+    /// Where the release's symlinks may lead when it is copied into an image: into the
+    /// host OTP root (a dev-mode or `system_libs false` release links its system
+    /// applications there; that root's own links that leave it are skipped), and, when the
+    /// release is a rebar3 project's build output (`PROJECT/_build/PROFILE/rel/NAME`), into
+    /// that project's `_build/PROFILE/lib`, `_checkouts`, application source dirs (`apps`,
+    /// `lib`, `src`, `include`, `priv`, `c_src`) and `config`, and the directories of the
+    /// `sys.config`/`vm.args` the release names (a `{mode, dev}` release is made of such
+    /// links). Nowhere else.
+    pub fn link_policy(&self) -> LinkPolicy {
+        let mut policy = LinkPolicy::default();
+        let canon = |p: &Path| fs::canonicalize(p).ok();
+        if let Some(otp) = self
+            .host_otp
+            .clone()
+            .or_else(find_host_otp)
+            .as_deref()
+            .and_then(canon)
+        {
+            policy.follow.push((
+                otp.clone(),
+                "the OTP installation's system applications".into(),
+            ));
+            policy.lenient.push(otp);
+        }
+        if let Some(project) = self.project_dir() {
+            let profile_lib = canon(self.root.as_path())
+                .and_then(|r| r.parent()?.parent().map(|p| p.join("lib")));
+            let dirs = profile_lib
+                .into_iter()
+                .chain(
+                    [
+                        "_checkouts",
+                        "apps",
+                        "lib",
+                        "src",
+                        "include",
+                        "priv",
+                        "c_src",
+                        "config",
+                    ]
+                    .iter()
+                    .map(|d| project.join(d)),
+                )
+                .chain(
+                    [&self.sys_config_rel, &self.vm_args_rel]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| canon(&self.root.join(f))?.parent().map(Path::to_path_buf))
+                        .filter(|d| d.starts_with(&project)),
+                );
+            for d in dirs.filter_map(|d| canon(&d)) {
+                let why = format!(
+                    "the rebar3 project {} that built this release (dev mode)",
+                    project.display()
+                );
+                policy.follow.push((d, why));
+            }
+        }
+        policy
+    }
+
+    /// `PROJECT` when the release lives at `PROJECT/_build/PROFILE/rel/NAME` and
+    /// `PROJECT/rebar.config` exists (canonical).
+    pub fn project_dir(&self) -> Option<PathBuf> {
+        let root = fs::canonicalize(&self.root).ok()?;
+        let rel = root.parent()?;
+        let build = rel.parent()?.parent()?;
+        let project = build.parent()?;
+        (rel.file_name()? == "rel"
+            && build.file_name()? == "_build"
+            && project.join("rebar.config").is_file())
+        .then(|| project.to_path_buf())
     }
 
     /// The value of a `vm.args` flag (`-name`, `-sname`, `-setcookie`).
@@ -649,7 +731,13 @@ fn collect_natives(
     for n in names {
         let p = dir.join(&n);
         let name = n.to_string_lossy();
-        let meta = fs::metadata(&p).map_err(io(&p))?;
+        let meta = match fs::metadata(&p) {
+            Ok(m) => m,
+            // A dangling symlink (a dev-mode release links `include`/`priv` even when the
+            // app has none): nothing native there; the copy skips and lists it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && p.is_symlink() => continue,
+            Err(e) => return Err(io(&p)(e)),
+        };
         let lay = format!("{layout}/{name}");
         if meta.is_dir() {
             collect_natives(&p, &lay, default_kind, out)?;

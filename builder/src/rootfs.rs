@@ -49,6 +49,15 @@ pub enum TreeError {
     },
     #[error("{host}: more than 40 symlinks while resolving (loop?)")]
     SymlinkLoop { host: PathBuf },
+    /// A symlink in a host tree that leads somewhere no rule allows.
+    #[error("{link}: symlink to {target} leads to {resolved}, outside {allowed}; refusing to copy a host file into the image (a symlink may stay inside the release, or lead into {rule})")]
+    LinkEscapes {
+        link: PathBuf,
+        target: PathBuf,
+        resolved: PathBuf,
+        allowed: String,
+        rule: String,
+    },
     #[error("SOURCE_DATE_EPOCH={value:?} is not a non-negative integer")]
     BadEpoch { value: String },
 }
@@ -143,6 +152,52 @@ impl EntryKind {
     }
 }
 
+/// Where the symlinks met while copying a host tree ([`Tree::add_host_tree`]) may lead.
+/// A link whose target stays inside the tree being copied is kept (relative) or followed
+/// (absolute); a link leading into one of `follow` is followed and its target copied;
+/// a dangling link, or one that leaves a `lenient` directory it lies in, is skipped and
+/// listed in [`Tree::skipped_links`]; anything else is a [`TreeError::LinkEscapes`].
+#[derive(Debug, Clone, Default)]
+pub struct LinkPolicy {
+    /// Canonical directories a link may lead into, each with the rule that allows it.
+    pub follow: Vec<(PathBuf, String)>,
+    /// Canonical directories (system installations, e.g. the OTP root) whose own links
+    /// that lead out of them are skipped instead of refused.
+    pub lenient: Vec<PathBuf>,
+}
+
+impl LinkPolicy {
+    /// The rule that lets a link lead to `resolved`, if any.
+    fn allows(&self, resolved: &Path) -> Option<&str> {
+        self.follow
+            .iter()
+            .find(|(dir, _)| resolved.starts_with(dir))
+            .map(|(_, why)| why.as_str())
+    }
+
+    fn rules(&self) -> String {
+        if self.follow.is_empty() {
+            return "nothing else".into();
+        }
+        self.follow
+            .iter()
+            .map(|(d, why)| format!("{} ({why})", d.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A host symlink that was not copied (dangling, or leaving a system installation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedLink {
+    /// Guest path the link would have had.
+    pub path: String,
+    /// The link on the host.
+    pub host: PathBuf,
+    pub target: PathBuf,
+    pub reason: String,
+}
+
 /// One entry of the tree. `perm` holds permission bits only (`& 0o7777`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -165,6 +220,7 @@ impl Entry {
 pub struct Tree {
     entries: BTreeMap<String, Entry>,
     mtime: u64,
+    skipped: Vec<SkippedLink>,
 }
 
 impl Tree {
@@ -179,7 +235,11 @@ impl Tree {
                 origin: "beambake".into(),
             },
         );
-        Tree { entries, mtime }
+        Tree {
+            entries,
+            mtime,
+            skipped: Vec::new(),
+        }
     }
 
     /// The mtime from `SOURCE_DATE_EPOCH` (or [`DEFAULT_EPOCH`] when unset).
@@ -195,6 +255,12 @@ impl Tree {
 
     pub fn mtime(&self) -> u64 {
         self.mtime
+    }
+
+    /// Host symlinks left out while copying host trees (dangling ones, and system
+    /// installations' links that lead out of them), in the order met.
+    pub fn skipped_links(&self) -> &[SkippedLink] {
+        &self.skipped
     }
 
     pub fn get(&self, path: &str) -> Option<&Entry> {
@@ -369,15 +435,18 @@ impl Tree {
         )
     }
 
-    /// Copies a host directory tree into the tree at `dest`. Symlinks whose target stays
-    /// inside `src` are kept as (relative) symlinks; symlinks leaving `src` are followed and
-    /// their content copied (a rebar3 `dev_mode` release links into `_build`). `skip`
-    /// filters relative paths out (returns true to skip).
+    /// Copies a host directory tree into the tree at `dest`. Symlinks are handled by
+    /// `policy` (see [`LinkPolicy`]): a link whose relative target stays inside `src` is
+    /// kept as a symlink; any other link is followed only where the policy allows (a
+    /// rebar3 dev-mode release links into `_build` and the OTP root). `skip` filters
+    /// relative paths out (returns true to skip). Permission bits are normalised without
+    /// ever widening them (see [`normal_mode`]).
     pub fn add_host_tree(
         &mut self,
         src: &Path,
         dest: &str,
         origin: &str,
+        policy: &LinkPolicy,
         skip: &dyn Fn(&Path) -> bool,
     ) -> Result<(), TreeError> {
         let root = fs::canonicalize(src).map_err(|e| TreeError::HostIo {
@@ -385,16 +454,20 @@ impl Tree {
             source: e,
         })?;
         self.mkdir_p(dest, origin)?;
-        self.copy_dir(&root, &root, dest, origin, skip, 0)
+        let walk = Walk {
+            origin,
+            policy,
+            skip,
+        };
+        self.copy_dir(&walk, &root, &root, dest, 0)
     }
 
     fn copy_dir(
         &mut self,
+        walk: &Walk,
         root: &Path,
         dir: &Path,
         dest: &str,
-        origin: &str,
-        skip: &dyn Fn(&Path) -> bool,
         depth: usize,
     ) -> Result<(), TreeError> {
         if depth > 64 {
@@ -403,6 +476,7 @@ impl Tree {
                 message: "directory nesting deeper than 64 levels (symlink loop?)".into(),
             });
         }
+        let origin = walk.origin;
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |e| TreeError::HostIo { host: p, source: e }
@@ -416,7 +490,7 @@ impl Tree {
         for name in names {
             let host = dir.join(&name);
             let rel = host.strip_prefix(root).unwrap_or(&host);
-            if skip(rel) {
+            if (walk.skip)(rel) {
                 continue;
             }
             let name = name.to_str().ok_or_else(|| TreeError::Host {
@@ -428,29 +502,84 @@ impl Tree {
             let ft = meta.file_type();
             if ft.is_symlink() {
                 let target = fs::read_link(&host).map_err(io(&host))?;
-                let resolved = fs::canonicalize(&host).map_err(|e| TreeError::Host {
-                    host: host.clone(),
-                    message: format!("dangling symlink to {}: {e}", target.display()),
-                })?;
-                if let (Ok(_), false) = (resolved.strip_prefix(root), target.is_absolute()) {
+                let resolved = match fs::canonicalize(&host) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.skipped.push(SkippedLink {
+                            path: guest,
+                            host,
+                            target,
+                            reason: "dangling".into(),
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(TreeError::Host {
+                            host: host.clone(),
+                            message: format!("symlink to {}: {e}", target.display()),
+                        })
+                    }
+                };
+                let inside = resolved.starts_with(root);
+                if inside && !target.is_absolute() {
                     let t = target.to_str().ok_or_else(|| TreeError::Host {
                         host: host.clone(),
                         message: "symlink target is not UTF-8".into(),
                     })?;
                     self.add_symlink(&guest, t, origin)?;
-                } else if resolved.is_dir() {
-                    self.mkdir_p(&guest, origin)?;
-                    self.copy_dir(&resolved, &resolved, &guest, origin, skip, depth + 1)?;
+                    continue;
+                }
+                if !inside && walk.policy.allows(&resolved).is_none() {
+                    if walk.policy.lenient.iter().any(|d| dir.starts_with(d)) {
+                        self.skipped.push(SkippedLink {
+                            path: guest,
+                            host,
+                            target,
+                            reason: format!(
+                                "leads out of {} to {}",
+                                root.display(),
+                                resolved.display()
+                            ),
+                        });
+                        continue;
+                    }
+                    return Err(TreeError::LinkEscapes {
+                        link: host,
+                        target,
+                        resolved,
+                        allowed: root.display().to_string(),
+                        rule: walk.policy.rules(),
+                    });
+                }
+                if resolved.is_dir() {
+                    let perm = dir_mode(&fs::metadata(&resolved).map_err(io(&resolved))?);
+                    self.add_dir(&guest, perm, origin)?;
+                    self.copy_dir(walk, &resolved, &resolved, &guest, depth + 1)?;
                 } else {
-                    let perm = fs::metadata(&resolved).map_err(io(&resolved))?.mode_bits();
-                    self.add_file(&guest, FileSource::Host(resolved), perm, origin)?;
+                    let rmeta = fs::metadata(&resolved).map_err(io(&resolved))?;
+                    if !rmeta.is_file() {
+                        return Err(TreeError::Host {
+                            host,
+                            message: format!(
+                                "symlink to {}, which is not a regular file or directory",
+                                resolved.display()
+                            ),
+                        });
+                    }
+                    readable(&resolved)?;
+                    self.add_file(
+                        &guest,
+                        FileSource::Host(resolved),
+                        normal_mode(&rmeta),
+                        origin,
+                    )?;
                 }
             } else if ft.is_dir() {
-                self.add_dir(&guest, 0o755, origin)?;
-                self.copy_dir(root, &host, &guest, origin, skip, depth + 1)?;
+                self.add_dir(&guest, dir_mode(&meta), origin)?;
+                self.copy_dir(walk, root, &host, &guest, depth + 1)?;
             } else if ft.is_file() {
                 readable(&host)?;
-                self.add_file(&guest, FileSource::Host(host), meta.mode_bits(), origin)?;
+                self.add_file(&guest, FileSource::Host(host), normal_mode(&meta), origin)?;
             } else {
                 return Err(TreeError::Host {
                     host,
@@ -538,7 +667,7 @@ impl Tree {
                     self.mkdir_p(&cur, origin)?;
                 } else if meta.is_file() && last {
                     readable(&hp)?;
-                    self.add_file(&cur, FileSource::Host(hp), meta.mode_bits(), origin)?;
+                    self.add_file(&cur, FileSource::Host(hp), normal_mode(&meta), origin)?;
                     return Ok(cur);
                 } else {
                     return Err(TreeError::Host {
@@ -558,22 +687,35 @@ impl Tree {
     }
 }
 
-trait ModeBits {
-    fn mode_bits(&self) -> u32;
+/// A host file's permission bits in the image, normalised for reproducibility but never
+/// widened: 0755/0644 (from the owner's x bit) when the file is world-readable on the
+/// host, 0700/0600 when it is not. No setuid/setgid/sticky, no group/world write: the
+/// builder's umask and the host's group bits do not reach the image.
+pub fn normal_mode(meta: &fs::Metadata) -> u32 {
+    let m = meta.permissions().mode();
+    match (m & 0o100 != 0, m & 0o004 != 0) {
+        (true, true) => 0o755,
+        (false, true) => 0o644,
+        (true, false) => 0o700,
+        (false, false) => 0o600,
+    }
 }
 
-impl ModeBits for fs::Metadata {
-    /// Permission bits, normalised: owner bits decide, group/other get read (and execute
-    /// when the owner has it); no setuid/setgid/sticky, no group/world write. Keeps images
-    /// independent of the builder's umask.
-    fn mode_bits(&self) -> u32 {
-        let m = self.permissions().mode();
-        if m & 0o100 != 0 {
-            0o755
-        } else {
-            0o644
-        }
+/// A host directory's bits in the image: 0755 when anyone may list and enter it on the
+/// host, 0700 otherwise.
+fn dir_mode(meta: &fs::Metadata) -> u32 {
+    if meta.permissions().mode() & 0o005 == 0o005 {
+        0o755
+    } else {
+        0o700
     }
+}
+
+/// What one [`Tree::add_host_tree`] walk carries down.
+struct Walk<'a> {
+    origin: &'a str,
+    policy: &'a LinkPolicy,
+    skip: &'a dyn Fn(&Path) -> bool,
 }
 
 fn readable(p: &Path) -> Result<(), TreeError> {
@@ -788,20 +930,35 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn host_tree_keeps_inner_links_and_follows_outer_ones() {
+    /// A release dir `rel` beside a dir `outside`, with one file in each.
+    fn release_beside_outside() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let rel = d.path().join("rel");
-        let outside = d.path().join("outside");
+        let outside = fs::canonicalize(d.path()).unwrap().join("outside");
         fs::create_dir_all(rel.join("lib/app-1/ebin")).unwrap();
         fs::create_dir_all(&outside).unwrap();
         fs::write(outside.join("data"), b"outside").unwrap();
         fs::write(rel.join("lib/app-1/ebin/a.beam"), b"beam").unwrap();
+        (d, rel, outside)
+    }
+
+    fn copy(rel: &Path, policy: &LinkPolicy) -> Result<Tree, TreeError> {
+        let mut t = Tree::new(1);
+        t.add_host_tree(rel, "/opt/r", "release", policy, &|p| p.ends_with("skipme"))?;
+        Ok(t)
+    }
+
+    #[test]
+    fn host_tree_keeps_inner_links_and_follows_allowed_outer_ones() {
+        let (_d, rel, outside) = release_beside_outside();
         symlink("lib/app-1", rel.join("current")).unwrap();
         symlink(&outside, rel.join("ext")).unwrap();
-        let mut t = Tree::new(1);
-        t.add_host_tree(&rel, "/opt/r", "release", &|p| p.ends_with("skipme"))
-            .unwrap();
+        symlink("../../nowhere", rel.join("lib/app-1/include")).unwrap();
+        let policy = LinkPolicy {
+            follow: vec![(outside.clone(), "test".into())],
+            lenient: vec![],
+        };
+        let t = copy(&rel, &policy).unwrap();
         assert_eq!(
             t.get("/opt/r/current").unwrap().kind,
             EntryKind::Symlink("lib/app-1".into())
@@ -810,5 +967,85 @@ mod tests {
             t.get("/opt/r/ext/data").unwrap().kind,
             EntryKind::File(_)
         ));
+        // The dangling link is left out and listed.
+        assert!(t.get("/opt/r/lib/app-1/include").is_none());
+        assert_eq!(t.skipped_links().len(), 1);
+        assert_eq!(t.skipped_links()[0].path, "/opt/r/lib/app-1/include");
+        assert_eq!(t.skipped_links()[0].reason, "dangling");
+    }
+
+    #[test]
+    fn host_tree_refuses_every_link_shape_leaving_the_allowed_places() {
+        type Target<'a> = &'a dyn Fn(&Path, &Path) -> PathBuf;
+        let shapes: [(&str, Target); 5] = [
+            ("absolute file", &|_, out| out.join("data")),
+            ("absolute dir", &|_, out| out.to_path_buf()),
+            ("relative escape", &|_, _| {
+                PathBuf::from("../../../../outside/data")
+            }),
+            ("dotdot chain", &|_, _| {
+                PathBuf::from("../../../../rel/../outside")
+            }),
+            ("chain of links", &|rel, _| {
+                // secret -> hop (inside the release) -> outside
+                symlink("../../../outside/data", rel.join("lib/app-1/hop")).unwrap();
+                PathBuf::from("../hop")
+            }),
+        ];
+        for (what, target) in shapes {
+            let (_d, rel, outside) = release_beside_outside();
+            let link = rel.join("lib/app-1/ebin/secret");
+            symlink(target(&rel, &outside), &link).unwrap();
+            let err = copy(&rel, &LinkPolicy::default()).unwrap_err();
+            match &err {
+                TreeError::LinkEscapes { link: l, .. } => assert_eq!(l, &link, "{what}"),
+                other => panic!("{what}: {other}"),
+            }
+            let text = err.to_string();
+            assert!(
+                text.contains("refusing") && text.contains("secret"),
+                "{what}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn links_out_of_a_lenient_dir_are_skipped() {
+        let (_d, rel, outside) = release_beside_outside();
+        symlink(&outside, rel.join("lib/app-1/ebin/ext")).unwrap();
+        let canon = fs::canonicalize(&rel).unwrap();
+        let policy = LinkPolicy {
+            follow: vec![],
+            lenient: vec![canon],
+        };
+        let t = copy(&rel, &policy).unwrap();
+        assert!(t.get("/opt/r/lib/app-1/ebin/ext").is_none());
+        assert!(t.skipped_links()[0].reason.starts_with("leads out of"));
+    }
+
+    #[test]
+    fn modes_are_never_widened() {
+        let (_d, rel, _) = release_beside_outside();
+        let ebin = rel.join("lib/app-1/ebin");
+        for (name, host, image) in [
+            ("a", 0o640, 0o600),
+            ("b", 0o750, 0o700),
+            ("c", 0o644, 0o644),
+            ("d", 0o4755, 0o755),
+            ("e", 0o666, 0o644),
+            ("f", 0o604, 0o644),
+        ] {
+            fs::write(ebin.join(name), b"x").unwrap();
+            fs::set_permissions(ebin.join(name), fs::Permissions::from_mode(host)).unwrap();
+            let t = copy(&rel, &LinkPolicy::default()).unwrap();
+            let got = t
+                .get(&format!("/opt/r/lib/app-1/ebin/{name}"))
+                .unwrap()
+                .perm;
+            assert_eq!(got, image, "{name}: host {host:o}");
+        }
+        fs::set_permissions(&ebin, fs::Permissions::from_mode(0o750)).unwrap();
+        let t = copy(&rel, &LinkPolicy::default()).unwrap();
+        assert_eq!(t.get("/opt/r/lib/app-1/ebin").unwrap().perm, 0o700);
     }
 }

@@ -539,19 +539,52 @@ fn host_node(
     let Some(cookie) = t.cookie else {
         return Err("the image has no cookie".into());
     };
+    // Short names (`-sname` in the release's vm.args): the checking node is short too, and
+    // finds the guests' host names through an inetrc file of their addresses (the host's
+    // own /etc/hosts does not know them).
+    let short: Vec<(IpAddr, &str)> = t
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let host = n.node.as_deref()?.split_once('@')?.1;
+            host.parse::<IpAddr>().is_err().then_some((n.addr, host))
+        })
+        .collect();
+    let inetrc = if short.is_empty() {
+        None
+    } else {
+        let mut f = tempfile::Builder::new()
+            .prefix("beambake-inetrc-")
+            .tempfile()
+            .map_err(|e| format!("writing the checking node's inetrc: {e}"))?;
+        let mut text = String::from("{lookup, [file]}.\n");
+        for (addr, host) in &short {
+            text.push_str(&format!(
+                "{{host, {{{}}}, [\"{host}\"]}}.\n",
+                addr.to_string().replace('.', ",")
+            ));
+        }
+        f.write_all(text.as_bytes())
+            .map_err(|e| format!("writing the checking node's inetrc: {e}"))?;
+        Some(f)
+    };
     let mut cmd = Command::new("erl");
-    cmd.args([
-        "-noshell",
-        "-noinput",
-        "-name",
-        &format!("beambake_check@{}", t.host),
-    ])
-    .args(["-setcookie", cookie, "-kernel", "net_ticktime", "10"])
-    .args(["-eval", eval])
-    .envs(env.iter().copied())
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(["-noshell", "-noinput"]);
+    match &inetrc {
+        Some(f) => {
+            cmd.args(["-sname", "beambake_check@beambake-host"])
+                .env("ERL_INETRC", f.path());
+        }
+        None => {
+            cmd.args(["-name", &format!("beambake_check@{}", t.host)]);
+        }
+    }
+    cmd.args(["-setcookie", cookie, "-kernel", "net_ticktime", "10"])
+        .args(["-eval", eval])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     crate::net::dies_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()

@@ -114,7 +114,8 @@ impl Source {
             });
         }
         if input.join("releases").is_dir() {
-            let sha256 = digest::sha256_tree(input).map_err(io)?;
+            let sha256 = digest::sha256_tree(input)
+                .map_err(|(path, source)| SourceError::Io { path, source })?;
             return Ok(Source {
                 kind: SourceKind::Directory,
                 input: input.to_path_buf(),
@@ -127,10 +128,8 @@ impl Source {
         if input.join("rebar.config").is_file() {
             let lock = lock_project(input)?;
             let dir = rebar3_release(input, opts)?;
-            let sha256 = digest::sha256_tree(&dir).map_err(|source| SourceError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            let sha256 = digest::sha256_tree(&dir)
+                .map_err(|(path, source)| SourceError::Io { path, source })?;
             return Ok(Source {
                 kind: SourceKind::Rebar3Project,
                 input: input.to_path_buf(),

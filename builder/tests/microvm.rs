@@ -480,7 +480,10 @@ fn garbage_boot_plans_are_clear_errors() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains(&format!("{}/boot.json", d.path().display())),
+        err.contains(&format!(
+            "{}: not a beambake build (no boot.json)",
+            d.path().display()
+        )),
         "{err}"
     );
     fs::write(d.path().join("boot.json"), "{ not json").unwrap();
@@ -592,4 +595,140 @@ fn tls_check_with_a_missing_or_garbage_ca_is_refused_before_the_build() {
         "no-such-ca.pem: no certificate in the CA file",
     );
     assert!(!out.join("echo-tls-microvm").exists(), "built anyway");
+}
+
+/// The echo project with `vm_args` as its vm.args, and echo-microvm pointed at it.
+fn project_with_vm_args(dir: &Path, vm_args: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let (_keep, project) = fresh_project();
+    fs::create_dir_all(dir).unwrap();
+    let project_dir = dir.join("echo");
+    copy_dir(&project, &project_dir);
+    fs::write(project_dir.join("config/vm.args"), vm_args).unwrap();
+    let from = format!(
+        "source = {:?}",
+        repo_root().join("examples/echo").display().to_string()
+    );
+    let to = format!("source = {:?}", project_dir.display().to_string());
+    let mut all: Vec<(&str, &str)> = vec![(from.as_str(), to.as_str())];
+    all.extend_from_slice(edits);
+    recipe_copy("echo-microvm", dir, &all)
+}
+
+const GET_COOKIE: &str = "\n[[check]]\ntype = \"rpc\"\ncall = \"erlang:get_cookie()\"\n";
+
+#[test]
+fn a_node_named_on_loopback_in_vm_args_is_reachable_at_the_guest_address() {
+    if let Some(why) = needs_vm_host() {
+        skip!("{why}");
+    }
+    let _vm = vm_lock();
+    let d = tempfile::tempdir().unwrap();
+    let checks = format!("type = \"distribution\"\n{GET_COOKIE}expect = \"from_release\"\n");
+    // No [distribution] in the recipe: the release names its node and cookie.
+    let recipe = project_with_vm_args(
+        d.path(),
+        "-name echo@127.0.0.1\n-setcookie from_release\n+sbwt none\n",
+        &[
+            ("[distribution]\nnode = \"echo\"", ""),
+            ("type = \"distribution\"\n", &checks),
+        ],
+    );
+    let out = d.path().join("out");
+    let o = smoke(&recipe, &out, &["-v"]);
+    let (so, se) = (stdout(&o), stderr(&o));
+    assert!(o.status.success(), "{so}\n{se}");
+    assert!(
+        so.contains("net_adm:ping('echo@10.0.120.101') -> pong"),
+        "{so}"
+    );
+    assert!(
+        se.contains("-name echo@127.0.0.1 from") && se.contains("becomes echo@10.0.120.101"),
+        "-v says what was rewritten: {se}"
+    );
+    assert!(se.contains("baked into the image"), "{se}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("echo-microvm/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["distribution"]["node"], "echo@10.0.120.101", "{m}");
+    assert_eq!(m["distribution"]["cookie_source"], "release", "{m}");
+    assert!(m["distribution"]["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("becomes echo@10.0.120.101"));
+
+    // The recipe's [distribution] overrides both by rewriting the launch arguments: one
+    // name, one cookie (two -setcookie would make OTP invent a random one: pang).
+    let checks = format!("type = \"distribution\"\n{GET_COOKIE}expect = \"from_recipe\"\n");
+    let recipe = project_with_vm_args(
+        &d.path().join("second"),
+        "-sname other\n-setcookie from_release\n",
+        &[
+            (
+                "node = \"echo\"",
+                "node = \"echo\"\ncookie = \"from_recipe\"",
+            ),
+            ("type = \"distribution\"\n", &checks),
+        ],
+    );
+    let o = smoke(&recipe, &out, &[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("echo-microvm/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["distribution"]["cookie_source"], "recipe", "{m}");
+    assert_eq!(m["distribution"]["names"], "long", "{m}");
+}
+
+#[test]
+fn a_missing_release_source_names_the_recipe_key_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let text = fs::read_to_string(&recipe).unwrap();
+    let from = text
+        .lines()
+        .find(|l| l.starts_with("source = "))
+        .unwrap()
+        .to_string();
+    let line = text.lines().position(|l| l == from).unwrap() + 1;
+    fs::write(&recipe, text.replace(&from, "source = \"no/such/release\"")).unwrap();
+    let out = d.path().join("out");
+    let o = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        e.contains(&format!(
+            "echo-microvm.toml: line {line}: release.source = \"no/such/release\""
+        )),
+        "{e}"
+    );
+    assert!(e.contains("does not exist"), "{e}");
+    assert!(
+        !out.join("echo-microvm").exists(),
+        "a failed build left a dir"
+    );
+}
+
+#[test]
+fn boot_of_a_dir_that_is_not_a_build_says_how_to_make_one() {
+    let d = tempfile::tempdir().unwrap();
+    for dir in [d.path().to_path_buf(), d.path().join("missing")] {
+        let o = beambake(&["boot", dir.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert!(!o.status.success());
+        assert!(e.contains(dir.to_str().unwrap()), "{e}");
+        assert!(e.contains("beambake build RECIPE"), "{e}");
+    }
+}
+
+#[test]
+fn help_says_where_the_recipe_format_is_described() {
+    let o = beambake(&["--help"]);
+    let s = stdout(&o);
+    assert!(
+        s.contains("Recipe format") && s.contains("README.md"),
+        "{s}"
+    );
 }

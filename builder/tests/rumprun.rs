@@ -121,6 +121,47 @@ fn the_clustering_form_carries_node_and_cookie() {
 }
 
 #[test]
+fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
+    // The release names its node and cookie (as rebar3's template does): clustering on,
+    // the name moved to the guest's address, the release's cookie kept.
+    let d = tempfile::tempdir().unwrap();
+    let (_keep, project) = fresh_project();
+    let mine = d.path().join("echo");
+    copy_dir(&project, &mine);
+    fs::write(
+        mine.join("config/vm.args"),
+        "-name echo@localhost\n-setcookie relcookie\n",
+    )
+    .unwrap();
+    let from = format!(
+        "source = {:?}",
+        repo_root().join("examples/echo").display().to_string()
+    );
+    let to = format!("source = {:?}", mine.display().to_string());
+    let recipe = rumprun_recipe(d.path(), &[(from.as_str(), to.as_str())]);
+    let a = build_no_bake(&recipe, &d.path().join("out"));
+    let flat = fs::read_to_string(a.join("rumprun-config.json")).unwrap();
+    assert!(
+        flat.contains("-s setnodename echo@10.0.120.101 relcookie"),
+        "{flat}"
+    );
+    // [distribution] overrides the release's cookie.
+    let recipe = rumprun_recipe(
+        d.path(),
+        &[
+            (from.as_str(), to.as_str()),
+            ("[[check]]", "[distribution]\ncookie = \"rc\"\n\n[[check]]"),
+        ],
+    );
+    let b = build_no_bake(&recipe, &d.path().join("out2"));
+    let flat = fs::read_to_string(b.join("rumprun-config.json")).unwrap();
+    assert!(
+        flat.contains("-s setnodename echo@10.0.120.101 rc "),
+        "{flat}"
+    );
+}
+
+#[test]
 fn a_missing_toolchain_is_a_clear_error_and_boot_says_so_too() {
     let d = tempfile::tempdir().unwrap();
     let recipe = rumprun_recipe(d.path(), &[]);

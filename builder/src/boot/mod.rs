@@ -45,8 +45,11 @@ pub struct BootPlan {
     #[serde(default)]
     pub cpu: Option<String>,
     pub net: NetPlan,
-    /// The node's short name when the guest runs distributed (`NAME@IP` per VM).
+    /// The node's name without its host when the guest runs distributed: `NAME@IP` per
+    /// VM, or `NAME@HOSTNAME` with `short_names`.
     pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub short_names: bool,
     /// File holding the cookie (mode 0600), relative to the plan's directory.
     pub cookie_file: Option<PathBuf>,
     pub checks: Vec<Check>,
@@ -142,6 +145,24 @@ pub enum BootError {
 impl BootPlan {
     pub fn load(dir: &Path) -> Result<BootPlan, BootError> {
         let path = dir.join(PLAN_FILE);
+        if !dir.is_dir() {
+            return Err(BootError::Plan {
+                path: dir.to_path_buf(),
+                message:
+                    "no such directory: give a build's output directory (`beambake build RECIPE` \
+                          writes beambake-out/NAME) or a recipe (.toml)"
+                        .into(),
+            });
+        }
+        if !path.exists() {
+            return Err(BootError::Plan {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "not a beambake build (no {PLAN_FILE}): make one with `beambake build RECIPE` \
+                     (it writes beambake-out/NAME), or pass the recipe (.toml) to boot it directly"
+                ),
+            });
+        }
         let text = std::fs::read_to_string(&path).map_err(|source| BootError::Io {
             path: path.clone(),
             source,
@@ -167,15 +188,22 @@ impl BootPlan {
             .enumerate()
             .map(|(i, ip)| {
                 let n = i + 1;
+                let hostname = if many {
+                    format!("{}-{n}", self.net.hostname)
+                } else {
+                    self.net.hostname.clone()
+                };
                 Instance {
                     index: i,
                     ip: *ip,
-                    hostname: if many {
-                        format!("{}-{n}", self.net.hostname)
-                    } else {
-                        self.net.hostname.clone()
-                    },
-                    node: self.node.as_ref().map(|name| format!("{name}@{ip}")),
+                    node: self.node.as_ref().map(|name| {
+                        if self.short_names {
+                            format!("{name}@{hostname}")
+                        } else {
+                            format!("{name}@{ip}")
+                        }
+                    }),
+                    hostname,
                     tap: format!("tap{i}"),
                     console_log: dir.join(if many {
                         format!("console-{n}.log")

@@ -267,7 +267,11 @@ pub fn check_installed() -> Result<(), BootError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BootError::Qemu(format!(
             "{} not found{}: install it with `apt-get install qemu-system-x86`",
             qemu.display(),
-            if qemu.components().count() > 1 { "" } else { " on PATH" }
+            if qemu.components().count() > 1 {
+                ""
+            } else {
+                " on PATH"
+            }
         ))),
         Err(e) => Err(BootError::Qemu(format!("{}: {e}", qemu.display()))),
     }

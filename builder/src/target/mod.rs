@@ -19,7 +19,7 @@ use crate::boot::{BootPlan, DataPlan, HostfsPlan, NetPlan, PLAN_FILE};
 use crate::manifest::HostFile;
 use crate::output::{OutputSet, Written};
 use crate::pipeline::{self, Error, Input, Prepared, Progress};
-use crate::recipe::Recipe;
+use crate::recipe::{Check, Recipe};
 use crate::rootfs::Tree;
 
 /// beambake's init (static), built from the workspace's `init` crate by build.rs.
@@ -41,20 +41,12 @@ pub struct Common {
     pub dir: PathBuf,
     pub set: OutputSet,
     pub prepared: Prepared,
-    /// Short node name, when distributed.
+    /// The node's name without its host, when distributed (from the recipe or the
+    /// release's `vm.args`: [`crate::launch::resolve_distribution`]).
     pub node: Option<String>,
     pub cookie: Option<String>,
-}
-
-/// A random distribution cookie: 32 characters from the kernel's CSPRNG.
-pub fn random_cookie() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    Ok(b.iter()
-        .map(|x| ALPHABET[(*x & 31) as usize] as char)
-        .collect())
+    /// The node uses short names (`NAME@HOSTNAME`) rather than `NAME@IP`.
+    pub short_names: bool,
 }
 
 /// Prepares the release's tree with the recipe's launch options (the node is named after
@@ -62,19 +54,6 @@ pub fn random_cookie() -> std::io::Result<String> {
 /// release that cannot be prepared creates nothing in `out_root`).
 pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Common, Error> {
     let guests = recipe.guest_addrs().map_err(Error::Recipe)?;
-    let (node, cookie) = match &recipe.distribution {
-        Some(d) => {
-            let cookie = match &d.cookie {
-                Some(c) => c.clone(),
-                None => random_cookie().map_err(|source| Error::Io {
-                    path: PathBuf::from("/dev/urandom"),
-                    source,
-                })?,
-            };
-            (Some(d.node.clone()), Some(cookie))
-        }
-        None => (None, None),
-    };
     let input = Input {
         path: recipe.resolve(&recipe.release.source),
         resolve: crate::source::Resolve {
@@ -89,10 +68,12 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
     let opts = assemble::Options {
         prefix: recipe.release.prefix.clone(),
         mtime: Tree::epoch_from_env()?,
-        distribution: node
-            .as_ref()
-            .map(|n| format!("{n}@{}", guests[0]))
-            .zip(cookie.clone()),
+        distribution: crate::launch::DistributionRequest {
+            wanted: recipe.distribution.is_some(),
+            node: recipe.distribution.as_ref().and_then(|d| d.node.clone()),
+            cookie: recipe.distribution.as_ref().and_then(|d| d.cookie.clone()),
+            host: Some(guests[0].to_string()),
+        },
         code_loading: recipe.launch.code_loading.map(|m| {
             match m {
                 crate::recipe::CodeLoading::Embedded => "embedded",
@@ -103,14 +84,38 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
         extra_args: recipe.launch.extra_args.clone(),
         erts_from: recipe.release.erts_from.as_ref().map(|p| recipe.resolve(p)),
     };
+    if !input.path.exists() {
+        return Err(Error::Recipe(format!(
+            "{} = {:?}: {} does not exist (paths are relative to the recipe file)",
+            recipe.locate("release", "source"),
+            recipe.release.source.display().to_string(),
+            input.path.display()
+        )));
+    }
     let prepared = pipeline::prepare(&input, &opts, progress)?;
+    if prepared.assembly.distribution.is_none() {
+        if let Some(c) = recipe
+            .checks
+            .iter()
+            .find(|c| matches!(c, Check::Distribution {} | Check::Rpc { .. }))
+        {
+            return Err(Error::Recipe(format!(
+                "{}: the check {} needs a distributed node: add a [distribution] section, or \
+                 name the node in the release's vm.args (-name or -sname)",
+                recipe.file.display(),
+                crate::smoke::check_name(c)
+            )));
+        }
+    }
     let set = OutputSet::begin(out_root, &recipe.name)?;
+    let dist = prepared.assembly.distribution.as_ref();
     Ok(Common {
         dir: set.dir().to_path_buf(),
         set,
+        node: dist.map(|d| d.name.clone()),
+        cookie: dist.map(|d| d.cookie.clone()),
+        short_names: dist.is_some_and(|d| d.names == crate::launch::Names::Short),
         prepared,
-        node,
-        cookie,
     })
 }
 
@@ -148,6 +153,7 @@ pub fn plan(
             hostname: recipe.hostname(),
         },
         node: common.node.clone(),
+        short_names: common.short_names,
         cookie_file: common.cookie.as_ref().map(|_| PathBuf::from("cookie")),
         checks: recipe.resolved_checks(),
         smoke: recipe.smoke.clone(),
@@ -209,14 +215,4 @@ pub fn finish(
         dir,
         plan,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cookies_are_random() {
-        let a = super::random_cookie().unwrap();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, super::random_cookie().unwrap());
-    }
 }
