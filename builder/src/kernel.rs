@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -473,10 +473,11 @@ fn tail_lines(text: &str, n: usize) -> String {
     out
 }
 
+/// Writes a cache file atomically ([`crate::output::write_bytes`]).
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
-    let mut f = File::create(path).map_err(io_err("creating", path))?;
-    f.write_all(bytes).map_err(io_err("writing", path))?;
-    f.sync_all().map_err(io_err("syncing", path))
+    crate::output::write_bytes(path, bytes)
+        .map(drop)
+        .map_err(|e| io_err("writing", path)(e.source))
 }
 
 /// What an unpacked kernel package holds, relative to its root.

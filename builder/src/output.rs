@@ -57,11 +57,7 @@ impl AtomicFile {
         let (named, file) = match unnamed_file(dir) {
             Ok(f) => (None, f),
             Err(e) if tmpfile_unsupported(&e) => {
-                let tmp = tempfile::Builder::new()
-                    .prefix(".beambake-")
-                    .suffix(".tmp")
-                    .tempfile_in(dir)
-                    .map_err(err)?;
+                let tmp = named_temp_in(dir).map_err(|e| err(e.source))?;
                 let file = tmp.reopen().map_err(err)?;
                 (Some(tmp), file)
             }
@@ -122,6 +118,60 @@ impl AtomicFile {
             sha256,
         })
     }
+}
+
+/// Whether [`commit_named`] may replace an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clobber {
+    Replace,
+    /// An existing `dest` is kept and the commit fails with `AlreadyExists`.
+    Keep,
+}
+
+/// A named temp file in `dir` (`.beambake-XXXXXX.tmp`, mode 0600) for a writer that needs
+/// a path (an external tool); finished by [`commit_named`]. Left behind only by SIGKILL.
+pub fn named_temp_in(dir: &Path) -> Result<tempfile::NamedTempFile, OutputError> {
+    tempfile::Builder::new()
+        .prefix(".beambake-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|source| OutputError {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Gives a finished named temp file its final name as [`AtomicFile::commit`] does:
+/// permission bits `mode`, fsync, size and sha256 read back, rename to `dest` (with
+/// [`Clobber::Keep`], only where `dest` does not exist), fsync of the directory.
+pub fn commit_named(
+    tmp: tempfile::NamedTempFile,
+    dest: &Path,
+    mode: u32,
+    clobber: Clobber,
+) -> Result<Written, OutputError> {
+    let err = |source| OutputError {
+        path: dest.to_path_buf(),
+        source,
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let file = tmp.as_file();
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    file.sync_all().map_err(err)?;
+    let size = file.metadata().map_err(err)?.len();
+    let sha256 = crate::digest::sha256_file(tmp.path()).map_err(err)?;
+    match clobber {
+        Clobber::Replace => tmp.persist(dest),
+        Clobber::Keep => tmp.persist_noclobber(dest),
+    }
+    .map_err(|e| err(e.error))?;
+    sync_dir(dest).map_err(err)?;
+    Ok(Written {
+        path: dest.to_path_buf(),
+        size,
+        sha256,
+    })
 }
 
 /// An unnamed regular file in `dir` (`O_TMPFILE`, mode 0600): nothing to clean up if the

@@ -70,10 +70,9 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::ser::{SerializeMap, Serializer};
@@ -1151,9 +1150,9 @@ fn render(launch: &Launch) -> [(&'static str, String, u32); 4] {
 
 /// Writes [`FLAT_CONFIG_FILE`], [`STRUCTURED_CONFIG_FILE`], [`RUMPRUN_SCRIPT`] and
 /// [`QEMU_SCRIPT`] (both executable) into `dir`, creating it if needed, and returns their
-/// paths in that order. Each file is written to `.NAME.tmp` in `dir`, synced and renamed
-/// over `NAME`; the directory is synced at the end. The scripts `cd` to their own
-/// directory first, so relative kernel and ISO paths are relative to `dir`.
+/// paths in that order. Each file is written atomically ([`crate::output::write_bytes_mode`]:
+/// unnamed temp file, synced, linked + renamed over `NAME`, directory synced). The scripts
+/// `cd` to their own directory first, so relative kernel and ISO paths are relative to `dir`.
 pub fn write_all(launch: &Launch, dir: &Path) -> Result<Vec<PathBuf>, RumprunError> {
     fs::create_dir_all(dir).map_err(|source| RumprunError::Write {
         path: dir.to_path_buf(),
@@ -1162,39 +1161,21 @@ pub fn write_all(launch: &Launch, dir: &Path) -> Result<Vec<PathBuf>, RumprunErr
     let mut written = Vec::new();
     for (name, contents, mode) in render(launch) {
         let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        if let Err(source) = write_replace(&tmp, &path, contents.as_bytes(), mode) {
-            let _ = fs::remove_file(&tmp);
-            return Err(RumprunError::Write { path, source });
-        }
+        crate::output::write_bytes_mode(&path, contents.as_bytes(), mode).map_err(|e| {
+            RumprunError::Write {
+                path: path.clone(),
+                source: e.source,
+            }
+        })?;
         written.push(path);
     }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| RumprunError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
     Ok(written)
-}
-
-fn write_replace(tmp: &Path, path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    match fs::remove_file(tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
-    file.write_all(contents)?;
-    // Set explicitly: the mode given to open() is subject to the umask.
-    file.set_permissions(Permissions::from_mode(mode))?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(tmp, path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1854,10 +1835,14 @@ mod tests {
                 ]
             );
         }
-        // A stale temp file from an interrupted run is replaced.
-        fs::write(out.join(format!(".{QEMU_SCRIPT}.tmp")), "stale").unwrap();
-        write_all(&l, &out).unwrap();
-        assert!(!out.join(format!(".{QEMU_SCRIPT}.tmp")).exists());
+        // Over files a previous run left (one of them cut short): each is replaced whole,
+        // and no temp file is left beside them.
+        fs::write(out.join(QEMU_SCRIPT), "stale").unwrap();
+        let paths = write_all(&l, &out).unwrap();
+        for (path, (_, contents, _)) in paths.iter().zip(render(&l)) {
+            assert_eq!(fs::read_to_string(path).unwrap(), contents);
+        }
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 4);
         fs::remove_dir_all(&dir).unwrap();
     }
 

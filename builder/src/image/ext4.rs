@@ -59,8 +59,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::digest::{hex, sha256_reader};
-use crate::output::{parent_dir, Written};
+use crate::digest::hex;
+use crate::output::{parent_dir, Clobber, Written};
 use crate::rootfs::{DeviceKind, EntryKind, FileSource, Tree};
 
 /// Block size of every image written here.
@@ -707,50 +707,32 @@ fn quote(arg: &str) -> String {
 }
 
 fn image_tempfile(dir: &Path) -> Result<tempfile::NamedTempFile, Ext4Error> {
-    tempfile::Builder::new()
-        .prefix(".beambake-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))
+    crate::output::named_temp_in(dir).map_err(|e| io_err(&e.path)(e.source))
 }
 
-/// Syncs the finished image, gives it mode 0644, hashes it and renames it to `dest`
-/// (without replacing an existing file unless `replace`), then syncs the directory.
+/// Gives the finished image mode 0644 and its name `dest` (without replacing an existing
+/// file unless `replace`), through [`crate::output::commit_named`].
 fn commit(img: tempfile::NamedTempFile, dest: &Path, replace: bool) -> Result<Written, Ext4Error> {
-    let err = io_err(dest);
-    let file = img.as_file();
-    file.sync_all().map_err(io_err(dest))?;
-    fs::set_permissions(img.path(), fs::Permissions::from_mode(0o644)).map_err(io_err(dest))?;
-    let size = file.metadata().map_err(io_err(dest))?.len();
-    let sha256 =
-        sha256_reader(File::open(img.path()).map_err(io_err(dest))?).map_err(io_err(dest))?;
-    let persisted = if replace {
-        img.persist(dest)
+    let clobber = if replace {
+        Clobber::Replace
     } else {
-        img.persist_noclobber(dest)
+        Clobber::Keep
     };
-    match persisted {
-        Ok(_) => {}
-        Err(e) if !replace && e.error.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(Ext4Error::Exists {
+    crate::output::commit_named(img, dest, 0o644, clobber).map_err(|e| {
+        if clobber == Clobber::Keep && e.source.kind() == io::ErrorKind::AlreadyExists {
+            Ext4Error::Exists {
                 path: dest.to_path_buf(),
-            })
+            }
+        } else {
+            io_err(&e.path)(e.source)
         }
-        Err(e) => return Err(err(e.error)),
-    }
-    File::open(parent_dir(dest))
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dest))?;
-    Ok(Written {
-        path: dest.to_path_buf(),
-        size,
-        sha256,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256_reader;
     use std::collections::BTreeMap;
 
     const MTIME: u64 = 1_700_000_000;
