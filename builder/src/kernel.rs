@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -25,7 +24,6 @@ use std::process::Command;
 use goblin::container::{Container, Ctx};
 use goblin::elf::section_header::{SectionHeader, SHT_NOBITS};
 use goblin::elf::Elf;
-use sha2::{Digest, Sha256};
 
 /// A pinned Debian kernel package (from a file in the repo's images/ dir).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
@@ -318,7 +316,7 @@ pub(crate) fn download_verified(
          update the pin in images/*.toml)",
     )?;
     let deb = single_deb(&download, pin)?;
-    let actual = sha256_file(&deb)?;
+    let actual = crate::digest::sha256_file(&deb).map_err(io_err("reading", &deb))?;
     if actual != pin.sha256 {
         return Err(KernelError::ChecksumMismatch {
             deb: deb
@@ -546,31 +544,13 @@ fn inspect_tree(root: &Path, pin: &Pin) -> Result<TreeInfo, KernelError> {
         .map(|m| Path::new(m).join(&release))
         .find(|m| root.join(m).is_dir())
         .ok_or_else(|| bad(format!("no lib/modules/{release} in it")))?;
-    let sha256 = sha256_file(&image)?;
+    let sha256 = crate::digest::sha256_file(&image).map_err(io_err("reading", &image))?;
     Ok(TreeInfo {
         image: image_rel,
         release,
         modules: modules_rel,
         sha256,
     })
-}
-
-pub(crate) fn sha256_file(path: &Path) -> Result<String, KernelError> {
-    let mut f = File::open(path).map_err(io_err("opening", path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let mut hex = String::with_capacity(64);
-    for b in hasher.finalize() {
-        let _ = write!(hex, "{b:02x}");
-    }
-    Ok(hex)
 }
 
 /// The default cache dir: `$XDG_CACHE_HOME/beambake`, else
@@ -606,7 +586,7 @@ pub fn from_paths(image: &Path, modules: Option<&Path>) -> Result<Kernel, Kernel
     let modules_dir = modules.map(|m| find_modules_dir(m, &release)).transpose()?;
     Ok(Kernel {
         image: image.to_path_buf(),
-        sha256: sha256_file(image)?,
+        sha256: crate::digest::sha256_file(image).map_err(io_err("reading", image))?,
         release,
         modules_dir,
         package: None,
@@ -1450,7 +1430,7 @@ mod tests {
         assert!(modules.is_dir());
         assert!(modules.ends_with(format!("lib/modules/{REAL_RELEASE}")));
         assert_eq!(k.package.as_ref(), Some(&real_pin()));
-        assert_eq!(k.sha256, sha256_file(&k.image).unwrap());
+        assert_eq!(k.sha256, crate::digest::sha256_file(&k.image).unwrap());
         assert!(k
             .image
             .starts_with(final_dir(real.cache.path(), &real_pin())));

@@ -374,7 +374,10 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
         }
         inputs.push(HostFile {
             path: beam.display().to_string(),
-            sha256: crate::kernel::sha256_file(beam)?,
+            sha256: crate::digest::sha256_file(beam).map_err(|source| Error::Io {
+                path: beam.to_path_buf(),
+                source,
+            })?,
         });
         artefacts.push((written_file(&out)?, "rumprun-hw-kernel"));
     }
