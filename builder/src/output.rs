@@ -282,7 +282,7 @@ pub fn copy_file(src: &Path, dest: &Path, mode: u32) -> Result<Written, OutputEr
 
 /// A build's output set under construction, replaced as one unit.
 ///
-/// Lives in `ROOT/.NAME.build-XXXXXX`, a sibling of `ROOT/NAME`, flock'ed for as long
+/// Lives in `ROOT/.NAME.build-XXXXXX`, a sibling of `ROOT/NAME`, locked for as long
 /// as this value lives. [`OutputSet::commit`] carries the previous set's files that the
 /// caller says are not the build's (data disks, console logs) into the new set by hard
 /// link, exchanges the two dirs with `renameat2(RENAME_EXCHANGE)` (a plain rename when
@@ -295,7 +295,7 @@ pub struct OutputSet {
     root: PathBuf,
     name: String,
     staging: PathBuf,
-    /// The staging dir, flock'ed: the sign that its builder is alive.
+    /// The staging dir, locked: the sign that its builder is alive.
     lock: File,
     committed: bool,
 }
@@ -319,7 +319,7 @@ impl OutputSet {
         }
         fs::create_dir_all(root).map_err(err(root))?;
         let root_lock = File::open(root).map_err(err(root))?;
-        flock(&root_lock, libc::LOCK_EX).map_err(err(root))?;
+        lock_file(&root_lock).map_err(err(root))?;
         remove_stale(root)?;
         let staging = tempfile::Builder::new()
             .prefix(&format!(".{name}{STAGING_MARK}"))
@@ -330,7 +330,7 @@ impl OutputSet {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))?;
             let lock = File::open(&staging)?;
-            flock(&lock, libc::LOCK_EX | libc::LOCK_NB)?;
+            lock.try_lock().map_err(io::Error::from)?;
             Ok(lock)
         })()
         .map_err(|source| {
@@ -367,7 +367,7 @@ impl OutputSet {
         };
         self.lock.sync_all().map_err(err(&self.staging))?;
         let root_lock = File::open(&self.root).map_err(err(&self.root))?;
-        flock(&root_lock, libc::LOCK_EX).map_err(err(&self.root))?;
+        lock_file(&root_lock).map_err(err(&self.root))?;
         let previous =
             match fs::symlink_metadata(&dest) {
                 Ok(m) if m.is_dir() => true,
@@ -416,17 +416,14 @@ impl Drop for OutputSet {
     }
 }
 
-/// Takes a flock on `f`, retrying on EINTR. `LOCK_NB` and taken: `WouldBlock`.
-fn flock(f: &File, how: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+/// Takes the exclusive lock on `f`, waiting for it; retried on EINTR. The one way
+/// beambake locks (std's `File::lock`: a `flock` on Linux, released with the last
+/// descriptor, so a dead holder frees it); without waiting: `File::try_lock`.
+pub fn lock_file(f: &File) -> io::Result<()> {
     loop {
-        // SAFETY: flock on a valid fd.
-        if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match f.lock() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
         }
     }
 }
@@ -449,9 +446,7 @@ fn remove_stale(root: &Path) -> Result<(), OutputError> {
         if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             continue;
         }
-        let free = File::open(&path)
-            .and_then(|f| flock(&f, libc::LOCK_EX | libc::LOCK_NB))
-            .is_ok();
+        let free = File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
         if free {
             fs::remove_dir_all(&path).map_err(|source| OutputError { path, source })?;
         }

@@ -11,8 +11,6 @@
 //! Must not: boot anything or know about images.
 
 use std::fs;
-use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -286,7 +284,7 @@ fn build(pin: &Pin, work: &Path, cache: &Path) -> Result<PathBuf, KernelError> {
     Ok(src.join("linux"))
 }
 
-/// An exclusive `flock` held until dropped.
+/// An exclusive lock ([`crate::output::lock_file`]) held until dropped.
 struct Lock(#[allow(dead_code)] fs::File);
 
 impl Lock {
@@ -297,14 +295,7 @@ impl Lock {
             .write(true)
             .open(path)
             .map_err(kernel::io_err("opening lock", path))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(KernelError::Io {
-                action: "locking",
-                path: path.to_path_buf(),
-                source: io::Error::last_os_error(),
-            });
-        }
+        crate::output::lock_file(&f).map_err(kernel::io_err("locking", path))?;
         Ok(Lock(f))
     }
 }
