@@ -1377,6 +1377,7 @@ fn match_class(pat: &[u8], pi: usize, c: u8) -> Option<(bool, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_skip::skip;
     use std::collections::BTreeSet;
     use std::os::unix::fs::symlink;
     use std::process::Command;
@@ -1430,15 +1431,11 @@ mod tests {
     }
 
     fn have_gcc() -> bool {
-        let ok = Command::new("gcc")
+        Command::new("gcc")
             .arg("--version")
             .output()
             .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("skipping: gcc is not available");
-        }
-        ok
+            .unwrap_or(false)
     }
 
     fn gcc<I, S>(cwd: &Path, args: I)
@@ -1523,18 +1520,15 @@ mod tests {
     fn assert_matches_ldd(root: &Path, c: &Closure) {
         match ldd(root) {
             Some(expected) => assert_eq!(by_name(c), expected, "closure vs ldd for {root:?}"),
-            None => eprintln!("ldd not available; not cross-checking {root:?}"),
+            None => {
+                crate::test_skip::record(&format!("ldd not available; not cross-checking {root:?}"))
+            }
         }
     }
 
     fn erts() -> Option<PathBuf> {
         let p = PathBuf::from(ERTS);
-        if p.is_dir() {
-            Some(p)
-        } else {
-            eprintln!("skipping: {ERTS} is absent (Erlang not installed)");
-            None
-        }
+        p.is_dir().then_some(p)
     }
 
     fn crypto_nif() -> Option<PathBuf> {
@@ -1612,7 +1606,9 @@ mod tests {
 
     #[test]
     fn host_beam_smp_matches_ldd() {
-        let Some(erts) = erts() else { return };
+        let Some(erts) = erts() else {
+            skip!("{ERTS} is absent (Erlang not installed)");
+        };
         let beam = erts.join("bin/beam.smp");
         let c = Resolver::host()
             .expect("host resolver")
@@ -1629,7 +1625,9 @@ mod tests {
 
     #[test]
     fn host_epmd_matches_ldd() {
-        let Some(erts) = erts() else { return };
+        let Some(erts) = erts() else {
+            skip!("{ERTS} is absent (Erlang not installed)");
+        };
         let epmd = erts.join("bin/epmd");
         let c = Resolver::host()
             .expect("host resolver")
@@ -1658,11 +1656,10 @@ mod tests {
     #[test]
     fn host_crypto_nif_matches_ldd() {
         if erts().is_none() {
-            return;
+            skip!("{ERTS} is absent (Erlang not installed)");
         }
         let Some(nif) = crypto_nif() else {
-            eprintln!("skipping: no crypto NIF under /usr/lib/erlang/lib");
-            return;
+            skip!("no crypto NIF under /usr/lib/erlang/lib");
         };
         assert!(is_elf(&nif).expect("is_elf"));
         let info = inspect(&nif).expect("inspect");
@@ -1677,7 +1674,9 @@ mod tests {
 
     #[test]
     fn host_union_is_sorted_deduplicated_and_order_independent() {
-        let Some(erts) = erts() else { return };
+        let Some(erts) = erts() else {
+            skip!("{ERTS} is absent (Erlang not installed)");
+        };
         let mut roots = vec![erts.join("bin/epmd"), erts.join("bin/beam.smp")];
         roots.extend(crypto_nif());
         let r = Resolver::host().expect("host resolver");
@@ -1742,7 +1741,7 @@ mod tests {
     #[test]
     fn runpath_binary_resolves_like_the_real_loader() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("runpath");
         build_libs(&t, &rpath(&t.join("lib2").display().to_string()));
@@ -1788,7 +1787,7 @@ mod tests {
     #[test]
     fn runpath_is_not_inherited() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("noinherit");
         build_libs(&t, &[]);
@@ -1837,7 +1836,7 @@ mod tests {
     #[test]
     fn rpath_of_the_program_is_inherited() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("inherit");
         build_libs(&t, &[]);
@@ -1867,7 +1866,7 @@ mod tests {
     #[test]
     fn a_runpath_in_the_requester_disables_inherited_rpath() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("runpath-stops-rpath");
         // libA has a DT_RUNPATH (pointing nowhere useful): then no DT_RPATH,
@@ -1904,7 +1903,7 @@ mod tests {
     #[test]
     fn missing_library_is_reported_with_its_requester() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("missing");
         let lib2 = t.join("lib2");
@@ -1938,7 +1937,7 @@ mod tests {
     #[test]
     fn an_already_loaded_library_satisfies_later_requests_by_name() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("loaded");
         build_libs(&t, &[]);
@@ -1964,7 +1963,7 @@ mod tests {
     #[test]
     fn candidates_of_another_class_or_machine_are_skipped() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("decoy");
         build_libs(&t, &rpath(&t.join("lib2").display().to_string()));
@@ -2021,7 +2020,7 @@ mod tests {
     #[test]
     fn unusable_candidates_are_fatal_as_in_ld_so() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("fatal");
         build_libs(&t, &rpath(&t.join("lib2").display().to_string()));
@@ -2075,7 +2074,7 @@ mod tests {
     #[test]
     fn absolute_needed_is_used_as_is_and_relative_is_refused() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("slash");
         build_libs(&t, &rpath(&t.join("lib2").display().to_string()));
@@ -2166,7 +2165,7 @@ mod tests {
     #[test]
     fn nodeflib_skips_the_trusted_directories() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("nodeflib");
         build_libs(&t, &rpath(&t.join("lib2").display().to_string()));
@@ -2202,12 +2201,11 @@ mod tests {
     #[test]
     fn dlopened_root_gets_the_running_loader_not_another_copy() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let ld = Path::new("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
         if !ld.is_file() || !Path::new(INTERP).is_file() {
-            eprintln!("skipping: glibc loader not at the Debian x86_64 paths");
-            return;
+            skip!("glibc loader not at the Debian x86_64 paths");
         }
         let t = TempDir::new("dlopen");
         write(&t.join("src/d.c"), "int d_val(void) { return 1; }\n");
@@ -2248,7 +2246,7 @@ mod tests {
     #[test]
     fn static_root_needs_nothing() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let t = TempDir::new("static");
         write(&t.join("s.c"), "int main(void) { return 0; }\n");
@@ -2258,8 +2256,7 @@ mod tests {
             .output()
             .expect("gcc");
         if !out.status.success() {
-            eprintln!("skipping: gcc -static does not work here");
-            return;
+            skip!("gcc -static does not work here");
         }
         let s = t.join("s");
         let info = inspect(&s).expect("inspect");
@@ -2274,13 +2271,12 @@ mod tests {
     #[test]
     fn sysroot_reads_its_own_configuration_and_files() {
         if !have_gcc() {
-            return;
+            skip!("gcc is not available");
         }
         let host_libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
         let host_ld = Path::new("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
         if !host_libc.is_file() || !host_ld.is_file() {
-            eprintln!("skipping: host glibc not at the Debian x86_64 paths");
-            return;
+            skip!("host glibc not at the Debian x86_64 paths");
         }
         let t = TempDir::new("sysroot");
         let s = t.join("sysroot");

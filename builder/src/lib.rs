@@ -33,4 +33,6 @@ pub mod source;
 pub mod tarball;
 pub mod target;
 pub mod term;
+#[cfg(test)]
+pub(crate) mod test_skip;
 pub mod uml_kernel;

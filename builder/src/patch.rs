@@ -2228,6 +2228,7 @@ fn write_temp(path: &Path, data: &FileData) -> Result<PathBuf, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_skip::skip;
     use std::process::Command;
 
     // ---- helpers ------------------------------------------------------------------
@@ -3493,8 +3494,7 @@ mod tests {
     #[test]
     fn agrees_with_gnu_patch_on_diff_and_git_diff_output() {
         if !have("patch") || !have("diff") {
-            eprintln!("skipped: needs GNU patch and diff");
-            return;
+            skip!("needs GNU patch and diff");
         }
         let formats: &[bool] = if have("git") {
             &[false, true]
@@ -3550,8 +3550,7 @@ mod tests {
     #[test]
     fn agrees_with_gnu_patch_on_offsets_and_fuzz() {
         if !have("patch") || !have("diff") {
-            eprintln!("skipped: needs GNU patch and diff");
-            return;
+            skip!("needs GNU patch and diff");
         }
         let (mut applied, mut failed, mut inexact) = (0, 0, 0);
         for seed in 0..80u64 {

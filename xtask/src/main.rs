@@ -2,9 +2,11 @@
 //!
 //! - `build-image RECIPE`: release -> image for a recipe; prints the artefact paths.
 //! - `smoke RECIPE`: the main job: build, boot under qemu in a private namespace, check.
-//! - `test`: every test: cargo's (unit and integration, which boot real guests), the
-//!   Erlang example's own (`rebar3 eunit`), and the smoke of every recipe this machine
-//!   can run.
+//! - `test [--no-skips] [cargo test args]`: every test: cargo's (unit and integration,
+//!   which boot real guests), the Erlang example's own (`rebar3 eunit`), and the smoke of
+//!   every recipe this machine can run. Closes with `xtask: N passed, N failed, N skipped`
+//!   and one line per skip with its reason; with `CI` set or `--no-skips`, any skip fails
+//!   the run.
 //! - `deps`: checks for the host tools the tests need and installs the missing Debian
 //!   packages when run as root (else prints the exact command).
 //!
@@ -28,6 +30,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("mix", "elixir"),
     ("xorriso", "xorriso"),
+    // The ISO 9660 writer's other reference readers (libarchive, cdrkit's isovfy).
+    ("bsdtar", "libarchive-tools"),
+    ("isovfy", "genisoimage"),
     ("busybox", "busybox-static"),
     ("setpriv", "util-linux"),
     // Building beambake's User Mode Linux kernel (uml target) and its images.
@@ -180,6 +185,59 @@ impl Tally {
     }
 }
 
+/// The file tests record their skips in (`builder/src/test_skip.rs`), one
+/// `binary::test<TAB>reason` line per skip.
+const SKIP_LOG_ENV: &str = "BEAMBAKE_SKIP_LOG";
+
+/// A test that skipped all or part of its checks, and why.
+#[derive(Debug, PartialEq)]
+struct Skip {
+    test: String,
+    reason: String,
+}
+
+/// Reads the skip log's lines; a line without a reason still counts.
+fn parse_skips(log: &str) -> Vec<Skip> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (test, reason) = l.split_once('\t').unwrap_or((l, "(no reason given)"));
+            Skip {
+                test: test.to_string(),
+                reason: reason.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The closing lines: the counts, with each skipping test (counted once, however many
+/// skips it recorded) taken out of the passes libtest counted it in, then one line per
+/// skip.
+fn closing_lines(tally: &Tally, skips: &[Skip]) -> Vec<String> {
+    let skipped = skips
+        .iter()
+        .map(|s| s.test.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let mut lines = vec![format!(
+        "xtask: {} passed, {} failed, {skipped} skipped",
+        tally.passed.saturating_sub(skipped),
+        tally.failed
+    )];
+    lines.extend(
+        skips
+            .iter()
+            .map(|s| format!("xtask: skipped {}: {}", s.test, s.reason)),
+    );
+    lines
+}
+
+/// Whether a skip fails the run: on CI (`CI` set to anything but `false`, `0` or empty),
+/// where every tool is installed and every test must run, or when asked.
+fn skips_fail(ci: Option<&str>, no_skips_flag: bool) -> bool {
+    no_skips_flag || ci.is_some_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
 /// `test result: ok. 154 passed; 0 failed; ...`
 fn cargo_counts(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
@@ -215,6 +273,11 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
     deps(sh)?;
     // Debian's OTP source, for the patch-set tests.
     let otp_src = otp::otp_src(sh)?;
+    let no_skips = extra.iter().any(|a| a == "--no-skips");
+    let extra: Vec<&String> = extra.iter().filter(|a| *a != "--no-skips").collect();
+    let skip_log = root().join("target/xtask-skips.log");
+    std::fs::create_dir_all(root().join("target"))?;
+    std::fs::write(&skip_log, "").with_context(|| format!("{}", skip_log.display()))?;
     let mut tally = Tally::default();
     let mut ok = true;
     let mut cargo = std::process::Command::new("cargo");
@@ -222,6 +285,7 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(extra)
         .env("BEAMBAKE_OTP_SRC", &otp_src)
+        .env(SKIP_LOG_ENV, &skip_log)
         .current_dir(root());
     ok &= tally.run(cargo, cargo_counts)?;
     let mut eunit = std::process::Command::new("rebar3");
@@ -278,9 +342,22 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
             ok = false;
         }
     }
-    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    let log = std::fs::read_to_string(&skip_log)
+        .with_context(|| format!("reading {}", skip_log.display()))?;
+    let skips = parse_skips(&log);
+    for line in closing_lines(&tally, &skips) {
+        println!("{line}");
+    }
     if !ok {
         bail!("some tests failed");
+    }
+    let ci = std::env::var("CI").ok();
+    if !skips.is_empty() && skips_fail(ci.as_deref(), no_skips) {
+        bail!(
+            "{} skip(s) where every test must run ({}): install what they name (cargo xtask deps) or fix the test",
+            skips.len(),
+            if no_skips { "--no-skips" } else { "CI is set" }
+        );
     }
     Ok(())
 }
@@ -316,5 +393,52 @@ mod tests {
         );
         assert_eq!(eunit_counts("Failed: 1.  Skipped: 0.  Passed: 2."), None);
         assert_eq!(eunit_counts("5 tests, 2 failures"), Some((3, 2)));
+    }
+
+    #[test]
+    fn skips_are_parsed_counted_once_per_test_and_listed() {
+        let log = "kernel::real_fetch_gives_kernel\tapt-get unavailable\n\
+                   beambake::image::iso9660::tests::small\tbsdtar not installed\n\
+                   beambake::image::iso9660::tests::small\tisovfy not installed\n\
+                   \n\
+                   odd line\n";
+        let skips = parse_skips(log);
+        assert_eq!(skips.len(), 4);
+        assert_eq!(
+            skips[0],
+            Skip {
+                test: "kernel::real_fetch_gives_kernel".into(),
+                reason: "apt-get unavailable".into()
+            }
+        );
+        assert_eq!(skips[3].reason, "(no reason given)");
+        let tally = Tally {
+            passed: 10,
+            failed: 1,
+        };
+        assert_eq!(
+            closing_lines(&tally, &skips),
+            [
+                "xtask: 7 passed, 1 failed, 3 skipped",
+                "xtask: skipped kernel::real_fetch_gives_kernel: apt-get unavailable",
+                "xtask: skipped beambake::image::iso9660::tests::small: bsdtar not installed",
+                "xtask: skipped beambake::image::iso9660::tests::small: isovfy not installed",
+                "xtask: skipped odd line: (no reason given)",
+            ]
+        );
+        assert_eq!(
+            closing_lines(&Tally::default(), &[]),
+            ["xtask: 0 passed, 0 failed, 0 skipped"]
+        );
+    }
+
+    #[test]
+    fn skips_fail_on_ci_or_when_asked() {
+        assert!(!skips_fail(None, false));
+        assert!(skips_fail(None, true));
+        assert!(skips_fail(Some("true"), false));
+        assert!(skips_fail(Some("1"), false));
+        assert!(!skips_fail(Some("false"), false));
+        assert!(!skips_fail(Some(""), false));
     }
 }

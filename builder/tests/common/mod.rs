@@ -37,11 +37,15 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-/// Skips the calling test with a visible reason.
+#[path = "../../src/test_skip.rs"]
+pub mod test_skip;
+
+/// Skips the calling test with a visible reason, recorded for xtask's tally
+/// ([`test_skip::record`]).
 #[macro_export]
 macro_rules! skip {
     ($($t:tt)*) => {{
-        eprintln!("SKIPPED: {}", format!($($t)*));
+        $crate::common::test_skip::record(&format!($($t)*));
         return;
     }};
 }
@@ -184,6 +188,20 @@ impl Guarded {
     }
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Waits up to `bound` for the process to exit: its status, or `None` if it still
+    /// runs (it is killed when dropped).
+    pub fn wait_bounded(&mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            if start.elapsed() >= bound {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     /// Panics with the log if the process has exited.
     pub fn check_alive(&mut self) {
