@@ -1025,33 +1025,94 @@ pub fn rumprun_command(launch: &Launch) -> Vec<String> {
     rumprun_groups(launch).concat()
 }
 
-/// [`qemu_command`] in groups, for readable scripts.
-fn qemu_groups(launch: &Launch) -> Vec<Vec<String>> {
-    let p = &launch.params;
-    let mut groups = vec![
-        vec![QEMU_BINARY.to_string()],
-        vec!["-m".to_string(), p.memory_mib.to_string()],
-        words(["-nographic"]),
-        words(["-vga", "none"]),
-        vec!["-kernel".to_string(), p.kernel.clone()],
-        vec!["-append".to_string(), flat_json(launch)],
-    ];
-    for d in &p.disks {
-        // check_file keeps commas out of the path, so nothing needs QEMU's `,,`.
+/// How a qemu for a baked rumprun kernel is wired: the only things in which the launch
+/// config's `run-qemu.sh` and `beambake boot` differ.
+pub enum QemuWiring<'a> {
+    /// `run-qemu.sh`, run by a person: the tap by name, the console on the terminal
+    /// (`-nographic`), qemu's default accelerator.
+    Script { tap: &'a str },
+    /// `beambake boot`: named, an explicit accelerator, no default devices or user
+    /// config, no reboot; the tap (when there is one) at fd 3; the serial console is
+    /// added by the caller.
+    Boot {
+        name: &'a str,
+        accel: &'a str,
+        tap_fd3: bool,
+    },
+}
+
+/// What qemu boots: a baked rumprun kernel, its flat configuration and its ISOs.
+pub struct QemuGuest<'a> {
+    pub memory_mib: u32,
+    pub kernel: &'a str,
+    /// The flat configuration ([`flat_json`]), passed on `-append`.
+    pub append: &'a str,
+    /// In guest order: the first is `ld0a`.
+    pub disks: Vec<String>,
+}
+
+/// The one qemu command line (after the program) for a baked rumprun kernel, in groups
+/// (an option with its value): multiboot `-kernel`, the configuration on `-append`, the
+/// ISOs as read-only virtio disks in order (`ld0a`, `ld1a`, ...), one virtio-net-pci NIC
+/// (`vioif0`) on the tap. Used by [`qemu_command`] (and so `run-qemu.sh`) and by
+/// `beambake boot`.
+pub fn qemu_args(guest: &QemuGuest, wiring: &QemuWiring) -> Vec<Vec<String>> {
+    let mut groups = Vec::new();
+    if let QemuWiring::Boot { name, .. } = wiring {
+        groups.push(vec!["-name".to_string(), name.to_string()]);
+    }
+    groups.push(vec!["-m".to_string(), guest.memory_mib.to_string()]);
+    match wiring {
+        QemuWiring::Script { .. } => groups.push(words(["-nographic"])),
+        QemuWiring::Boot { accel, .. } => {
+            groups.push(vec!["-accel".to_string(), accel.to_string()]);
+            groups.push(words(["-nodefaults"]));
+            groups.push(words(["-no-user-config"]));
+            groups.push(words(["-display", "none"]));
+        }
+    }
+    groups.push(words(["-vga", "none"]));
+    if let QemuWiring::Boot { .. } = wiring {
+        groups.push(words(["-no-reboot"]));
+    }
+    groups.push(vec!["-kernel".to_string(), guest.kernel.to_string()]);
+    groups.push(vec!["-append".to_string(), guest.append.to_string()]);
+    for d in &guest.disks {
+        // check_file keeps commas out of the ISO names, so nothing needs QEMU's `,,`.
         groups.push(vec![
             "-drive".to_string(),
-            format!("if=virtio,file={},format=raw,readonly=on", d.iso),
+            format!("if=virtio,file={d},format=raw,readonly=on"),
         ]);
     }
     // -netdev/-device rather than the note's `-net nic,model=virtio -net tap,...`: the
     // same virtio-net-pci NIC, but wired straight to the tap instead of through a legacy
     // `-net` hub, and with downscript=no (`-net tap,script=no` would still run
     // /etc/qemu-ifdown on exit).
-    groups.push(vec![
-        "-netdev".to_string(),
-        format!("tap,id=net0,ifname={},script=no,downscript=no", p.net.tap),
-    ]);
-    groups.push(words(["-device", "virtio-net-pci,netdev=net0"]));
+    let netdev = match wiring {
+        QemuWiring::Script { tap } => {
+            Some(format!("tap,id=net0,ifname={tap},script=no,downscript=no"))
+        }
+        QemuWiring::Boot { tap_fd3: true, .. } => Some("tap,id=net0,fd=3".to_string()),
+        QemuWiring::Boot { tap_fd3: false, .. } => None,
+    };
+    if let Some(netdev) = netdev {
+        groups.push(vec!["-netdev".to_string(), netdev]);
+        groups.push(words(["-device", "virtio-net-pci,netdev=net0"]));
+    }
+    groups
+}
+
+/// [`qemu_command`] in groups, for readable scripts.
+fn qemu_groups(launch: &Launch) -> Vec<Vec<String>> {
+    let p = &launch.params;
+    let guest = QemuGuest {
+        memory_mib: p.memory_mib,
+        kernel: &p.kernel,
+        append: &flat_json(launch),
+        disks: p.disks.iter().map(|d| d.iso.clone()).collect(),
+    };
+    let mut groups = vec![vec![QEMU_BINARY.to_string()]];
+    groups.extend(qemu_args(&guest, &QemuWiring::Script { tap: &p.net.tap }));
     groups
 }
 
@@ -1668,6 +1729,59 @@ mod tests {
             ["tap,id=net0,ifname=tap0,script=no,downscript=no"]
         );
         assert_eq!(after("-device"), ["virtio-net-pci,netdev=net0"]);
+    }
+
+    #[test]
+    fn boot_wiring_differs_from_the_script_only_in_wiring() {
+        let guest = QemuGuest {
+            memory_mib: 128,
+            kernel: "/out/echo.hw.bin",
+            append: "{}",
+            disks: vec!["/out/erlang.iso".into()],
+        };
+        let boot = |tap_fd3| {
+            let wiring = QemuWiring::Boot {
+                name: "beambake-echo",
+                accel: "tcg",
+                tap_fd3,
+            };
+            qemu_args(&guest, &wiring).concat()
+        };
+        assert_eq!(
+            boot(true),
+            [
+                "-name",
+                "beambake-echo",
+                "-m",
+                "128",
+                "-accel",
+                "tcg",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-vga",
+                "none",
+                "-no-reboot",
+                "-kernel",
+                "/out/echo.hw.bin",
+                "-append",
+                "{}",
+                "-drive",
+                "if=virtio,file=/out/erlang.iso,format=raw,readonly=on",
+                "-netdev",
+                "tap,id=net0,fd=3",
+                "-device",
+                "virtio-net-pci,netdev=net0"
+            ]
+        );
+        assert!(!boot(false).iter().any(|a| a == "-netdev" || a == "-device"));
+        let script = qemu_args(&guest, &QemuWiring::Script { tap: "tap0" }).concat();
+        let shared = |argv: &[String]| -> Vec<String> {
+            let i = argv.iter().position(|a| a == "-kernel").unwrap();
+            argv[i..argv.len() - 4].to_vec()
+        };
+        assert_eq!(shared(&boot(true)), shared(&script));
     }
 
     fn sh_roundtrip(args: &[String]) -> Vec<String> {

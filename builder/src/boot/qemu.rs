@@ -145,47 +145,39 @@ pub fn command(
     c
 }
 
-/// qemu's command for a baked rumprun kernel (multiboot, `hw` platform): the launch
-/// config (rumprun's flat JSON) as the command line, the plan's disks (the ISOs) as
-/// read-only virtio disks in order (`ld0a`, `ld1a`, ...), the tap at fd 3 as `vioif0`.
+/// qemu's command for a baked rumprun kernel: [`crate::rumprun::qemu_args`] (the command
+/// `run-qemu.sh` runs too) wired for boot: the launch config (rumprun's flat JSON) as the
+/// command line, the plan's disks (the ISOs) as read-only virtio disks in order (`ld0a`,
+/// `ld1a`, ...), the tap at fd 3 as `vioif0`, the serial console.
 pub fn rumprun_command(
     plan: &BootPlan,
     dir: &Path,
     accel: Accelerator,
     console: Console,
 ) -> Command {
-    let mut c = Command::new(program());
-    c.args(["-name", &format!("beambake-{}", plan.name)]);
-    c.args(["-m", &plan.memory_mib.to_string()]);
-    c.args([
-        "-accel",
-        if accel == Accelerator::Kvm {
+    use crate::rumprun::{qemu_args, QemuGuest, QemuWiring};
+    let kernel = dir.join(&plan.kernel);
+    let guest = QemuGuest {
+        memory_mib: plan.memory_mib,
+        kernel: &kernel.to_string_lossy(),
+        append: &plan.cmdline,
+        disks: plan
+            .disks
+            .iter()
+            .map(|d| d.path.display().to_string())
+            .collect(),
+    };
+    let wiring = QemuWiring::Boot {
+        name: &format!("beambake-{}", plan.name),
+        accel: if accel == Accelerator::Kvm {
             "kvm"
         } else {
             "tcg"
         },
-    ]);
-    c.args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-vga",
-        "none",
-        "-no-reboot",
-    ]);
-    c.arg("-kernel").arg(dir.join(&plan.kernel));
-    c.args(["-append", &plan.cmdline]);
-    for d in &plan.disks {
-        c.arg("-drive").arg(format!(
-            "if=virtio,file={},format=raw,readonly=on",
-            d.path.display()
-        ));
-    }
-    if plan.net.mode == NetMode::Tap {
-        c.args(["-netdev", "tap,id=n0,fd=3"]);
-        c.args(["-device", "virtio-net-pci,netdev=n0"]);
-    }
+        tap_fd3: plan.net.mode == NetMode::Tap,
+    };
+    let mut c = Command::new(program());
+    c.args(qemu_args(&guest, &wiring).concat());
     serial_console(&mut c, console);
     c
 }
