@@ -1430,14 +1430,6 @@ mod tests {
         fs::write(path, data).expect("write");
     }
 
-    fn have_gcc() -> bool {
-        Command::new("gcc")
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    }
-
     fn gcc<I, S>(cwd: &Path, args: I)
     where
         I: IntoIterator<Item = S>,
@@ -1740,7 +1732,7 @@ mod tests {
 
     #[test]
     fn runpath_binary_resolves_like_the_real_loader() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("runpath");
@@ -1786,7 +1778,7 @@ mod tests {
 
     #[test]
     fn runpath_is_not_inherited() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("noinherit");
@@ -1835,7 +1827,7 @@ mod tests {
 
     #[test]
     fn rpath_of_the_program_is_inherited() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("inherit");
@@ -1865,7 +1857,7 @@ mod tests {
 
     #[test]
     fn a_runpath_in_the_requester_disables_inherited_rpath() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("runpath-stops-rpath");
@@ -1902,7 +1894,7 @@ mod tests {
 
     #[test]
     fn missing_library_is_reported_with_its_requester() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("missing");
@@ -1936,7 +1928,7 @@ mod tests {
 
     #[test]
     fn an_already_loaded_library_satisfies_later_requests_by_name() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("loaded");
@@ -1962,7 +1954,7 @@ mod tests {
 
     #[test]
     fn candidates_of_another_class_or_machine_are_skipped() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("decoy");
@@ -2019,7 +2011,7 @@ mod tests {
 
     #[test]
     fn unusable_candidates_are_fatal_as_in_ld_so() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("fatal");
@@ -2073,7 +2065,7 @@ mod tests {
 
     #[test]
     fn absolute_needed_is_used_as_is_and_relative_is_refused() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("slash");
@@ -2164,7 +2156,7 @@ mod tests {
 
     #[test]
     fn nodeflib_skips_the_trusted_directories() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("nodeflib");
@@ -2200,7 +2192,7 @@ mod tests {
 
     #[test]
     fn dlopened_root_gets_the_running_loader_not_another_copy() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let ld = Path::new("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
@@ -2245,7 +2237,7 @@ mod tests {
 
     #[test]
     fn static_root_needs_nothing() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("static");
@@ -2270,7 +2262,7 @@ mod tests {
 
     #[test]
     fn sysroot_reads_its_own_configuration_and_files() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let host_libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");

@@ -1279,13 +1279,6 @@ mod tests {
         }
     }
 
-    fn have(cmd: &str, arg: &str) -> bool {
-        Command::new(cmd)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
     fn names(mods: &[Module]) -> Vec<&str> {
         mods.iter().map(|m| m.name.as_str()).collect()
     }
@@ -1490,10 +1483,6 @@ mod tests {
 
     const TEST_RELEASE: &str = "6.1.0-test";
 
-    fn have_gcc() -> bool {
-        have("gcc", "--version")
-    }
-
     /// Compiles an ELF relocatable object with a .modinfo section holding
     /// `entries` at `dir/rel`.
     fn make_ko(dir: &Path, rel: &str, entries: &[&str]) {
@@ -1541,7 +1530,7 @@ mod tests {
 
     #[test]
     fn synthetic_order_and_dash_underscore() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1582,7 +1571,7 @@ mod tests {
 
     #[test]
     fn synthetic_cycle() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1601,7 +1590,7 @@ mod tests {
 
     #[test]
     fn synthetic_missing_dependency() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1626,7 +1615,7 @@ mod tests {
 
     #[test]
     fn synthetic_vermagic_mismatch() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1656,7 +1645,7 @@ mod tests {
 
     #[test]
     fn synthetic_garbage_module() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1689,7 +1678,7 @@ mod tests {
 
     #[test]
     fn synthetic_compressed_module() {
-        if !have_gcc() {
+        if crate::host::which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();

@@ -3393,13 +3393,6 @@ mod tests {
         c
     }
 
-    fn have(program: &str) -> bool {
-        Command::new(program)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
     /// Makes a `before` tree `a` and an edited tree `b` under `dir`.
     fn make_pair(dir: &Path, seed: u64) -> Rng {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x1000_0000_01b3));
@@ -3493,10 +3486,10 @@ mod tests {
 
     #[test]
     fn agrees_with_gnu_patch_on_diff_and_git_diff_output() {
-        if !have("patch") || !have("diff") {
+        if crate::host::which("patch").is_none() || crate::host::which("diff").is_none() {
             skip!("needs GNU patch and diff");
         }
-        let formats: &[bool] = if have("git") {
+        let formats: &[bool] = if crate::host::which("git").is_some() {
             &[false, true]
         } else {
             &[false]
@@ -3549,7 +3542,7 @@ mod tests {
 
     #[test]
     fn agrees_with_gnu_patch_on_offsets_and_fuzz() {
-        if !have("patch") || !have("diff") {
+        if crate::host::which("patch").is_none() || crate::host::which("diff").is_none() {
             skip!("needs GNU patch and diff");
         }
         let (mut applied, mut failed, mut inexact) = (0, 0, 0);

@@ -2056,17 +2056,9 @@ mod tests {
 
     // ---------- a real `rebar3 tar` ----------
 
-    fn have(cmd: &str) -> bool {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {cmd} >/dev/null 2>&1"))
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
     #[test]
     fn real_rebar3_tarball() {
-        if !have("rebar3") || !have("erl") {
+        if crate::host::which("rebar3").is_none() || crate::host::which("erl").is_none() {
             skip!("rebar3 and/or erl not found on PATH");
         }
         let root = TempDir::new("rebar3");

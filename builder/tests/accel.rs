@@ -280,7 +280,7 @@ fn a_bad_beambake_accel_is_a_clear_error_before_anything_is_built() {
 /// be relied on here): the marker and the status prove it ran.
 #[test]
 fn the_probe_guest_proves_itself_under_tcg() {
-    if !have("qemu-system-x86_64") {
+    if which("qemu-system-x86_64").is_none() {
         skip!("qemu-system-x86_64 not installed");
     }
     let Some(kernel) = microvm_kernel() else {
@@ -338,7 +338,7 @@ fn microvm_kernel() -> Option<PathBuf> {
 /// verdict, it must follow from its evidence.
 #[test]
 fn the_real_probe_agrees_with_its_evidence() {
-    if !have("qemu-system-x86_64") {
+    if which("qemu-system-x86_64").is_none() {
         skip!("qemu-system-x86_64 not installed");
     }
     let Some(kernel) = microvm_kernel() else {

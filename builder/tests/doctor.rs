@@ -125,7 +125,7 @@ fn doctor_text_mentions_every_finding() {
 /// The real host: doctor's KVM verdict is its probe's.
 #[test]
 fn doctor_kvm_verdict_follows_the_probe() {
-    if !have("qemu-system-x86_64") {
+    if which("qemu-system-x86_64").is_none() {
         skip!("qemu-system-x86_64 not installed");
     }
     let o = Command::new(env!("CARGO_BIN_EXE_beambake"))

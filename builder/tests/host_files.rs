@@ -159,7 +159,7 @@ fn modes_are_never_widened() {
 
 #[test]
 fn an_unreadable_file_is_named_not_the_release_root() {
-    if !is_root() || !have("setpriv") {
+    if !is_root() || which("setpriv").is_none() {
         skip!("needs root (to drop to nobody with setpriv)");
     }
     let d = tempfile::tempdir().unwrap();

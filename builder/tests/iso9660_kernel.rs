@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use beambake::image::iso9660::{write, Entry, FileData, Node, Options, MAX_SYMLINK_LEN};
-use common::{have, Guarded};
+use common::{which, Guarded};
 
 const MTIME: u64 = 1_600_000_000;
 
@@ -416,7 +416,7 @@ fn cpio(files: &[(String, u32, Vec<u8>)]) -> Vec<u8> {
 /// with `-t iso9660` and tars the tree onto a second disk, which is
 /// then compared like an extraction.
 fn qemu_kernel_check(iso: &Path, want: &BTreeMap<String, (Want, u32)>, tag: &str) {
-    if !have("qemu-system-x86_64") {
+    if which("qemu-system-x86_64").is_none() {
         skip!("{tag}: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
     }
     let busybox = Path::new("/bin/busybox");

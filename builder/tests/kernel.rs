@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use beambake::digest::sha256_file;
 use beambake::kernel::{fetch_debian, from_paths, Kernel, KernelError, Module, Pin};
-use common::have;
+use common::which;
 use tempfile::TempDir;
 
 const REAL_RELEASE: &str = "6.1.0-56-cloud-amd64";
@@ -74,7 +74,7 @@ fn not_a_kernel(path: &Path) -> String {
 }
 
 fn have_apt() -> bool {
-    have("apt-get") && have("dpkg-deb")
+    which("apt-get").is_some() && which("dpkg-deb").is_some()
 }
 
 const NO_APT: &str = "apt-get/dpkg-deb unavailable, cannot fetch the Debian kernel";

@@ -212,7 +212,7 @@ fn sandbox_files(dir: &Path) -> Vec<String> {
 /// request file (the request travels over a pipe), no VM, no namespace.
 #[test]
 fn killing_boot_or_smoke_leaves_no_request_file() {
-    if !have("qemu-system-x86_64") {
+    if which("qemu-system-x86_64").is_none() {
         skip!("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
     }
     let _vm = vm_lock();
@@ -249,7 +249,7 @@ fn a_tap_run_without_root_is_refused_before_anything_is_made() {
     if !is_root() {
         skip!("needs root to run the CLI as nobody");
     }
-    if !have("setpriv") {
+    if which("setpriv").is_none() {
         skip!("setpriv (util-linux) not installed");
     }
     let d = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ fn needs_vm_host() -> Option<&'static str> {
     if !is_root() {
         return Some("tap networking in a private namespace needs root");
     }
-    if !have("qemu-system-x86_64") {
+    if which("qemu-system-x86_64").is_none() {
         return Some("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
     }
     None
@@ -320,7 +320,7 @@ fn rootless_user_networking_and_a_clear_tap_error() {
     if let Some(why) = needs_vm_host() {
         skip!("{why}");
     }
-    if !have("setpriv") {
+    if which("setpriv").is_none() {
         skip!("setpriv (util-linux) not installed");
     }
     let d = tempfile::tempdir().unwrap();

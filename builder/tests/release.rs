@@ -271,7 +271,7 @@ fn unreadable_file() {
 
 #[test]
 fn elf_needing_a_missing_library() {
-    if !have("gcc") {
+    if which("gcc").is_none() {
         skip!("gcc not installed");
     }
     let (d, rel) = broken_copy();
@@ -390,7 +390,7 @@ fn not_a_release_at_all() {
 /// (no shell script), it prints its greeting and keeps running (`--no-halt`).
 #[test]
 fn mix_release_runs_from_its_launch_spec() {
-    if !have("mix") {
+    if which("mix").is_none() {
         skip!("mix not installed (apt-get install elixir)");
     }
     let d = tempfile::tempdir().unwrap();

@@ -148,7 +148,7 @@ fn unpack(img: &Path, dest: &Path) {
 
 #[test]
 fn gnu_cpio_reads_every_entry() {
-    if !have("cpio") {
+    if which("cpio").is_none() {
         skip!("GNU cpio not installed (apt-get install cpio)");
     }
     let e = echo();
@@ -196,7 +196,7 @@ fn closure_is_complete_the_release_runs_under_chroot() {
     if !is_root() {
         skip!("chroot needs root");
     }
-    if !have("cpio") {
+    if which("cpio").is_none() {
         skip!("GNU cpio not installed (apt-get install cpio)");
     }
     let e = echo();
@@ -225,7 +225,7 @@ fn closure_is_complete_the_release_runs_under_chroot() {
 /// same modes and symlink targets.
 #[test]
 fn iso_image_matches_the_cpio_image() {
-    if !have("osirrox") || !have("cpio") {
+    if which("osirrox").is_none() || which("cpio").is_none() {
         skip!("xorriso or cpio not installed (apt-get install xorriso cpio)");
     }
     let e = echo();

@@ -15,7 +15,7 @@ fn needs_uml_host() -> Option<&'static str> {
         return Some("tap networking in a private namespace needs root");
     }
     for tool in ["make", "gcc", "flex", "bison", "bc", "erl"] {
-        if !have(tool) {
+        if which(tool).is_none() {
             return Some("the UML kernel build tools are not installed (cargo xtask deps)");
         }
     }

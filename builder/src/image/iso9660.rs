@@ -2364,17 +2364,9 @@ mod tests {
 
     // ----- external readers -------------------------------------------------
 
-    fn have(tool: &str) -> bool {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success() || !o.stdout.is_empty() || !o.stderr.is_empty())
-            .unwrap_or(false)
-    }
-
     fn require_xorriso() {
         assert!(
-            have("xorriso"),
+            crate::host::which("xorriso").is_some(),
             "xorriso is the reference reader for these tests: apt-get install -y xorriso"
         );
     }
@@ -2551,7 +2543,7 @@ mod tests {
             .arg(&x));
         check_dir_tree(&x, want, "osirrox");
 
-        if have("bsdtar") {
+        if crate::host::which("bsdtar").is_some() {
             let b = tmp.path().join("bsdtar");
             std::fs::create_dir(&b).expect("mkdir");
             run(Command::new("bsdtar")
@@ -2589,7 +2581,7 @@ mod tests {
 
     /// cdrkit's isovfy checks directory records and path tables.
     fn check_isovfy(iso: &Path, tag: &str) {
-        if !have("isovfy") {
+        if crate::host::which("isovfy").is_none() {
             crate::test_skip::record(&format!(
                 "{tag}: isovfy not installed (apt-get install genisoimage): no structure check"
             ));

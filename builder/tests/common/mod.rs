@@ -18,14 +18,8 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+/// Programs on `PATH`: the library's one lookup.
+pub use beambake::host::which;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -75,7 +69,7 @@ pub fn echo() -> &'static Echo {
     static ECHO: OnceLock<Echo> = OnceLock::new();
     ECHO.get_or_init(|| {
         assert!(
-            have("rebar3"),
+            which("rebar3").is_some(),
             "rebar3 is required (apt-get install rebar3)"
         );
         // A static is never dropped, so no TempDir: one fixed dir per test binary under
