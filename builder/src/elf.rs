@@ -1381,8 +1381,6 @@ mod tests {
     use std::collections::BTreeSet;
     use std::os::unix::fs::symlink;
     use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{SystemTime, UNIX_EPOCH};
 
     const ERTS: &str = "/usr/lib/erlang/erts-13.1.5";
     const INTERP: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -1390,36 +1388,27 @@ mod tests {
     // ---------- helpers ----------
 
     /// A temporary directory (canonical path), removed on drop.
-    struct TempDir(PathBuf);
+    struct TempDir {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    }
 
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let dir = std::env::temp_dir().join(format!(
-                "beambake-elf-{tag}-{}-{}-{nanos}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            fs::create_dir_all(&dir).expect("create temp dir");
-            TempDir(fs::canonicalize(&dir).expect("canonicalize temp dir"))
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("beambake-elf-{tag}-"))
+                .tempdir()
+                .expect("create temp dir");
+            let path = fs::canonicalize(dir.path()).expect("canonicalize temp dir");
+            TempDir { path, _dir: dir }
         }
 
         fn path(&self) -> &Path {
-            &self.0
+            &self.path
         }
 
         fn join(&self, p: &str) -> PathBuf {
-            self.0.join(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+            self.path.join(p)
         }
     }
 

@@ -1238,7 +1238,6 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Golden files, relative to the crate root (beambake keeps them in `tests/golden`).
     const GOLDEN_DIR: &str = "tests/golden";
@@ -1898,20 +1897,10 @@ mod tests {
 
     // ----- write_all -----------------------------------------------------------------
 
-    fn scratch_dir() -> PathBuf {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "rumprun-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
     #[test]
     fn write_all_writes_four_files() {
-        let dir = scratch_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("scratch");
         let out = dir.join("out");
         let l = launch(echo_cluster());
         for _ in 0..2 {
@@ -1957,12 +1946,12 @@ mod tests {
             assert_eq!(fs::read_to_string(path).unwrap(), contents);
         }
         assert_eq!(fs::read_dir(&out).unwrap().count(), 4);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn write_all_reports_the_path() {
-        let dir = scratch_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("scratch");
         fs::create_dir_all(&dir).unwrap();
         let blocker = dir.join("file");
         fs::write(&blocker, "").unwrap();
@@ -1972,7 +1961,6 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("file/sub"), "{err}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     // ----- checks --------------------------------------------------------------------

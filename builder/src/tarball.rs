@@ -1085,29 +1085,22 @@ mod tests {
     use std::collections::BTreeMap;
     use std::os::unix::fs::MetadataExt;
     use std::process::Command;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     // ---------- scratch directories ----------
 
-    struct TempDir(PathBuf);
+    struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let path = std::env::temp_dir().join(format!(
-                "beambake-tarball-test-{}-{tag}-{n}",
-                std::process::id()
-            ));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            TempDir(path)
+            let d = tempfile::Builder::new()
+                .prefix(&format!("beambake-tarball-test-{tag}-"))
+                .tempdir()
+                .unwrap();
+            TempDir(d)
         }
-    }
 
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+        fn path(&self) -> &Path {
+            self.0.path()
         }
     }
 
@@ -1121,9 +1114,9 @@ mod tests {
     impl Case {
         fn new(tag: &str, bytes: &[u8]) -> Case {
             let root = TempDir::new(tag);
-            let archive = root.0.join("archive");
+            let archive = root.path().join("archive");
             fs::write(&archive, bytes).unwrap();
-            let dest = root.0.join("dest");
+            let dest = root.path().join("dest");
             fs::create_dir(&dest).unwrap();
             Case {
                 root,
@@ -1138,7 +1131,7 @@ mod tests {
 
         /// Nothing but `archive` and `dest` may exist next to `dest`.
         fn assert_nothing_outside(&self) {
-            let mut names: Vec<String> = fs::read_dir(&self.root.0)
+            let mut names: Vec<String> = fs::read_dir(self.root.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
@@ -1429,11 +1422,11 @@ mod tests {
             ("random", pseudo_random(4096, 3), false),
         ];
         for (name, bytes, expect) in cases {
-            let p = dir.0.join(name);
+            let p = dir.path().join(name);
             fs::write(&p, bytes).unwrap();
             assert_eq!(looks_like_tarball(&p).unwrap(), expect, "{name}");
         }
-        assert!(looks_like_tarball(&dir.0.join("missing")).is_err());
+        assert!(looks_like_tarball(&dir.path().join("missing")).is_err());
     }
 
     #[test]
@@ -1846,10 +1839,10 @@ mod tests {
         let mut cuts: Vec<usize> = (0..gz.len()).step_by(97).collect();
         cuts.extend((1..=10).map(|k| gz.len() - k));
         let root = TempDir::new("trunc");
-        let archive = root.0.join("t.tar.gz");
+        let archive = root.path().join("t.tar.gz");
         for (i, cut) in cuts.iter().enumerate() {
             fs::write(&archive, &gz[..*cut]).unwrap();
-            let dest = root.0.join(format!("d{i}"));
+            let dest = root.path().join(format!("d{i}"));
             fs::create_dir(&dest).unwrap();
             match extract(&archive, &dest, 1 << 30) {
                 Ok(stats) => panic!("truncation at {cut} of {} gave Ok({stats:?})", gz.len()),
@@ -1860,7 +1853,7 @@ mod tests {
         }
         // Sanity: the untruncated file extracts.
         fs::write(&archive, &gz).unwrap();
-        let dest = root.0.join("full");
+        let dest = root.path().join("full");
         fs::create_dir(&dest).unwrap();
         extract(&archive, &dest, 1 << 30).unwrap();
     }
@@ -1869,14 +1862,14 @@ mod tests {
     fn truncated_plain_tar_is_always_an_error() {
         let (tar, _) = release_tar();
         let root = TempDir::new("trunc-plain");
-        let archive = root.0.join("t.tar");
+        let archive = root.path().join("t.tar");
         // Every block boundary (including "entries complete, end marker missing")
         // and some offsets inside blocks.
         let mut cuts: Vec<usize> = (0..tar.len() - 1024).step_by(512).collect();
         cuts.extend((0..tar.len() - 1024).step_by(4099));
         for cut in cuts {
             fs::write(&archive, &tar[..cut]).unwrap();
-            let dest = root.0.join(format!("d{cut}"));
+            let dest = root.path().join(format!("d{cut}"));
             fs::create_dir(&dest).unwrap();
             assert!(
                 extract(&archive, &dest, 1 << 30).is_err(),
@@ -1952,20 +1945,20 @@ mod tests {
     #[test]
     fn unreadable_tarball_is_an_io_error() {
         let root = TempDir::new("unreadable");
-        let dest = root.0.join("dest");
+        let dest = root.path().join("dest");
         fs::create_dir(&dest).unwrap();
 
-        let missing = root.0.join("missing.tar.gz");
+        let missing = root.path().join("missing.tar.gz");
         let err = extract(&missing, &dest, 1 << 30).unwrap_err();
         assert!(matches!(err, TarballError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("missing.tar.gz"));
 
         // A directory opens fine on Linux but cannot be read.
-        let err = extract(&root.0, &dest, 1 << 30).unwrap_err();
+        let err = extract(root.path(), &dest, 1 << 30).unwrap_err();
         assert!(matches!(err, TarballError::Io { .. }), "{err:?}");
-        assert!(err.to_string().contains(&root.0.display().to_string()));
+        assert!(err.to_string().contains(&root.path().display().to_string()));
 
-        let locked = root.0.join("locked.tar.gz");
+        let locked = root.path().join("locked.tar.gz");
         fs::write(&locked, gzip(&Raw::new().file("f", b"1").finish())).unwrap();
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
         if File::open(&locked).is_ok() {
@@ -1987,7 +1980,7 @@ mod tests {
         let err = case.run().unwrap_err();
         assert!(matches!(err, TarballError::Destination { .. }), "{err:?}");
         assert!(err.to_string().contains("not empty"));
-        let err = extract(&case.archive, &case.root.0.join("nope"), 1 << 30).unwrap_err();
+        let err = extract(&case.archive, &case.root.path().join("nope"), 1 << 30).unwrap_err();
         assert!(matches!(err, TarballError::Destination { .. }), "{err:?}");
     }
 
@@ -2062,7 +2055,7 @@ mod tests {
             skip!("rebar3 and/or erl not found on PATH");
         }
         let root = TempDir::new("rebar3");
-        let app = root.0.join("tt");
+        let app = root.path().join("tt");
         fs::create_dir_all(app.join("src")).unwrap();
         fs::write(
             app.join("rebar.config"),
@@ -2084,7 +2077,7 @@ mod tests {
         let out = Command::new("rebar3")
             .arg("tar")
             .current_dir(&app)
-            .env("HOME", &root.0)
+            .env("HOME", root.path())
             .output()
             .unwrap();
         assert!(
@@ -2096,7 +2089,7 @@ mod tests {
         let rel = app.join("_build/default/rel/tt");
         let tarball = rel.join("tt-0.1.0.tar.gz");
         assert!(looks_like_tarball(&tarball).unwrap());
-        let dest = root.0.join("dest");
+        let dest = root.path().join("dest");
         fs::create_dir(&dest).unwrap();
         let stats = extract(&tarball, &dest, 1 << 30).unwrap();
         println!("rebar3 tarball: {stats:?}");

@@ -1460,40 +1460,31 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::Path;
     use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// 2020-09-13 12:26:40 UTC.
     const MTIME: u64 = 1_600_000_000;
 
     // ----- fixtures -----------------------------------------------------
 
-    struct TempDir(PathBuf);
+    /// A `tempfile` dir, kept for a look afterwards when `ISO9660_KEEP_TMP` is set.
+    struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "iso9660-test-{}-{tag}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).expect("create temp dir");
-            TempDir(p)
+            let keep = std::env::var_os("ISO9660_KEEP_TMP").is_some();
+            let d = tempfile::Builder::new()
+                .prefix(&format!("iso9660-test-{tag}-"))
+                .disable_cleanup(keep)
+                .tempdir()
+                .expect("create temp dir");
+            if keep {
+                eprintln!("keeping {}", d.path().display());
+            }
+            TempDir(d)
         }
 
         fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            if std::env::var_os("ISO9660_KEEP_TMP").is_some() {
-                eprintln!("keeping {}", self.0.display());
-                return;
-            }
-            let _ = std::fs::remove_dir_all(&self.0);
+            self.0.path()
         }
     }
 
