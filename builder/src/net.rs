@@ -15,6 +15,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+// The guest's init sets up links the same way: one ifreq helper for both.
+#[path = "../../init/src/ifreq.rs"]
+mod ifreq;
+use ifreq::ifreq;
+
 /// True when this process runs as root (namespaces and taps need no user namespace).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -199,21 +204,6 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
-
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("interface name {name:?} is empty or too long"),
-        ));
-    }
-    // SAFETY: ifreq is plain old data; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    Ok(req)
-}
 
 impl Tap {
     /// Creates tap `name`; `vnet_hdr`: frames carry a virtio-net header (as qemu's

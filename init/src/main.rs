@@ -14,6 +14,7 @@
 //! step: those live in the modules below.
 
 mod cmdline;
+mod ifreq;
 mod log;
 mod modules;
 mod mount;

@@ -15,6 +15,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::ifreq::ifreq;
+
 /// An AF_INET datagram socket used only as an ioctl handle.
 pub struct Sock(OwnedFd);
 
@@ -42,21 +44,6 @@ fn v4_of_sockaddr(sa: &libc::sockaddr) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
 }
 
-fn new_ifreq(name: &str) -> io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad interface name {name:?}"),
-        ));
-    }
-    // SAFETY: ifreq is a plain C struct/union for which all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    Ok(req)
-}
-
 impl Sock {
     pub fn new() -> io::Result<Sock> {
         // SAFETY: plain socket(2) call.
@@ -82,7 +69,7 @@ impl Sock {
 
     /// Whether the interface exists (SIOCGIFINDEX).
     pub fn exists(&self, name: &str) -> io::Result<bool> {
-        let mut req = new_ifreq(name)?;
+        let mut req = ifreq(name)?;
         match self.ioctl(libc::SIOCGIFINDEX, &mut req) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
@@ -91,14 +78,14 @@ impl Sock {
     }
 
     pub fn flags(&self, name: &str) -> io::Result<libc::c_short> {
-        let mut req = new_ifreq(name)?;
+        let mut req = ifreq(name)?;
         self.ioctl(libc::SIOCGIFFLAGS, &mut req)?;
         // SAFETY: SIOCGIFFLAGS fills the ifru_flags member of the union.
         Ok(unsafe { req.ifr_ifru.ifru_flags })
     }
 
     pub fn set_flags(&self, name: &str, flags: libc::c_short) -> io::Result<()> {
-        let mut req = new_ifreq(name)?;
+        let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_flags = flags;
         self.ioctl(libc::SIOCSIFFLAGS, &mut req)
     }
@@ -115,7 +102,7 @@ impl Sock {
 
     /// The primary IPv4 address, or `None` if the interface has none.
     pub fn addr(&self, name: &str) -> io::Result<Option<Ipv4Addr>> {
-        let mut req = new_ifreq(name)?;
+        let mut req = ifreq(name)?;
         match self.ioctl(libc::SIOCGIFADDR, &mut req) {
             // SAFETY: SIOCGIFADDR fills the ifru_addr member of the union.
             Ok(()) => Ok(v4_of_sockaddr(unsafe { &req.ifr_ifru.ifru_addr })),
@@ -125,13 +112,13 @@ impl Sock {
     }
 
     pub fn set_addr(&self, name: &str, addr: Ipv4Addr) -> io::Result<()> {
-        let mut req = new_ifreq(name)?;
+        let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
         self.ioctl(libc::SIOCSIFADDR, &mut req)
     }
 
     pub fn set_netmask(&self, name: &str, mask: Ipv4Addr) -> io::Result<()> {
-        let mut req = new_ifreq(name)?;
+        let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_netmask = sockaddr_v4(mask);
         self.ioctl(libc::SIOCSIFNETMASK, &mut req)
     }
@@ -240,9 +227,9 @@ mod tests {
 
     #[test]
     fn ifreq_name_limits() {
-        assert!(new_ifreq("eth0").is_ok());
-        assert!(new_ifreq("").is_err());
-        assert!(new_ifreq("a-very-long-name").is_err());
+        assert!(ifreq("eth0").is_ok());
+        assert!(ifreq("").is_err());
+        assert!(ifreq("a-very-long-name").is_err());
     }
 
     #[test]
