@@ -15,10 +15,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-// The guest's init sets up links the same way: one ifreq helper for both.
+// The guest's init sets up links the same way: one ifreq/sockaddr helper for both.
 #[path = "../../init/src/ifreq.rs"]
 mod ifreq;
-use ifreq::ifreq;
+use ifreq::{ifreq, sockaddr_v4};
 
 /// True when this process runs as root (namespaces and taps need no user namespace).
 pub fn is_root() -> bool {
@@ -242,19 +242,6 @@ fn inet_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size; this is how the API is used.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
 fn ioctl(sock: &OwnedFd, req: libc::c_ulong, ifr: &mut libc::ifreq, what: &str) -> io::Result<()> {
     // SAFETY: every request used here takes a pointer to an ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), req, ifr as *mut libc::ifreq) } != 0 {
@@ -268,7 +255,7 @@ fn ioctl(sock: &OwnedFd, req: libc::c_ulong, ifr: &mut libc::ifreq, what: &str) 
 pub fn set_addr(name: &str, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let sock = inet_socket()?;
     let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_addr = sockaddr(ip);
+    req.ifr_ifru.ifru_addr = sockaddr_v4(ip);
     ioctl(
         &sock,
         libc::SIOCSIFADDR,
@@ -281,7 +268,7 @@ pub fn set_addr(name: &str, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
         u32::MAX << (32 - u32::from(prefix))
     };
     let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
+    req.ifr_ifru.ifru_netmask = sockaddr_v4(Ipv4Addr::from(mask));
     ioctl(
         &sock,
         libc::SIOCSIFNETMASK,

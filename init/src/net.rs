@@ -15,25 +15,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::ifreq::ifreq;
+use crate::ifreq::{ifreq, sockaddr_v4};
 
 /// An AF_INET datagram socket used only as an ioctl handle.
 pub struct Sock(OwnedFd);
-
-fn sockaddr_v4(addr: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr are both 16-byte plain-old-data C
-    // structs; the kernel reads this sockaddr as a sockaddr_in because
-    // sa_family is AF_INET. `transmute` checks the sizes at compile time.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
 
 fn v4_of_sockaddr(sa: &libc::sockaddr) -> Option<Ipv4Addr> {
     if libc::c_int::from(sa.sa_family) != libc::AF_INET {
