@@ -282,7 +282,7 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
     let mut ok = true;
     let mut cargo = std::process::Command::new("cargo");
     cargo
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("BEAMBAKE_OTP_SRC", &otp_src)
         .env(SKIP_LOG_ENV, &skip_log)
