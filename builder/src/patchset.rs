@@ -1,8 +1,8 @@
 //! beambake's OTP patch sets (`patches/otp/<major>/<set>/series`) and their use on an OTP
 //! source tree: which set fits the tree (its `OTP_VERSION` major must match, checked before
 //! anything is touched), and apply / check / revert / status through [`crate::patch`]
-//! (strict: our own patches must apply with no offset and no fuzz). A set named `common`
-//! is the base of the others: asking for `osv` means `common` then `osv`.
+//! (which has no offset or fuzz: every hunk applies exactly where its header says). A set
+//! named `common` is the base of the others: asking for `osv` means `common` then `osv`.
 //!
 //! Must not: fetch or build OTP (see `cargo xtask otp-src` / `otp-build`).
 
@@ -120,16 +120,9 @@ pub enum Action {
     Revert,
 }
 
-fn strict() -> Options {
-    Options {
-        strict: true,
-        ..Options::default()
-    }
-}
-
 /// Applies, checks (dry run) or reverts the set on the tree: all or nothing.
 pub fn run(patches: &[Patch], tree: &Path, action: Action) -> Result<Report, PatchSetError> {
-    let opts = strict();
+    let opts = Options::default();
     Ok(match action {
         Action::Apply => patch::apply(tree, patches, &opts)?,
         Action::Check => patch::check(tree, patches, &opts)?,
@@ -139,7 +132,7 @@ pub fn run(patches: &[Patch], tree: &Path, action: Action) -> Result<Report, Pat
 
 /// Which patches of the set are applied.
 pub fn status(patches: &[Patch], tree: &Path) -> Result<SeriesStatus, PatchSetError> {
-    Ok(patch::status(tree, patches, &strict())?)
+    Ok(patch::status(tree, patches, &Options::default())?)
 }
 
 /// `--patches`, else `./patches` when it holds `otp/`, else the checkout's.

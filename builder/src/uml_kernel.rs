@@ -237,14 +237,12 @@ fn build(pin: &Pin, work: &Path, cache: &Path) -> Result<PathBuf, KernelError> {
             }
         })?);
     }
-    let opts = crate::patch::Options {
-        strict: true,
-        ..Default::default()
-    };
-    crate::patch::apply(&src, &patches, &opts).map_err(|e| KernelError::BadPackage {
-        pin_spec: pin.spec(),
-        dir: src.clone(),
-        reason: format!("patching the kernel source: {e}"),
+    crate::patch::apply(&src, &patches, &crate::patch::Options::default()).map_err(|e| {
+        KernelError::BadPackage {
+            pin_spec: pin.spec(),
+            dir: src.clone(),
+            reason: format!("patching the kernel source: {e}"),
+        }
     })?;
     let make = |args: &[&str], what: &str| -> Result<(), KernelError> {
         let mut c = Command::new("make");
