@@ -18,19 +18,17 @@ fn release_copy(d: &Path) -> PathBuf {
     rel
 }
 
-fn priv_dir(rel: &Path) -> PathBuf {
-    let lib = rel.join("lib");
-    let app = fs::read_dir(&lib)
+/// The entry of `dir` whose name starts with `prefix` (`echo-0.1.0`, `erts-13.1.5`).
+fn entry_starting_with(dir: &Path, prefix: &str) -> PathBuf {
+    fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("echo-")
-        })
-        .unwrap();
-    let p = app.join("priv");
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}* in {}", dir.display()))
+}
+
+fn priv_dir(rel: &Path) -> PathBuf {
+    let p = entry_starting_with(&rel.join("lib"), "echo-").join("priv");
     fs::create_dir_all(&p).unwrap();
     p
 }
@@ -199,16 +197,7 @@ fn an_unreadable_file_is_named_not_the_release_root() {
 fn a_release_without_its_erts_names_the_release_and_the_missing_dir() {
     let d = tempfile::tempdir().unwrap();
     let rel = release_copy(d.path());
-    let erts = fs::read_dir(&rel)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("erts-")
-        })
-        .unwrap();
+    let erts = entry_starting_with(&rel, "erts-");
     let erts_name = erts.file_name().unwrap().to_string_lossy().into_owned();
     fs::remove_dir_all(&erts).unwrap();
     // An OTP installation with another ERTS only.
