@@ -14,7 +14,12 @@ fn main() {
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let init = manifest.parent().expect("workspace root").join("init");
+    // Every file, not the directory: a directory path here made cargo miss edits of the
+    // files in it (the embedded init stayed stale after init/src/*.rs changed).
     println!("cargo:rerun-if-changed={}", init.join("src").display());
+    for file in files_under(&init.join("src")) {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
     println!(
         "cargo:rerun-if-changed={}",
         init.join("Cargo.toml").display()
@@ -41,4 +46,25 @@ fn main() {
     assert!(status.success(), "building the static init failed");
     let bin = target_dir.join(triple).join("release/beambake-init");
     println!("cargo:rustc-env=BEAMBAKE_INIT_BIN={}", bin.display());
+}
+
+/// Every file below `dir`, sorted (none when it cannot be read: cargo then says why).
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -190,3 +190,33 @@ fn a_vm_args_with_both_name_and_sname_is_refused() {
     );
     assert!(!d.path().join("x.cpio").exists());
 }
+
+#[test]
+fn three_uml_vms_of_the_template_release_reach_each_other_by_short_name() {
+    if !is_root() {
+        skip!("tap networking in a private namespace needs root");
+    }
+    // -sname nodes on three VMs: each guest's hosts file names the others
+    // (beambake.peer), so every node pings every other by its short name.
+    let (d, project) = template_project();
+    let r = recipe(d.path(), &project, "uml", "default", 140);
+    let text = fs::read_to_string(&r).unwrap();
+    let text = text
+        .replace("memory_mib = 256", "memory_mib = 256\ncount = 3")
+        // Each VM has its own name (myrel@tpl-N): the rpc checks run on every VM.
+        .replace(
+            "[[check]]\ntype = \"rpc\"\ncall = \"erlang:node()\"\nexpect = \"'myrel@tpl'\"\n",
+            "",
+        );
+    assert!(!text.contains("erlang:node()"), "{text}");
+    fs::write(&r, text).unwrap();
+    let _vm = vm_lock();
+    let out = d.path().join("out");
+    let o = beambake(&["smoke", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let so = stdout(&o);
+    assert!(o.status.success(), "{so}\n{}", stderr(&o));
+    assert!(
+        so.contains("3 nodes: each answers ping from the host and from every other node"),
+        "{so}"
+    );
+}

@@ -52,6 +52,9 @@ pub struct Config {
     /// `beambake.if=NAME`: the interface `beambake.ip` goes on (default eth0; User
     /// Mode Linux's vector NIC is vec0).
     pub iface: Option<String>,
+    /// `beambake.peer=HOSTNAME,IP`, repeatable: the other VMs started from the same image,
+    /// written to the hosts file so nodes with short names (`-sname`) reach each other.
+    pub peers: Vec<(String, Ipv4Addr)>,
     /// `beambake.probe=TOKEN` (1..=64 letters or digits): the host's accelerator probe.
     /// The init prints [`probe_marker`] and powers off with [`PROBE_STATUS`], nothing else.
     pub probe: Option<String>,
@@ -212,6 +215,11 @@ pub fn parse(cmdline: &str) -> (Config, Vec<Diagnostic>) {
                 Some(Err(reason)) => diags.push(bad(value.unwrap_or(""), reason)),
                 None => diags.push(bad("", "missing value (want SOURCE,TARGET,FSTYPE)")),
             },
+            "peer" => match value.map(parse_peer) {
+                Some(Ok(p)) => cfg.peers.push(p),
+                Some(Err(reason)) => diags.push(bad(value.unwrap_or(""), reason)),
+                None => diags.push(bad("", "missing value (want HOSTNAME,IP)")),
+            },
             "probe" => match value {
                 Some(v)
                     if !v.is_empty()
@@ -262,6 +270,16 @@ pub fn parse_cidr(v: &str) -> Result<Ipv4Cidr, &'static str> {
 
 /// RFC 1123-ish: 1..=64 bytes (the kernel's limit), labels of letters,
 /// digits and `-`, separated by dots, not starting or ending with `-`.
+/// `HOSTNAME,IP` of a `beambake.peer=` entry.
+fn parse_peer(v: &str) -> Result<(String, Ipv4Addr), &'static str> {
+    let (host, ip) = v.split_once(',').ok_or("want HOSTNAME,IP")?;
+    check_hostname(host)?;
+    let ip = ip
+        .parse()
+        .map_err(|_| "not an IPv4 address after the comma")?;
+    Ok((host.to_string(), ip))
+}
+
 pub fn check_hostname(v: &str) -> Result<(), &'static str> {
     if v.is_empty() {
         return Err("empty hostname");
@@ -390,6 +408,22 @@ mod tests {
         assert_eq!(cfg.mounts[0].target, "/data");
         assert_eq!(cfg.mounts[1].data, "/host/dir,with,commas");
         assert_eq!(diags.len(), 2, "{diags:?}");
+    }
+
+    #[test]
+    fn peers_are_repeatable_and_checked() {
+        let (cfg, diags) = parse(
+            "beambake.peer=tpl-2,10.0.0.3 beambake.peer=tpl-3,10.0.0.4 \
+             beambake.peer=bad_host,10.0.0.5 beambake.peer=tpl-4 beambake.peer=tpl-5,10.0.0",
+        );
+        assert_eq!(
+            cfg.peers,
+            [
+                ("tpl-2".to_string(), Ipv4Addr::new(10, 0, 0, 3)),
+                ("tpl-3".to_string(), Ipv4Addr::new(10, 0, 0, 4)),
+            ]
+        );
+        assert_eq!(diags.len(), 3, "{diags:?}");
     }
 
     #[test]

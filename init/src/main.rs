@@ -93,7 +93,7 @@ fn main() {
 
     let ip = setup_network(&cfg);
     let hostname = cfg.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
-    setup_hostname(hostname, ip);
+    setup_hostname(hostname, ip, &cfg.peers);
 
     let launch = match spec::load(Path::new(spec::LAUNCH_PATH)) {
         Ok(l) => l,
@@ -261,12 +261,12 @@ fn setup_iface(sock: &net::Sock, iface: &str, ip: Ipv4Cidr) -> std::io::Result<(
     sock.up(iface)
 }
 
-fn setup_hostname(hostname: &str, ip: Option<Ipv4Addr>) {
+fn setup_hostname(hostname: &str, ip: Option<Ipv4Addr>, peers: &[(String, Ipv4Addr)]) {
     match net::set_hostname(hostname) {
         Ok(()) => debug!("hostname {hostname}"),
         Err(e) => error!("cannot set hostname {hostname}: {e}"),
     }
-    match net::write_hosts(&net::hosts_content(hostname, ip)) {
+    match net::write_hosts(&net::hosts_content(hostname, ip, peers)) {
         Ok(net::EtcHosts::Written) => debug!("wrote /run/hosts and /etc/hosts"),
         Ok(net::EtcHosts::Symlink) => debug!("wrote /run/hosts (/etc/hosts is a symlink)"),
         Ok(net::EtcHosts::ReadOnly) => debug!("wrote /run/hosts (/etc is read-only)"),

@@ -159,10 +159,13 @@ pub fn set_hostname(name: &str) -> io::Result<()> {
     }
 }
 
-pub fn hosts_content(hostname: &str, ip: Option<Ipv4Addr>) -> String {
+pub fn hosts_content(hostname: &str, ip: Option<Ipv4Addr>, peers: &[(String, Ipv4Addr)]) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
     if let Some(ip) = ip {
         s.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    for (name, ip) in peers {
+        s.push_str(&format!("{ip}\t{name}\n"));
     }
     s
 }
@@ -220,12 +223,20 @@ mod tests {
     #[test]
     fn hosts_file() {
         assert_eq!(
-            hosts_content("h", None),
+            hosts_content("h", None, &[]),
             "127.0.0.1\tlocalhost\n::1\tlocalhost\n"
         );
         assert_eq!(
-            hosts_content("echo", Some(Ipv4Addr::new(10, 0, 2, 15))),
+            hosts_content("echo", Some(Ipv4Addr::new(10, 0, 2, 15)), &[]),
             "127.0.0.1\tlocalhost\n::1\tlocalhost\n10.0.2.15\techo\n"
+        );
+        assert_eq!(
+            hosts_content(
+                "e-1",
+                Some(Ipv4Addr::new(10, 0, 2, 15)),
+                &[("e-2".into(), Ipv4Addr::new(10, 0, 2, 16))]
+            ),
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n10.0.2.15\te-1\n10.0.2.16\te-2\n"
         );
     }
 

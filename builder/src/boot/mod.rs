@@ -179,6 +179,15 @@ impl BootPlan {
         s
     }
 
+    /// VM `index`'s host name: the plan's, numbered from 1 when there are several VMs.
+    fn instance_hostname(&self, index: usize) -> String {
+        if self.net.guests.len() > 1 {
+            format!("{}-{}", self.net.hostname, index + 1)
+        } else {
+            self.net.hostname.clone()
+        }
+    }
+
     /// The plan's VMs; files (console logs, data disks) live in `dir`.
     pub fn instances(&self, dir: &Path) -> Vec<Instance> {
         let many = self.net.guests.len() > 1;
@@ -188,11 +197,7 @@ impl BootPlan {
             .enumerate()
             .map(|(i, ip)| {
                 let n = i + 1;
-                let hostname = if many {
-                    format!("{}-{n}", self.net.hostname)
-                } else {
-                    self.net.hostname.clone()
-                };
+                let hostname = self.instance_hostname(i);
                 Instance {
                     index: i,
                     ip: *ip,
@@ -265,6 +270,17 @@ impl BootPlan {
             ));
         }
         c.push_str(&format!(" beambake.hostname={}", inst.hostname));
+        // The other VMs of the plan, so names resolve between guests (short node names).
+        if self.net.mode != NetMode::None {
+            for (i, ip) in self.net.guests.iter().enumerate() {
+                if i != inst.index {
+                    c.push_str(&format!(
+                        " beambake.peer={},{ip}",
+                        self.instance_hostname(i)
+                    ));
+                }
+            }
+        }
         if let Some(node) = &inst.node {
             c.push_str(&format!(" beambake.node={node}"));
         }
