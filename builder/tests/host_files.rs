@@ -167,23 +167,20 @@ fn an_unreadable_file_is_named_not_the_release_root() {
     fs::write(&secret, b"x").unwrap();
     let out = d.path().join("out");
     fs::create_dir(&out).unwrap();
-    let st = std::process::Command::new("chown")
-        .args(["-R", "nobody:nogroup"])
-        .arg(d.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    give_to_nobody(d.path());
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
-    let bin = env!("CARGO_BIN_EXE_beambake");
-    let o = std::process::Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "env"])
-        .arg("PATH=/usr/bin:/bin")
-        .arg(bin)
-        .args(["rootfs", rel.to_str().unwrap(), "-o"])
-        .arg(out.join("x.cpio"))
-        .output()
-        .unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_beambake"));
+    let cpio = out.join("x.cpio");
+    let o = as_nobody(
+        d.path(),
+        bin,
+        &[
+            "rootfs",
+            rel.to_str().unwrap(),
+            "-o",
+            cpio.to_str().unwrap(),
+        ],
+    );
     let e = stderr(&o);
     assert!(!o.status.success());
     assert!(

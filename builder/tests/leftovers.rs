@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -262,26 +262,8 @@ fn a_tap_run_without_root_is_refused_before_anything_is_made() {
     // A tap build made by root, for `boot DIR`.
     let built = base.join("built");
     build_ok(&r, &built, "1000000000");
-    let st = Command::new("chown")
-        .args(["-R", "nobody:nogroup"])
-        .arg(base)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
-    let as_nobody = |args: &[&str]| -> Output {
-        Command::new("setpriv")
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "env"])
-            .arg(format!("HOME={}", base.display()))
-            .arg(format!("XDG_CACHE_HOME={}", base.join("cache").display()))
-            .arg("PATH=/usr/bin:/bin")
-            .arg(&bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    give_to_nobody(base);
+    let as_nobody = |args: &[&str]| as_nobody(base, &bin, args);
     let out = base.join("out");
     for cmd in ["smoke", "boot"] {
         let o = as_nobody(&[cmd, r.to_str().unwrap(), "--out", out.to_str().unwrap()]);

@@ -349,31 +349,20 @@ fn rootless_user_networking_and_a_clear_tap_error() {
             .join("\n");
         fs::write(r, t).unwrap();
     }
-    let st = Command::new("chown")
-        .args(["-R", "nobody:nogroup"])
-        .arg(base)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+    give_to_nobody(base);
     let run = |recipe: &Path| {
         let _vm = vm_lock();
-        Command::new("setpriv")
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "env"])
-            .arg(format!("HOME={}", base.display()))
-            .arg(format!("XDG_CACHE_HOME={}", cache.display()))
-            .arg("PATH=/usr/bin:/bin")
-            .arg(&bin)
-            .args([
+        let out = base.join("out");
+        as_nobody(
+            base,
+            &bin,
+            &[
                 "smoke",
                 recipe.to_str().unwrap(),
                 "--out",
-                base.join("out").to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+                out.to_str().unwrap(),
+            ],
+        )
     };
     let o = run(&user);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));

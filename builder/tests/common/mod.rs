@@ -400,3 +400,31 @@ pub fn assert_signal_leaves_nothing(args: &[&str], needle: &str, signal: i32) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Hands `base` (recursively) to `nobody` and makes it reachable, for tests that run the
+/// CLI unprivileged.
+pub fn give_to_nobody(base: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let st = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(base)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown -R nobody:nogroup {}", base.display());
+    fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `bin ARGS` run as `nobody` (setpriv), with `HOME=base`, `XDG_CACHE_HOME=base/cache`, a
+/// plain PATH and no stdin.
+pub fn as_nobody(base: &Path, bin: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "env"])
+        .arg(format!("HOME={}", base.display()))
+        .arg(format!("XDG_CACHE_HOME={}", base.join("cache").display()))
+        .arg("PATH=/usr/bin:/bin")
+        .arg(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
