@@ -252,12 +252,8 @@ fn a_tap_run_without_root_is_refused_before_anything_is_made() {
     if which("setpriv").is_none() {
         skip!("setpriv (util-linux) not installed");
     }
-    let d = tempfile::tempdir().unwrap();
+    let (d, rel, bin) = nobody_base();
     let base = d.path();
-    let rel = base.join("rel");
-    copy_dir(&echo().release, &rel);
-    let bin = base.join("beambake");
-    fs::copy(env!("CARGO_BIN_EXE_beambake"), &bin).unwrap();
     let r = recipe(base, "tapped", &rel, true);
     // A tap build made by root, for `boot DIR`.
     let built = base.join("built");

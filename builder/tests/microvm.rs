@@ -323,12 +323,8 @@ fn rootless_user_networking_and_a_clear_tap_error() {
     if which("setpriv").is_none() {
         skip!("setpriv (util-linux) not installed");
     }
-    let d = tempfile::tempdir().unwrap();
+    let (d, rel, bin) = nobody_base();
     let base = d.path();
-    let rel = base.join("rel");
-    copy_dir(&echo().release, &rel);
-    let bin = base.join("beambake");
-    fs::copy(env!("CARGO_BIN_EXE_beambake"), &bin).unwrap();
     let cache = base.join("cache");
     fs::create_dir_all(&cache).unwrap();
     let source = format!("source = {:?}", rel.display().to_string());

@@ -401,6 +401,17 @@ pub fn assert_signal_leaves_nothing(args: &[&str], needle: &str, signal: i32) {
     }
 }
 
+/// A fresh dir holding a copy of the echo release (`rel`) and of the `beambake` binary
+/// (`beambake`), for a test that runs the CLI as `nobody` (see [`give_to_nobody`]).
+pub fn nobody_base() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let rel = d.path().join("rel");
+    copy_dir(&echo().release, &rel);
+    let bin = d.path().join("beambake");
+    fs::copy(env!("CARGO_BIN_EXE_beambake"), &bin).unwrap();
+    (d, rel, bin)
+}
+
 /// Hands `base` (recursively) to `nobody` and makes it reachable, for tests that run the
 /// CLI unprivileged.
 pub fn give_to_nobody(base: &Path) {
