@@ -31,8 +31,7 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-#[path = "../../src/test_skip.rs"]
-pub mod test_skip;
+pub use beambake_testkit::skip as test_skip;
 
 /// Skips the calling test with a visible reason, recorded for xtask's tally
 /// ([`test_skip::record`]).
