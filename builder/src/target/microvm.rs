@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use beambake_contract::paths;
+
 use crate::boot::qemu;
 use crate::image::compress::Compression;
 use crate::kernel::{self, Kernel};
@@ -55,7 +57,7 @@ pub fn kernel_for(recipe: &Recipe, cache: &Path) -> Result<Kernel, Error> {
 /// Adds `/init`, the modules (and their load order) and the `/etc/hosts` link.
 pub fn add_boot_files(tree: &mut Tree, kernel: &Kernel, modules: &[String]) -> Result<(), Error> {
     tree.add_bytes("/init", INIT.to_vec(), 0o755, "beambake init")?;
-    tree.add_symlink("/etc/hosts", "/run/hosts", "beambake")?;
+    tree.add_symlink(paths::ETC_HOSTS, paths::RUN_HOSTS, "beambake")?;
     let wanted: Vec<&str> = modules.iter().map(String::as_str).collect();
     let resolved = kernel.resolve_modules(&wanted)?;
     let mut order = String::new();
@@ -76,12 +78,7 @@ pub fn add_boot_files(tree: &mut Tree, kernel: &Kernel, modules: &[String]) -> R
         order.push_str(&guest);
         order.push('\n');
     }
-    tree.add_bytes(
-        "/etc/beambake/modules",
-        order.into_bytes(),
-        0o644,
-        "beambake",
-    )?;
+    tree.add_bytes(paths::MODULES_PATH, order.into_bytes(), 0o644, "beambake")?;
     Ok(())
 }
 

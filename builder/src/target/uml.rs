@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use beambake_contract::paths;
+
 use crate::manifest::HostFile;
 use crate::pipeline::{Error, Progress};
 use crate::recipe::{Recipe, RootFs};
@@ -44,8 +46,8 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
     let mut common = super::prepare(recipe, out_root, progress)?;
     let tree = &mut common.prepared.assembly.tree;
     tree.add_bytes("/init", super::INIT.to_vec(), 0o755, "beambake init")?;
-    tree.add_symlink("/etc/hosts", "/run/hosts", "beambake")?;
-    tree.add_bytes("/etc/beambake/modules", Vec::new(), 0o644, "beambake")?;
+    tree.add_symlink(paths::ETC_HOSTS, paths::RUN_HOSTS, "beambake")?;
+    tree.add_bytes(paths::MODULES_PATH, Vec::new(), 0o644, "beambake")?;
     // Mount points for the data disk and host directories: the root is read-only.
     let mut points: Vec<&str> = recipe.hostfs.iter().map(|h| h.guest.as_str()).collect();
     points.extend(recipe.disks.iter().map(|d| d.mount.as_str()));
@@ -89,12 +91,7 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
             (w, "ext4", "ext4")
         }
     };
-    let mut plan = super::plan(
-        recipe,
-        &common,
-        "linux",
-        crate::boot::uml::UML_CMDLINE.to_string(),
-    )?;
+    let mut plan = super::plan(recipe, &common, "linux", crate::boot::uml::uml_cmdline())?;
     plan.root_image = image.path.file_name().map(PathBuf::from);
     plan.root_fs = Some(fstype.to_string());
     super::finish(
