@@ -24,6 +24,16 @@ fn main() {
         "cargo:rerun-if-changed={}",
         init.join("Cargo.toml").display()
     );
+    // The init's part of the host/guest contract (a path dependency of the init).
+    let contract = manifest.join("crates").join("contract");
+    println!("cargo:rerun-if-changed={}", contract.join("src").display());
+    for file in files_under(&contract.join("src")) {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        contract.join("Cargo.toml").display()
+    );
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("init-target");
     let triple = "x86_64-unknown-linux-gnu";

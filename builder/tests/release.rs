@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use beambake::launch::LaunchSpec;
+use beambake::launch::{LaunchSpec, LaunchSpecExt};
 use beambake::release::{Discover, Release};
 use beambake::source::{Resolve, Source, SourceKind};
 use common::*;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use beambake::launch::LaunchSpec;
+use beambake::launch::{LaunchSpec, LaunchSpecExt};
 use common::*;
 
 fn build(input: &Path, out: &Path, extra: &[&str], cwd: &Path, env: &[(&str, &str)]) {

@@ -34,7 +34,7 @@ pub fn uptime() -> String {
 
 /// Write one complete line to fd 2. Errors are ignored on purpose.
 pub fn emit(args: fmt::Arguments<'_>) {
-    let line = format!("beambake-init: {args}\n");
+    let line = format!("{}{args}\n", beambake_contract::console::LOG_PREFIX);
     let mut buf = line.as_bytes();
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid slice for its length.

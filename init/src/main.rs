@@ -13,7 +13,6 @@
 //! `unwrap()` anything that depends on input, or contain the details of any
 //! step: those live in the modules below.
 
-mod cmdline;
 mod ifreq;
 mod log;
 mod modules;
@@ -28,7 +27,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use cmdline::{Config, Diagnostic, Ipv4Cidr};
+use beambake_contract::cmdline::{Diagnostic, GuestParams, Ipv4Cidr, DEFAULT_IFACE};
+use beambake_contract::{console, paths};
 use log::{debug, error, info, warning};
 
 const DEFAULT_HOSTNAME: &str = "beambake";
@@ -76,11 +76,11 @@ fn main() {
     debug!("mounted {}", mounted.join(" "));
     if let Some(token) = &cfg.probe {
         // The host's accelerator probe: proof that this kernel ran its init, nothing more.
-        info!("{}", cmdline::probe_marker(token));
-        power::power_off(cmdline::PROBE_STATUS);
+        info!("{}", console::probe_marker(token));
+        power::power_off(console::PROBE_STATUS);
     }
 
-    match modules::load_all(Path::new(modules::MODULES_PATH), |path, already| {
+    match modules::load_all(Path::new(paths::MODULES_PATH), |path, already| {
         if already {
             debug!("module {path} already loaded");
         } else {
@@ -95,7 +95,7 @@ fn main() {
     let hostname = cfg.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     setup_hostname(hostname, ip, &cfg.peers);
 
-    let launch = match spec::load(Path::new(spec::LAUNCH_PATH)) {
+    let launch = match spec::load(Path::new(paths::LAUNCH_PATH)) {
         Ok(l) => l,
         Err(e) => fatal(e),
     };
@@ -145,7 +145,7 @@ fn main() {
 /// The release's writable directories (a tmpfs each, where the directory exists), then
 /// the `beambake.mount=` filesystems (data disk, host directories). A mount asked for on
 /// the command line that fails is fatal: the release must not run without its data.
-fn mount_boot_filesystems(cfg: &Config, writable: &[String]) {
+fn mount_boot_filesystems(cfg: &GuestParams, writable: &[String]) {
     for dir in writable {
         if !Path::new(dir).is_dir() {
             debug!("writable dir {dir} is not in the image, skipped");
@@ -193,15 +193,15 @@ fn mount_boot_filesystems(cfg: &Config, writable: &[String]) {
 }
 
 /// Read and parse `/proc/cmdline`, set the debug switch, log diagnostics.
-fn read_cmdline() -> Config {
+fn read_cmdline() -> GuestParams {
     let text = match std::fs::read_to_string("/proc/cmdline") {
         Ok(t) => t,
         Err(e) => {
             error!("cannot read /proc/cmdline: {e} (using defaults)");
-            return Config::default();
+            return GuestParams::default();
         }
     };
-    let (cfg, diags) = cmdline::parse(&text);
+    let (cfg, diags) = GuestParams::parse_lenient(&text);
     log::set_debug(cfg.debug);
     debug!("kernel command line: {}", text.trim_end());
     for d in &diags {
@@ -215,7 +215,7 @@ fn read_cmdline() -> Config {
 
 /// Loopback, then eth0 and the default route if asked for. Failures are
 /// logged, not fatal. Returns the address actually configured on eth0.
-fn setup_network(cfg: &Config) -> Option<Ipv4Addr> {
+fn setup_network(cfg: &GuestParams) -> Option<Ipv4Addr> {
     let sock = match net::Sock::new() {
         Ok(s) => s,
         Err(e) => {
@@ -233,7 +233,7 @@ fn setup_network(cfg: &Config) -> Option<Ipv4Addr> {
         }
         return None;
     };
-    let iface = cfg.iface.as_deref().unwrap_or("eth0");
+    let iface = cfg.iface.as_deref().unwrap_or(DEFAULT_IFACE);
     if let Err(e) = setup_iface(&sock, iface, ip) {
         error!("cannot configure {iface} with {ip}: {e}");
         return None;
@@ -252,7 +252,10 @@ fn setup_iface(sock: &net::Sock, iface: &str, ip: Ipv4Cidr) -> std::io::Result<(
     if !sock.wait_for(iface, Duration::from_secs(5), Duration::from_millis(10))? {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("{iface} did not appear within 5 s (is virtio_net listed in /etc/beambake/modules?)"),
+            format!(
+                "{iface} did not appear within 5 s (is virtio_net listed in {}?)",
+                paths::MODULES_PATH
+            ),
         ));
     }
     debug!("{iface} exists");

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-pub const MODULES_PATH: &str = "/etc/beambake/modules";
+use beambake_contract::paths::MODULES_PATH;
 
 /// The module paths listed in `text`: blank lines and `#` comments skipped.
 pub fn parse_list(text: &str) -> Result<Vec<&str>, String> {

@@ -15,6 +15,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use beambake_contract::paths::{ETC_HOSTS, RUN_HOSTS};
+
 use crate::ifreq::{ifreq, sockaddr_v4};
 
 /// An AF_INET datagram socket used only as an ioctl handle.
@@ -182,8 +184,8 @@ pub enum EtcHosts {
 /// Write `/run/hosts`, and `/etc/hosts` too unless it is a symlink or the
 /// root filesystem is read-only.
 pub fn write_hosts(content: &str) -> io::Result<EtcHosts> {
-    std::fs::write("/run/hosts", content)?;
-    let etc = Path::new("/etc/hosts");
+    std::fs::write(RUN_HOSTS, content)?;
+    let etc = Path::new(ETC_HOSTS);
     if let Ok(md) = std::fs::symlink_metadata(etc) {
         if md.file_type().is_symlink() {
             return Ok(EtcHosts::Symlink);
@@ -192,7 +194,7 @@ pub fn write_hosts(content: &str) -> io::Result<EtcHosts> {
     match std::fs::write(etc, content) {
         Ok(()) => Ok(EtcHosts::Written),
         Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(EtcHosts::ReadOnly),
-        Err(e) => Err(io::Error::new(e.kind(), format!("/etc/hosts: {e}"))),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{ETC_HOSTS}: {e}"))),
     }
 }
 

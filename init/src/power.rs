@@ -13,16 +13,16 @@
 
 use std::time::Duration;
 
-use crate::log::error;
+use beambake_contract::console::power_off_message;
+use beambake_contract::exit::DEBUG_EXIT_PORT;
 
-/// Printed (after `beambake-init: `) just before powering off, followed by the status.
-pub const POWER_OFF_LINE: &str = "power off, status ";
+use crate::log::error;
 
 /// Power the machine off with exit code `code`. Never returns.
 pub fn power_off(code: u8) -> ! {
     // For VMs without an exit device (User Mode Linux): the host reads the status from
     // this line on the console.
-    crate::log::info!("{POWER_OFF_LINE}{code}");
+    crate::log::info!("{}", power_off_message(code));
     debug_exit(code);
     // SAFETY: reboot(2) with the documented magic commands; we are PID 1.
     unsafe {
@@ -42,12 +42,12 @@ pub fn power_off(code: u8) -> ! {
 /// running 100 ms later (device absent) or the port is not accessible.
 #[cfg(target_arch = "x86_64")]
 fn debug_exit(code: u8) {
-    // SAFETY: ioperm(0xf4, 4, 1) only grants this process access to four
+    // SAFETY: ioperm(DEBUG_EXIT_PORT, 4, 1) only grants this process access to four
     // I/O ports; it fails harmlessly without CAP_SYS_RAWIO.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_ioperm,
-            0xf4 as libc::c_ulong,
+            libc::c_ulong::from(DEBUG_EXIT_PORT),
             4 as libc::c_ulong,
             1 as libc::c_int,
         )
@@ -55,10 +55,10 @@ fn debug_exit(code: u8) {
     if rc != 0 {
         return;
     }
-    // SAFETY: port 0xf4 is ours by the ioperm above. On a machine without
+    // SAFETY: the port is ours by the ioperm above. On a machine without
     // the device the write goes nowhere.
     unsafe {
-        core::arch::asm!("out dx, al", in("dx") 0xf4u16, in("al") code, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("out dx, al", in("dx") DEBUG_EXIT_PORT, in("al") code, options(nomem, nostack, preserves_flags));
     }
     std::thread::sleep(Duration::from_millis(100));
 }

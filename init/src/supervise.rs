@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::log::{debug, info, warning};
-use crate::spec::Service;
+use beambake_contract::Service;
 
 /// Signals whose handler we install (and reset to default in children).
 const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGPWR];

@@ -6,6 +6,10 @@
 //! `SOURCE_DATE_EPOCH`; every artefact's sha256 must match. `boot.json` and the manifests
 //! are compared too (they name the output paths, which is why the directory is the same).
 //!
+//! `--init FILE` embeds FILE as the init of this tree's binary (`BEAMBAKE_INIT_BIN`), for
+//! changes that rebuilt the init from changed sources: the images must then be identical
+//! with the baseline's init bytes.
+//!
 //! Must not: interpret images (bytes are the judge here).
 
 use std::collections::BTreeMap;
@@ -18,11 +22,21 @@ use xshell::{cmd, Shell};
 /// The cookie every copied recipe gets.
 const COOKIE: &str = "identitycheck";
 
-pub fn identity(sh: &Shell, root: &Path, baseline: &Path) -> Result<()> {
+pub fn identity(sh: &Shell, root: &Path, baseline: &Path, init: Option<&Path>) -> Result<()> {
     if !baseline.is_file() {
         bail!("{}: no such beambake binary (build the baseline first, e.g. from a worktree of the landed main)", baseline.display());
     }
-    cmd!(sh, "cargo build -q -p beambake").run()?;
+    let build = cmd!(sh, "cargo build -q -p beambake");
+    match init {
+        Some(init) => {
+            if !init.is_file() {
+                bail!("{}: no such init binary", init.display());
+            }
+            let abs = std::path::absolute(init)?;
+            build.env("BEAMBAKE_INIT_BIN", abs).run()?;
+        }
+        None => build.env_remove("BEAMBAKE_INIT_BIN").run()?,
+    }
     let current = root.join("target/debug/beambake");
     let work = root.join("target/identity");
     let old = artefacts(root, &work, baseline).context("the baseline's build")?;

@@ -7,7 +7,7 @@
 //!   every recipe this machine can run. Closes with `xtask: N passed, N failed, N skipped`
 //!   and one line per skip with its reason; with `CI` set or `--no-skips`, any skip fails
 //!   the run.
-//! - `identity BASELINE_BEAMBAKE`: every recipe's artefacts built by a baseline binary and
+//! - `identity BASELINE_BEAMBAKE [--init INIT]`: every recipe's artefacts built by a baseline binary and
 //!   by this tree's must be byte-identical (for refactors).
 //! - `deps`: checks for the host tools the tests need and installs the missing Debian
 //!   packages when run as root (else prints the exact command).
@@ -83,10 +83,13 @@ fn main() -> Result<()> {
             }
         }
         Some("identity") => {
-            let Some(baseline) = args.get(1) else {
-                bail!("usage: cargo xtask identity BASELINE_BEAMBAKE (a beambake binary built from the landed main)");
+            let usage = "usage: cargo xtask identity BASELINE_BEAMBAKE [--init INIT] (a beambake binary built from the landed main; INIT: embed this init instead)";
+            let (baseline, init) = match &args[1..] {
+                [b] => (b, None),
+                [b, flag, i] if flag == "--init" => (b, Some(Path::new(i))),
+                _ => bail!(usage),
             };
-            identity::identity(&sh, &root(), Path::new(baseline))
+            identity::identity(&sh, &root(), Path::new(baseline), init)
         }
         Some("bench") => {
             deps(&sh)?;
@@ -99,7 +102,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | identity BASELINE_BEAMBAKE | otp-src | otp-build --set NAME | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | otp-prove>"
             );
             std::process::exit(2);
         }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::elf::{self, Resolver};
-use crate::launch::{self, LaunchSpec};
+use crate::launch::{self, LaunchSpec, LaunchSpecExt};
 use crate::release::Release;
 use beambake_images::rootfs::{DeviceKind, EntryKind, FileSource, Tree, TreeError};
 

@@ -2,9 +2,11 @@
 //! release with no shell script — what `bin/NAME foreground` (relx) or `bin/NAME start`
 //! (mix) ends up exec'ing.
 //!
-//! Owns: that computation, for a release placed at a given root (`/opt/NAME` in a guest,
-//! or the release's own directory on the host), and its JSON form stored in the image at
-//! [`LAUNCH_PATH`] for the init and the OSv loader.
+//! Owns: that computation ([`LaunchSpecExt`]), for a release placed at a given root
+//! (`/opt/NAME` in a guest, or the release's own directory on the host), and the
+//! release's distribution (node name, cookie). The spec's types and its JSON form, stored
+//! in the image at [`LAUNCH_PATH`] for the init and the OSv loader, are the host/guest
+//! contract's ([`beambake_contract::launch`]).
 //!
 //! Must not: start anything, or know about images.
 
@@ -14,41 +16,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::release::{Flavor, Release};
 
-/// Where the spec lives in the guest.
-pub const LAUNCH_PATH: &str = "/etc/beambake/launch.json";
+/// The spec's types, JSON form and guest path are the host/guest contract's.
+pub use beambake_contract::launch::{LaunchSpec, Service, LAUNCH_PATH};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaunchSpec {
-    pub release: String,
-    pub vsn: String,
-    /// `argv[0]` is the program to exec (erlexec), by absolute path.
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub cwd: String,
-    /// Processes the init starts before the release (e.g. epmd in an image without a
-    /// shell: erlexec would start it through `/bin/sh`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<Service>,
-    /// Directories the release writes to; the init mounts a fresh tmpfs on each (the
-    /// root may be read-only, and nothing written there survives a reboot).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub writable: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
-    pub name: String,
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Wait until a TCP socket listens on PORT before going on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait_tcp: Option<u16>,
-}
-
-impl LaunchSpec {
+/// What the builder computes: the spec for a release, and its changes (the type is the
+/// contract's, so these are an extension trait).
+pub trait LaunchSpecExt: Sized {
     /// The spec for `rel` laid out at `root`.
-    pub fn for_release(rel: &Release, root: &str) -> LaunchSpec {
+    fn for_release(rel: &Release, root: &str) -> Self;
+
+    /// Replaces the code loading mode (`embedded` or `interactive`).
+    fn with_mode(self, mode: &str) -> Self;
+
+    /// Runs the release as the distributed node `dist`, with epmd started by the init
+    /// (`-start_epmd false`: erlexec would need a shell to start it). The release's
+    /// `vm.args` (`vm_args`, its arguments) is inlined in place of its `-args_file` without
+    /// its `-name`/`-sname`/`-setcookie`/`-start_epmd` (the file itself stays as the
+    /// user wrote it), so the node has exactly one name and one cookie.
+    fn with_distribution(self, vm_args: &[String], dist: &Distribution) -> Self;
+
+    /// Extra emulator or init arguments, inserted before the trailing `--`/`-extra`
+    /// (e.g. `-echo port 18080` to override an application parameter).
+    fn with_args(self, args: &[&str]) -> Self;
+
+    /// A `std::process::Command` for this spec (environment cleared, then set).
+    fn command(&self) -> std::process::Command;
+}
+
+impl LaunchSpecExt for LaunchSpec {
+    fn for_release(rel: &Release, root: &str) -> LaunchSpec {
         let root = root.trim_end_matches('/');
         let root = if root.is_empty() { "/" } else { root };
         let at = |rel_path: &str| {
@@ -116,8 +112,7 @@ impl LaunchSpec {
         }
     }
 
-    /// Replaces the code loading mode (`embedded` or `interactive`).
-    pub fn with_mode(mut self, mode: &str) -> LaunchSpec {
+    fn with_mode(mut self, mode: &str) -> LaunchSpec {
         if let Some(i) = self.argv.iter().position(|a| a == "-mode") {
             if let Some(v) = self.argv.get_mut(i + 1) {
                 *v = mode.to_string();
@@ -126,12 +121,7 @@ impl LaunchSpec {
         self
     }
 
-    /// Runs the release as the distributed node `dist`, with epmd started by the init
-    /// (`-start_epmd false`: erlexec would need a shell to start it). The release's
-    /// `vm.args` (`vm_args`, its arguments) is inlined in place of its `-args_file` without
-    /// its `-name`/`-sname`/`-setcookie`/`-start_epmd` (the file itself stays as the
-    /// user wrote it), so the node has exactly one name and one cookie.
-    pub fn with_distribution(mut self, vm_args: &[String], dist: &Distribution) -> LaunchSpec {
+    fn with_distribution(mut self, vm_args: &[String], dist: &Distribution) -> LaunchSpec {
         if let Some(i) = self.argv.iter().position(|a| a == "-args_file") {
             let kept = without_distribution_args(vm_args);
             self.argv.splice(i..(i + 2).min(self.argv.len()), kept);
@@ -153,17 +143,13 @@ impl LaunchSpec {
             "false",
         ]);
         spec.services.push(Service {
-            name: "epmd".into(),
-            argv: vec![epmd],
-            env: BTreeMap::new(),
             wait_tcp: Some(4369),
+            ..Service::new("epmd", vec![epmd])
         });
         spec
     }
 
-    /// Extra emulator or init arguments, inserted before the trailing `--`/`-extra`
-    /// (e.g. `-echo port 18080` to override an application parameter).
-    pub fn with_args(mut self, args: &[&str]) -> LaunchSpec {
+    fn with_args(mut self, args: &[&str]) -> LaunchSpec {
         let at = self
             .argv
             .iter()
@@ -175,19 +161,7 @@ impl LaunchSpec {
         self
     }
 
-    pub fn to_json(&self) -> String {
-        // Fields and env are in a fixed order (BTreeMap): the bytes are reproducible.
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
-        s.push('\n');
-        s
-    }
-
-    pub fn from_json(text: &str) -> Result<LaunchSpec, serde_json::Error> {
-        serde_json::from_str(text)
-    }
-
-    /// A `std::process::Command` for this spec (environment cleared, then set).
-    pub fn command(&self) -> std::process::Command {
+    fn command(&self) -> std::process::Command {
         let (prog, args) = self
             .argv
             .split_first()

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use beambake_contract::paths;
 use beambake_images::image::compress::Compression;
 use beambake_images::image::{self, Format};
 use beambake_images::rootfs::Tree;
@@ -84,12 +85,7 @@ pub fn add_boot_files(
         order.push_str(&guest);
         order.push('\n');
     }
-    tree.add_bytes(
-        "/etc/beambake/modules",
-        order.into_bytes(),
-        0o644,
-        "beambake",
-    )?;
+    tree.add_bytes(paths::MODULES_PATH, order.into_bytes(), 0o644, "beambake")?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use beambake_contract::paths;
 use beambake_images::image::{self, Format};
 use beambake_kernel::uml_kernel;
 use beambake_recipe::{Recipe, RootFs};
@@ -61,7 +62,7 @@ impl Target for Uml {
     ) -> Result<Made, Error> {
         let tree = &mut common.prepared.assembly.tree;
         beambake_target::add_init(tree, cx.init)?;
-        tree.add_bytes("/etc/beambake/modules", Vec::new(), 0o644, "beambake")?;
+        tree.add_bytes(paths::MODULES_PATH, Vec::new(), 0o644, "beambake")?;
         // Mount points for the data disk and host directories: the root is read-only.
         let mut points: Vec<&str> = recipe.hostfs.iter().map(|h| h.guest.as_str()).collect();
         points.extend(recipe.disks.iter().map(|d| d.mount.as_str()));
@@ -103,7 +104,7 @@ impl Target for Uml {
             recipe,
             common,
             "linux",
-            beambake_vm::boot::uml::UML_CMDLINE.to_string(),
+            beambake_vm::boot::uml::uml_cmdline(),
         )?;
         plan.root_image = image.path.file_name().map(PathBuf::from);
         plan.root_fs = Some(format.label().to_string());

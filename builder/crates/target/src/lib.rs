@@ -14,6 +14,7 @@ pub mod pipeline;
 
 use std::path::{Path, PathBuf};
 
+use beambake_contract::paths;
 use beambake_images::output::{OutputSet, Written};
 use beambake_images::rootfs::Tree;
 use beambake_recipe::{Check, Recipe};
@@ -84,7 +85,7 @@ pub fn build(
 /// writes at boot): what every target booting beambake's init needs.
 pub fn add_init(tree: &mut Tree, init: &[u8]) -> Result<(), Error> {
     tree.add_bytes("/init", init.to_vec(), 0o755, "beambake init")?;
-    tree.add_symlink("/etc/hosts", "/run/hosts", "beambake")?;
+    tree.add_symlink(paths::ETC_HOSTS, paths::RUN_HOSTS, "beambake")?;
     Ok(())
 }
 

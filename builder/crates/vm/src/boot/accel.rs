@@ -25,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use beambake_contract::cmdline::GuestParams;
+use beambake_contract::console::{self, PROBE_STATUS};
+use beambake_contract::exit;
 use serde::{Deserialize, Serialize};
 
 use super::qemu::{self, Accelerator};
@@ -32,8 +35,6 @@ use beambake_recipe::{Accel, Machine};
 
 /// Environment variable choosing the accelerator (`auto`, `kvm`, `tcg`).
 pub const ACCEL_ENV: &str = "BEAMBAKE_ACCEL";
-/// The guest status the init powers off with in probe mode (`init/src/cmdline.rs`).
-pub const PROBE_STATUS: i32 = 42;
 /// How long the probe guest may take, from qemu's start to its exit.
 pub const PROBE_BOUND: Duration = Duration::from_secs(10);
 /// Cache directory (inside the beambake cache) of probe verdicts.
@@ -311,7 +312,7 @@ fn machine_name(m: Machine) -> &'static str {
 /// Boots the probe guest under KVM and judges it. Never fails: any problem is evidence
 /// for TCG.
 pub fn probe(target: &ProbeTarget) -> Probe {
-    let expected_status = (PROBE_STATUS << 1) | 1;
+    let expected_status = exit::qemu_exit_status(PROBE_STATUS);
     let probed_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -353,6 +354,10 @@ pub fn probe(target: &ProbeTarget) -> Probe {
         Ok(f) => f,
         Err(e) => return not_started(p, format!("{}: {e}", stderr_path.display())),
     };
+    let params = GuestParams {
+        probe: Some(token.clone()),
+        ..GuestParams::default()
+    };
     let mut c = Command::new(&target.qemu);
     c.args(["-M", machine_name(target.machine)])
         .args(["-accel", "kvm", "-cpu", &target.cpu])
@@ -370,12 +375,12 @@ pub fn probe(target: &ProbeTarget) -> Probe {
         .arg(&initrd)
         .args([
             "-append",
-            &format!("{} beambake.probe={token}", qemu::FAST_CMDLINE),
+            &format!("{} {}", qemu::FAST_CMDLINE, params.to_cmdline()),
         ])
         .arg("-chardev")
         .arg(format!("file,id=con,path={}", console.display()))
         .args(["-serial", "chardev:con"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .args(["-device", exit::QEMU_DEVICE])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
@@ -422,7 +427,7 @@ pub fn probe(target: &ProbeTarget) -> Probe {
         },
     };
     let console_text = read_lossy(&console);
-    let marker = format!("beambake-init: probe {token} ok");
+    let marker = console::probe_marker_line(&token);
     p.marker_seen = console_text.lines().any(|l| l.contains(&marker));
     p.console_tail = tail(&console_text, 12);
     p.stderr_tail = tail(&read_lossy(&stderr_path), 6);
@@ -610,16 +615,6 @@ mod tests {
             "BEAMBAKE_ACCEL=kvm"
         );
         assert_eq!(r(Some(Accel::Auto), None, Accel::Tcg).1, "--accel auto");
-    }
-
-    #[test]
-    fn probe_status_matches_the_init() {
-        let init = include_str!("../../../../../init/src/cmdline.rs");
-        assert!(
-            init.contains(&format!("pub const PROBE_STATUS: u8 = {PROBE_STATUS};")),
-            "init/src/cmdline.rs PROBE_STATUS differs from boot::accel::PROBE_STATUS"
-        );
-        assert!(init.contains("format!(\"probe {token} ok\")"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod uml;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use beambake_contract::cmdline::{GuestParams, Ipv4Cidr, MountSpec};
 use serde::{Deserialize, Serialize};
 
 use beambake_recipe::{Accel, Check, Machine, NetMode, SmokeCfg, Target};
@@ -260,49 +261,64 @@ impl BootPlan {
         Ok(())
     }
 
-    /// The kernel parameters of one VM: the common ones, its network, name and mounts.
+    /// The kernel parameters of one VM: the common ones, then its `beambake.*` ones.
     pub fn instance_cmdline(&self, inst: &Instance) -> String {
         let mut c = self.cmdline.clone();
-        if self.net.mode != NetMode::None {
-            c.push_str(&format!(
-                " beambake.ip={}/{} beambake.gw={}",
-                inst.ip, self.net.prefix, self.net.host
-            ));
+        for arg in self.instance_params(inst).to_cmdline_args() {
+            c.push(' ');
+            c.push_str(&arg);
         }
-        c.push_str(&format!(" beambake.hostname={}", inst.hostname));
-        // The other VMs of the plan, so names resolve between guests (short node names).
-        if self.net.mode != NetMode::None {
-            for (i, ip) in self.net.guests.iter().enumerate() {
-                if i != inst.index {
-                    c.push_str(&format!(
-                        " beambake.peer={},{ip}",
-                        self.instance_hostname(i)
-                    ));
-                }
-            }
-        }
-        if let Some(node) = &inst.node {
-            c.push_str(&format!(" beambake.node={node}"));
-        }
+        c
+    }
+
+    /// What the init of one VM is told: its network, name, peers and mounts.
+    pub fn instance_params(&self, inst: &Instance) -> GuestParams {
+        let net = self.net.mode != NetMode::None;
+        let mount = |source: String, target: &str, fstype: &str, data: String| MountSpec {
+            source,
+            target: target.to_string(),
+            fstype: fstype.to_string(),
+            data,
+        };
+        let mut mounts = Vec::new();
         if let Some(d) = &self.data {
-            c.push_str(&format!(" beambake.mount=/dev/ubdb,{},ext4", d.mount));
+            mounts.push(mount("/dev/ubdb".into(), &d.mount, "ext4", String::new()));
         }
         for (i, d) in self.disks.iter().enumerate() {
-            c.push_str(&format!(
-                " beambake.mount={},{},{}",
+            mounts.push(mount(
                 extra_disk_device(i),
-                d.mount,
-                d.fstype
+                &d.mount,
+                &d.fstype,
+                String::new(),
             ));
         }
         for h in &self.hostfs {
-            c.push_str(&format!(
-                " beambake.mount=none,{},hostfs,{}",
-                h.guest,
-                h.host.display()
-            ));
+            let host = h.host.display().to_string();
+            mounts.push(mount("none".into(), &h.guest, "hostfs", host));
         }
-        c
+        GuestParams {
+            ip: net.then_some(Ipv4Cidr {
+                addr: inst.ip,
+                prefix: self.net.prefix,
+            }),
+            gw: net.then_some(self.net.host),
+            hostname: Some(inst.hostname.clone()),
+            // The other VMs of the plan, so names resolve between guests (short node names).
+            peers: if net {
+                self.net
+                    .guests
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != inst.index)
+                    .map(|(i, ip)| (self.instance_hostname(i), *ip))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            node: inst.node.clone(),
+            mounts,
+            ..GuestParams::default()
+        }
     }
 
     pub fn cookie(&self, dir: &Path) -> Result<Option<String>, BootError> {
@@ -346,5 +362,54 @@ mod run_file_tests {
         ] {
             assert!(!BootPlan::is_run_file(n), "{n}");
         }
+    }
+}
+
+#[cfg(test)]
+mod cmdline_tests {
+    use super::BootPlan;
+    use std::path::Path;
+
+    /// Every `beambake.*` parameter the builder gives a VM, in its order (pinned: the
+    /// init parses exactly these).
+    #[test]
+    fn instance_cmdline_is_pinned() {
+        let plan: BootPlan = serde_json::from_str(
+            r#"{
+  "name": "e", "target": "uml", "kernel": "linux", "root_image": "e.squashfs",
+  "cmdline": "quiet con=null ssl=null beambake.if=vec0",
+  "memory_mib": 256, "cpus": 1, "machine": "microvm", "accel": "auto", "cpu": null,
+  "net": {"mode": "tap", "guests": ["10.0.121.101", "10.0.121.102", "10.0.121.103"],
+          "prefix": 24, "host": "10.0.121.100", "hostname": "echo"},
+  "node": "echo", "cookie_file": "cookie", "checks": [],
+  "smoke": {"ready_timeout_s": 60, "check_timeout_s": 30},
+  "data": {"path": null, "size_mib": 64, "mount": "/data"},
+  "hostfs": [{"host": "/h/shared", "guest": "/srv/shared"}],
+  "disks": [{"path": "/h/extra.iso", "mount": "/mnt/extra", "fstype": "iso9660"}]
+}"#,
+        )
+        .unwrap();
+        let vms = plan.instances(Path::new("/out"));
+        assert_eq!(
+            plan.instance_cmdline(&vms[1]),
+            "quiet con=null ssl=null beambake.if=vec0 \
+             beambake.ip=10.0.121.102/24 beambake.gw=10.0.121.100 beambake.hostname=echo-2 \
+             beambake.peer=echo-1,10.0.121.101 beambake.peer=echo-3,10.0.121.103 \
+             beambake.node=echo@10.0.121.102 beambake.mount=/dev/ubdb,/data,ext4 \
+             beambake.mount=/dev/ubdc,/mnt/extra,iso9660 \
+             beambake.mount=none,/srv/shared,hostfs,/h/shared"
+        );
+        let mut one = plan.clone();
+        one.net.mode = beambake_recipe::NetMode::None;
+        one.net.guests.truncate(1);
+        one.node = None;
+        one.data = None;
+        one.disks.clear();
+        one.hostfs.clear();
+        let vms = one.instances(Path::new("/out"));
+        assert_eq!(
+            one.instance_cmdline(&vms[0]),
+            "quiet con=null ssl=null beambake.if=vec0 beambake.hostname=echo"
+        );
     }
 }

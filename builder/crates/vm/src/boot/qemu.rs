@@ -141,7 +141,7 @@ pub fn command(
         NetMode::None => {}
     }
     // Lets the init end qemu with the guest's status: (status << 1) | 1.
-    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c.args(["-device", beambake_contract::exit::QEMU_DEVICE]);
     c
 }
 
@@ -239,12 +239,7 @@ pub fn forwarded_ports(plan: &BootPlan) -> Vec<u16> {
 
 /// The guest's status from qemu's exit status: the init writes it to isa-debug-exit, so
 /// qemu exits with `(status << 1) | 1`. `None` when qemu ended another way.
-pub fn guest_status(qemu_code: Option<i32>) -> Option<i32> {
-    match qemu_code {
-        Some(c) if c & 1 == 1 => Some(c >> 1),
-        _ => None,
-    }
-}
+pub use beambake_contract::exit::guest_status;
 
 /// Checks that qemu is installed.
 pub fn check_installed() -> Result<(), BootError> {
@@ -278,13 +273,5 @@ mod tests {
         if let Some(khz) = host_tsc_khz() {
             assert!(khz % 1000 == 0 && khz >= 100_000, "{khz}");
         }
-    }
-
-    #[test]
-    fn status_decoding() {
-        assert_eq!(guest_status(Some(1)), Some(0));
-        assert_eq!(guest_status(Some(7)), Some(3));
-        assert_eq!(guest_status(Some(0)), None);
-        assert_eq!(guest_status(None), None);
     }
 }

@@ -12,15 +12,25 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use beambake_contract::cmdline::GuestParams;
+use beambake_contract::console;
+
 use super::qemu::Console;
 use super::{BootError, BootPlan, Instance};
 use beambake_recipe::NetMode;
 
-/// What the init prints before powering off (see init/src/power.rs).
-pub const POWER_OFF_LINE: &str = "beambake-init: power off, status ";
+/// The guest's network interface: the vector driver's first.
+pub const UML_IFACE: &str = "vec0";
 
-/// Kernel parameters for every UML guest: quiet boot, no serial lines or extra consoles.
-pub const UML_CMDLINE: &str = "quiet con=null ssl=null beambake.if=vec0";
+/// Kernel parameters for every UML guest: quiet boot, no serial lines or extra consoles,
+/// the network on [`UML_IFACE`].
+pub fn uml_cmdline() -> String {
+    let params = GuestParams {
+        iface: Some(UML_IFACE.into()),
+        ..GuestParams::default()
+    };
+    format!("quiet con=null ssl=null {}", params.to_cmdline())
+}
 
 /// The command for VM `inst` of `plan` (files in `dir`), with the tap at fd 3.
 pub fn command(
@@ -53,7 +63,7 @@ pub fn command(
     c.arg(format!("umid={}", umid(plan, inst)));
     if plan.net.mode == NetMode::Tap {
         // The tap (without vnet header) is fd 3; `vec=0`: plain read/write on it.
-        c.arg("vec0:transport=fd,fd=3,vec=0");
+        c.arg(format!("{UML_IFACE}:transport=fd,fd=3,vec=0"));
     }
     match console {
         Console::File(log) => {
@@ -134,8 +144,8 @@ pub fn guest_status(console_log: &Path) -> Option<i32> {
     let text = String::from_utf8_lossy(&text);
     text.lines()
         .rev()
-        .find_map(|l| l.split_once(POWER_OFF_LINE))
-        .and_then(|(_, rest)| rest.trim().parse().ok())
+        .find_map(console::parse_power_off_line)
+        .map(i32::from)
 }
 
 /// A one-line reason when the console shows a known way for a guest to fail early.
@@ -159,14 +169,16 @@ mod tests {
     fn status_from_console() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.log");
-        fs::write(
-            &p,
-            "x\nbeambake-init: power off, status 3\nbeambake-init: power off, status 7\nreboot\n",
-        )
-        .unwrap();
+        let lines = [console::power_off_line(3), console::power_off_line(7)];
+        fs::write(&p, format!("x\n{}\n{}\nreboot\n", lines[0], lines[1])).unwrap();
         assert_eq!(guest_status(&p), Some(7));
         fs::write(&p, "Kernel panic\n").unwrap();
         assert_eq!(guest_status(&p), None);
+    }
+
+    #[test]
+    fn cmdline_names_the_interface() {
+        assert_eq!(uml_cmdline(), "quiet con=null ssl=null beambake.if=vec0");
     }
 
     #[test]

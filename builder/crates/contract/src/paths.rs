@@ -1,0 +1,16 @@
+//! Guest paths both sides use: the builder puts files there, the init reads or writes
+//! them.
+
+/// The launch spec (JSON, see [`crate::launch`]).
+pub const LAUNCH_PATH: &str = "/etc/beambake/launch.json";
+
+/// The kernel modules the init loads: one absolute `.ko` path per line, in dependency
+/// order (empty when the kernel needs none).
+pub const MODULES_PATH: &str = "/etc/beambake/modules";
+
+/// The hosts file the init writes at boot (the root may be read-only).
+pub const RUN_HOSTS: &str = "/run/hosts";
+
+/// The usual hosts file: the builder makes it a symlink to [`RUN_HOSTS`]; the init also
+/// writes it when it is a plain file on a writable root.
+pub const ETC_HOSTS: &str = "/etc/hosts";
