@@ -34,6 +34,11 @@ fn main() {
         "cargo:rerun-if-changed={}",
         contract.join("Cargo.toml").display()
     );
+    // The workspace manifest holds the init's release profile (opt-level, codegen units).
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest.parent().expect("workspace root").join("Cargo.toml").display()
+    );
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("init-target");
     let triple = "x86_64-unknown-linux-gnu";
