@@ -1,17 +1,15 @@
-//! Golden files for format writers: compare an output with `tests/golden/NAME` of the
-//! package under test, or rewrite the file when `UPDATE_GOLDEN` is set.
+//! Golden files for format writers: compare an output with `builder/tests/golden/NAME`,
+//! or rewrite the file when `UPDATE_GOLDEN` is set.
 //!
-//! The same API as the library's `golden` module ([`check`]). The package is found at run
-//! time through `CARGO_MANIFEST_DIR`, which cargo sets for every test it runs; so a crate
-//! split out of `builder` keeps its golden files in its own `tests/golden`, or names a
-//! directory with [`check_in`].
+//! The same API as the library's `golden` module ([`check`]), and the same directory for
+//! every crate of the workspace; [`check_in`] names another.
 
 use std::path::{Path, PathBuf};
 
 /// Set (to anything) to accept the outputs: the golden files are rewritten.
 pub const UPDATE_ENV: &str = "UPDATE_GOLDEN";
 
-/// Compares `actual` with `tests/golden/NAME` of the package under test.
+/// Compares `actual` with `builder/tests/golden/NAME`.
 pub fn check(name: &str, actual: &str) {
     check_in(&golden_dir(), name, actual);
 }
@@ -25,14 +23,9 @@ pub fn check_in(dir: &Path, name: &str, actual: &str) {
     );
 }
 
-/// `tests/golden` of the package whose tests run (cargo's `CARGO_MANIFEST_DIR`).
+/// `builder/tests/golden`, where beambake keeps its golden files.
 pub fn golden_dir() -> PathBuf {
-    let Some(pkg) = std::env::var_os("CARGO_MANIFEST_DIR") else {
-        panic!(
-            "CARGO_MANIFEST_DIR is not set: run the test through cargo, or use golden::check_in"
-        );
-    };
-    PathBuf::from(pkg).join("tests/golden")
+    crate::paths::repo_root().join("builder/tests/golden")
 }
 
 fn compare(path: &Path, actual: &str, update: bool) {
@@ -80,10 +73,11 @@ mod tests {
     }
 
     #[test]
-    fn the_package_is_the_one_under_test() {
-        assert_eq!(
-            golden_dir(),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    fn the_golden_files_are_beambakes() {
+        assert!(golden_dir().join("iso-small_tree.txt").is_file());
+        check(
+            "sample.cpio.txt",
+            &std::fs::read_to_string(golden_dir().join("sample.cpio.txt")).unwrap(),
         );
     }
 }
