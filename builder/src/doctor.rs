@@ -1,5 +1,5 @@
 //! `beambake doctor`: what this host can do for beambake, and why — each finding a verdict
-//! with its evidence: the KVM verdict with the probe's evidence ([`crate::boot::accel`]),
+//! with its evidence: the KVM verdict with the probe's evidence ([`beambake_vm::boot::accel`]),
 //! qemu's version, a tap in a private network namespace (root), user namespaces (rootless
 //! networking), whether User Mode Linux can run here (the host's XSAVE area against UML
 //! 6.1's fixed buffer, and beambake's own UML kernel in the cache), the rebar3, erl and
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::boot::accel::{self, Probe, ProbeTarget};
-use crate::boot::qemu::{self, Accelerator};
-use crate::net::{self, NsTrial};
-use crate::recipe::Machine;
+use beambake_recipe::Machine;
+use beambake_vm::boot::accel::{self, Probe, ProbeTarget};
+use beambake_vm::boot::qemu::{self, Accelerator};
+use beambake_vm::net::{self, NsTrial};
 
 /// The size of the XSAVE buffer User Mode Linux 6.1 is built with (x86_64).
 pub const UML_61_XSAVE_BYTES: u32 = 2696;
@@ -211,6 +211,7 @@ fn kvm_finding(opts: &Options, progress: &dyn Fn(&str)) -> Kvm {
         machine: Machine::Microvm,
         cpu: "host".into(),
         bound: accel::PROBE_BOUND,
+        init: crate::INIT,
     };
     let choice = accel::auto(&target, &opts.cache_dir);
     evidence.push(format!("kernel: {}", kernel.display()));
@@ -253,9 +254,9 @@ fn exit_text(p: &Probe) -> String {
 
 /// The microvm recipe's default kernel, from the cache (fetched when absent).
 fn default_kernel(cache_dir: &Path) -> Result<PathBuf, String> {
-    let pin: crate::kernel::Pin =
-        toml::from_str(crate::target::microvm::DEFAULT_PIN).map_err(|e| e.to_string())?;
-    crate::kernel::fetch_debian(&pin, cache_dir)
+    let pin: beambake_kernel::kernel::Pin =
+        toml::from_str(beambake_target_microvm::DEFAULT_PIN).map_err(|e| e.to_string())?;
+    beambake_kernel::kernel::fetch_debian(&pin, cache_dir)
         .map(|k| k.image)
         .map_err(|e| e.to_string())
 }
@@ -351,7 +352,7 @@ pub fn xsave_sizes() -> Option<(u32, u32)> {
 
 fn uml_finding(cache_dir: &Path) -> Uml {
     let sizes = xsave_sizes();
-    let image = crate::uml_kernel::image_path(cache_dir).ok();
+    let image = beambake_kernel::uml_kernel::image_path(cache_dir).ok();
     let built = image.as_ref().is_some_and(|p| p.is_file());
     let mut evidence = Vec::new();
     let debian_runs = sizes.map(|(ebx, _)| ebx <= UML_61_XSAVE_BYTES);
@@ -403,7 +404,7 @@ fn tool(program: &str, args: &[&str], want: &str, install: &str) -> Tool {
     let path = if program.contains('/') {
         Some(PathBuf::from(program)).filter(|p| p.is_file())
     } else {
-        crate::host::which(program)
+        beambake_images::host::which(program)
     };
     let Some(path) = path else {
         return Tool {

@@ -1,38 +1,30 @@
 //! beambake: turns an Erlang/OTP release into an immutable guest image.
 //!
-//! The pipeline is `source` (dir, tarball, rebar3 project) -> `release` (what the release
-//! is) -> `assemble` (the `rootfs` tree: release + ERTS + ELF closure + launch spec) ->
-//! `image` writers -> artefacts written through `output`, described by `manifest`.
-//! See ARCHITECTURE.md for the map.
+//! This crate is the CLI's library: the target registry ([`targets`]), recipe-level
+//! operations ([`run`]), `beambake doctor` ([`doctor`]) and the embedded guest init
+//! ([`INIT`]). The work itself lives in the crates under `builder/crates/` (see
+//! ARCHITECTURE.md); their modules are re-exported here under the names the CLI, xtask
+//! and the integration tests use.
 
-pub mod assemble;
-pub mod boot;
-pub mod digest;
 pub mod doctor;
-pub mod elf;
-#[cfg(test)]
-mod golden;
-pub mod host;
-pub mod image;
-pub mod kernel;
-pub mod launch;
-pub mod manifest;
-pub mod net;
-pub mod output;
-pub mod patch;
-pub mod patchset;
-pub mod pipeline;
-pub mod recipe;
-pub mod release;
-pub mod rootfs;
-pub mod rumprun;
 pub mod run;
-pub mod sandbox;
-pub mod smoke;
-pub mod source;
-pub mod tarball;
-pub mod target;
-pub mod term;
-#[cfg(test)]
-pub(crate) mod test_skip;
-pub mod uml_kernel;
+pub mod targets;
+
+pub use beambake_images::{digest, host, image, output, rootfs};
+pub use beambake_kernel::{kernel, uml_kernel};
+pub use beambake_patch::{patch, patchset};
+pub use beambake_recipe as recipe;
+pub use beambake_release::{assemble, elf, launch, manifest, release, source, tarball, term};
+pub use beambake_target::pipeline;
+pub use beambake_vm::{boot, net, rumprun, sandbox, smoke};
+
+/// beambake's init (static), built from the workspace's `init` crate by build.rs.
+pub const INIT: &[u8] = include_bytes!(env!("BEAMBAKE_INIT_BIN"));
+
+/// The targets, as they were reachable before the split (tests and xtask).
+pub mod target {
+    pub use beambake_target::*;
+    pub use beambake_target_microvm as microvm;
+    pub use beambake_target_rumprun as rumprun;
+    pub use beambake_target_uml as uml;
+}

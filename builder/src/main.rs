@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use beambake::assemble;
 use beambake::image::compress::Compression;
+use beambake::image::{self, Format};
 use beambake::output::parent_dir;
 use beambake::pipeline::{self, Input, Prepared, Progress};
 use beambake::recipe::{Accel, Recipe};
@@ -343,23 +344,19 @@ fn run(cli: Cli) -> Result<u8> {
             let result = (|| -> Result<_> {
                 let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps)?;
                 steps.step(&format!("writing {}", output.display()));
-                let is_iso = output.extension().is_some_and(|e| e == "iso");
-                let written = if is_iso {
-                    pipeline::write_iso(&p.assembly.tree, &output, &p.release.name)?
+                let format = if output.extension().is_some_and(|e| e == "iso") {
+                    Format::Iso9660 {
+                        volume: p.release.name.clone(),
+                    }
                 } else {
-                    pipeline::write_initramfs(&p.assembly.tree, &output, compression, level)?
+                    Format::Cpio { compression, level }
                 };
+                let written = image::write(&p.assembly.tree, &format, &output)?;
                 let manifest_path = manifest
                     .clone()
                     .unwrap_or_else(|| parent_dir(&output).join("manifest.json"));
                 let dir = parent_dir(&manifest_path);
-                let format = match compression {
-                    _ if is_iso => "iso9660+rockridge",
-                    Compression::None => "cpio-newc",
-                    Compression::Gzip => "cpio-newc+gzip",
-                    Compression::Zstd => "cpio-newc+zstd",
-                };
-                let m = pipeline::manifest(&p, &[(written.clone(), format)], dir, list)?;
+                let m = pipeline::manifest(&p, &[(written.clone(), format.label())], dir, list)?;
                 beambake::output::write_bytes(&manifest_path, m.to_json().as_bytes())?;
                 Ok((written, manifest_path))
             })();

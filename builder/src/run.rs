@@ -5,25 +5,29 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::boot::{accel, qemu, BootError, BootPlan};
-use crate::pipeline::{Error, Progress};
-use crate::recipe::{Accel, Recipe, Target};
-use crate::sandbox::{self, Mode, Outcome, Request};
-use crate::smoke::Report;
-use crate::target::{microvm, rumprun, uml, Built};
+use beambake_recipe::{Accel, Recipe, Target};
+use beambake_target::pipeline::{Error, Progress};
+use beambake_target::{Built, Context};
+use beambake_vm::boot::{accel, qemu, BootError, BootPlan};
+use beambake_vm::sandbox::{self, Mode, Outcome, Request};
+use beambake_vm::smoke::Report;
 
 pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
     // The checks' CA files, before minutes of building.
-    crate::smoke::tls::check_cas(&recipe.resolved_checks())?;
-    match recipe.target {
-        Target::Microvm => microvm::build(recipe, out_root, progress),
-        Target::Uml => uml::build(recipe, out_root, progress),
-        Target::Rumprun => rumprun::build(recipe, out_root, progress),
-        other => Err(Error::Recipe(format!(
-            "{}: target {other:?} cannot be built yet (see the README support matrix)",
-            recipe.file.display()
-        ))),
-    }
+    beambake_vm::smoke::tls::check_cas(&recipe.resolved_checks())?;
+    let target = crate::targets::find(recipe.target).ok_or_else(|| {
+        Error::Recipe(format!(
+            "{}: target {:?} cannot be built yet (see the README support matrix)",
+            recipe.file.display(),
+            recipe.target
+        ))
+    })?;
+    let cache = beambake_kernel::kernel::default_cache_dir();
+    let cx = Context {
+        init: crate::INIT,
+        cache: &cache,
+    };
+    beambake_target::build(target, recipe, out_root, &cx, progress)
 }
 
 /// Boots the image in `dir` (a build's output directory) in a fresh sandbox; `count`
@@ -50,7 +54,7 @@ pub fn boot(
     }
     let choice = match plan.target {
         Target::Uml => {
-            crate::boot::uml::check_kernel(&plan, dir)?;
+            beambake_vm::boot::uml::check_kernel(&plan, dir)?;
             None
         }
         _ => {
@@ -62,12 +66,13 @@ pub fn boot(
                 machine: plan.machine,
                 cpu: plan.cpu.clone().unwrap_or_else(|| "host".into()),
                 bound: accel::PROBE_BOUND,
+                init: crate::INIT,
             };
             let c = accel::choose(
                 accel,
                 plan.accel,
                 &target,
-                &crate::kernel::default_cache_dir(),
+                &beambake_kernel::kernel::default_cache_dir(),
             )
             .map_err(BootError::from)?;
             progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
@@ -84,7 +89,7 @@ pub fn boot(
     let instances = plan.instances(&dir_abs);
     prepare_storage(&plan, &instances, progress)?;
     if mode == Mode::Smoke {
-        crate::smoke::tls::check_cas(&plan.checks)?;
+        beambake_vm::smoke::tls::check_cas(&plan.checks)?;
     }
     progress.step(match mode {
         Mode::Smoke => "booting and running the checks",
@@ -100,7 +105,7 @@ pub fn boot(
     };
     let outcome = sandbox::run(&req);
     // User Mode Linux's run dirs of VMs that were killed.
-    let _ = std::fs::remove_dir_all(crate::boot::uml::run_dir(&req.dir));
+    let _ = std::fs::remove_dir_all(beambake_vm::boot::uml::run_dir(&req.dir));
     let mut outcome = outcome?;
     if let Some(report) = outcome.report.as_mut() {
         report.accel_reason = Some(match &choice {
@@ -118,7 +123,7 @@ pub fn boot(
 /// exist), before any VM starts.
 fn prepare_storage(
     plan: &BootPlan,
-    instances: &[crate::boot::Instance],
+    instances: &[beambake_vm::boot::Instance],
     progress: &dyn Progress,
 ) -> Result<(), Error> {
     for h in &plan.hostfs {
@@ -145,10 +150,11 @@ fn prepare_storage(
                 continue;
             };
             if disk.exists() {
-                crate::image::ext4::probe(disk).map_err(|e| Error::Recipe(e.to_string()))?;
+                beambake_images::image::ext4::probe(disk)
+                    .map_err(|e| Error::Recipe(e.to_string()))?;
             } else {
                 progress.step(&format!("creating the data disk {}", disk.display()));
-                crate::image::ext4::create_data_disk(disk, d.size_mib, "beambake-data")
+                beambake_images::image::ext4::create_data_disk(disk, d.size_mib, "beambake-data")
                     .map_err(|e| Error::Recipe(e.to_string()))?;
             }
         }

@@ -53,6 +53,7 @@ fn target(dir: &Path, qemu: PathBuf, bound: Duration) -> ProbeTarget {
         machine: Machine::Microvm,
         cpu: "host".into(),
         bound,
+        init: beambake::INIT,
     }
 }
 
@@ -316,6 +317,7 @@ fn the_real_probe_agrees_with_its_evidence() {
         machine: Machine::Microvm,
         cpu: "host".into(),
         bound: PROBE_BOUND,
+        init: beambake::INIT,
     };
     let p = accel::probe(&t);
     eprintln!("real probe: {p:#?}");

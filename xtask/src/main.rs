@@ -7,6 +7,8 @@
 //!   every recipe this machine can run. Closes with `xtask: N passed, N failed, N skipped`
 //!   and one line per skip with its reason; with `CI` set or `--no-skips`, any skip fails
 //!   the run.
+//! - `identity BASELINE_BEAMBAKE`: every recipe's artefacts built by a baseline binary and
+//!   by this tree's must be byte-identical (for refactors).
 //! - `deps`: checks for the host tools the tests need and installs the missing Debian
 //!   packages when run as root (else prints the exact command).
 //!
@@ -15,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod identity;
 mod otp;
 
 use anyhow::{bail, Context, Result};
@@ -79,6 +82,12 @@ fn main() -> Result<()> {
                 bail!("the epmd-as-thread proof failed")
             }
         }
+        Some("identity") => {
+            let Some(baseline) = args.get(1) else {
+                bail!("usage: cargo xtask identity BASELINE_BEAMBAKE (a beambake binary built from the landed main)");
+            };
+            identity::identity(&sh, &root(), Path::new(baseline))
+        }
         Some("bench") => {
             deps(&sh)?;
             for (tool, pkg) in [("busybox", "busybox-static"), ("zstd", "zstd")] {
@@ -90,7 +99,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | otp-src | otp-build --set NAME | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | identity BASELINE_BEAMBAKE | otp-src | otp-build --set NAME | otp-prove>"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,151 @@
+//! The microvm target: the release's tree plus beambake's init at `/init` and the kernel
+//! modules the machine needs, as a zstd cpio initramfs; the kernel beside it; a boot plan
+//! for `beambake boot`.
+//!
+//! Must not: boot (see [`beambake_vm::boot`]), know release internals or other targets.
+
+use std::path::{Path, PathBuf};
+
+use beambake_images::image::compress::Compression;
+use beambake_images::image::{self, Format};
+use beambake_images::rootfs::Tree;
+use beambake_kernel::kernel::{self, Kernel};
+use beambake_recipe::{Machine, NetMode, Recipe};
+use beambake_release::manifest::HostFile;
+use beambake_target::{Common, Context, Error, Made, Progress, Target};
+use beambake_vm::boot::qemu;
+
+/// The default kernel pin, compiled in so the binary works from anywhere.
+pub const DEFAULT_PIN: &str = include_str!("../../../../images/kernel-debian-cloud.toml");
+
+/// The microvm target.
+pub struct Microvm;
+
+/// Modules the machine needs for its devices.
+pub fn machine_modules(recipe: &Recipe) -> Vec<String> {
+    let mut v: Vec<String> = match recipe.vm.machine {
+        Machine::Microvm => vec!["virtio_mmio".into()],
+        Machine::Pc => vec!["virtio_pci".into()],
+    };
+    if recipe.network.mode != NetMode::None {
+        v.push("virtio_net".into());
+    }
+    v.extend(recipe.kernel.extra_modules.iter().cloned());
+    v
+}
+
+/// The recipe's kernel (`kernel.path`, `kernel.pin`, or the default pin), fetched into
+/// `cache` when it is a Debian package.
+pub fn kernel_for(recipe: &Recipe, cache: &Path) -> Result<Kernel, Error> {
+    let k = &recipe.kernel;
+    Ok(match (&k.path, &k.pin) {
+        (Some(p), _) => kernel::from_paths(
+            &recipe.resolve(p),
+            k.modules.as_ref().map(|m| recipe.resolve(m)).as_deref(),
+        )?,
+        (None, Some(pin)) => {
+            kernel::fetch_debian(&kernel::Pin::load(&recipe.resolve(pin))?, cache)?
+        }
+        (None, None) => {
+            let pin: kernel::Pin = toml::from_str(DEFAULT_PIN).map_err(|e| Error::Io {
+                path: PathBuf::from("images/kernel-debian-cloud.toml"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            kernel::fetch_debian(&pin, cache)?
+        }
+    })
+}
+
+/// Adds `/init`, the modules (and their load order) and the `/etc/hosts` link.
+pub fn add_boot_files(
+    tree: &mut Tree,
+    init: &[u8],
+    kernel: &Kernel,
+    modules: &[String],
+) -> Result<(), Error> {
+    beambake_target::add_init(tree, init)?;
+    let wanted: Vec<&str> = modules.iter().map(String::as_str).collect();
+    let resolved = kernel.resolve_modules(&wanted)?;
+    let mut order = String::new();
+    for m in &resolved {
+        let name = m
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{}.ko", m.name));
+        // /lib is usually a symlink to usr/lib in the tree (mirrored from a merged-/usr host).
+        let guest = format!("/usr/lib/modules/{}/{name}", kernel.release);
+        tree.add_file(
+            &guest,
+            beambake_images::rootfs::FileSource::Host(m.path.clone()),
+            0o644,
+            &format!("kernel module {}", m.name),
+        )?;
+        order.push_str(&guest);
+        order.push('\n');
+    }
+    tree.add_bytes(
+        "/etc/beambake/modules",
+        order.into_bytes(),
+        0o644,
+        "beambake",
+    )?;
+    Ok(())
+}
+
+impl Target for Microvm {
+    fn kind(&self) -> beambake_recipe::Target {
+        beambake_recipe::Target::Microvm
+    }
+
+    fn make(
+        &self,
+        recipe: &Recipe,
+        common: &mut Common,
+        cx: &Context,
+        progress: &dyn Progress,
+    ) -> Result<Made, Error> {
+        progress.step("fetching the kernel");
+        let kernel = kernel_for(recipe, cx.cache)?;
+        add_boot_files(
+            &mut common.prepared.assembly.tree,
+            cx.init,
+            &kernel,
+            &machine_modules(recipe),
+        )?;
+
+        progress.step("writing the initramfs");
+        let dir = common.dir.clone();
+        let initrd_name = format!("{}.cpio.zst", recipe.name);
+        let format = Format::Cpio {
+            compression: Compression::Zstd,
+            level: recipe.vm.compression_level,
+        };
+        let image = image::write(
+            &common.prepared.assembly.tree,
+            &format,
+            &dir.join(&initrd_name),
+        )?;
+        let kernel_out =
+            beambake_images::output::copy_file(&kernel.image, &dir.join("vmlinuz"), 0o644)?;
+        let mut plan =
+            beambake_target::plan(recipe, common, "vmlinuz", qemu::FAST_CMDLINE.to_string())?;
+        plan.initrd = Some(PathBuf::from(&initrd_name));
+        let mut kernel_inputs = vec![HostFile {
+            path: kernel.image.display().to_string(),
+            sha256: kernel.sha256.clone(),
+        }];
+        if let Some(pin) = &kernel.package {
+            kernel_inputs.push(HostFile {
+                path: format!("debian:{}={}.deb", pin.package, pin.version),
+                sha256: pin.sha256.clone(),
+            });
+        }
+        Ok(Made {
+            plan,
+            image: image.clone(),
+            artefacts: vec![(image, format.label()), (kernel_out, "linux-bzimage")],
+            kernel_inputs,
+        })
+    }
+}

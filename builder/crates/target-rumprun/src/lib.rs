@@ -1,0 +1,474 @@
+//! The rumprun target: the release split into the seed's two ISO 9660 images —
+//! `erlang.iso` (mounted at `/opt/erlang`: the OTP applications the release uses, under
+//! `lib/erlang`, plus `erl_inetrc`) and `app.iso` (mounted at `/apps/erlang`: the release's
+//! own applications and its `releases/` dir) — trimmed to what a baked BEAM loads (no
+//! ERTS executables, no native Linux binaries, no docs or sources), the rumprun launch
+//! config in both forms with the `rumprun qemu` and plain qemu commands, and, when the
+//! rumprun toolchain is present, the baked kernel (`rumprun-bake hw_virtio`).
+//!
+//! `erlang.iso` links `lib/erlang/lib/APP-VSN` and `lib/erlang/releases` of the release's
+//! own code to `/apps/erlang/...`, so the release's boot script (which names `$ROOT/lib`)
+//! works unchanged across the two mounts.
+//!
+//! Must not: boot (see [`beambake_vm::boot`]), write ISO bytes itself (see
+//! [`beambake_images::image`]) or know other targets.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use beambake_images::image::{self, Format};
+use beambake_images::output::Written;
+use beambake_images::rootfs::{EntryKind, FileSource, Tree};
+use beambake_recipe::Recipe;
+use beambake_release::manifest::HostFile;
+use beambake_target::{Common, Context, Error, Made, Progress, Target};
+use beambake_vm::rumprun::{Clustering, Launch, LaunchParams};
+
+/// The rumprun target.
+pub struct Rumprun;
+
+/// Where the seed mounts the two images.
+pub const ERLANG_MOUNT: &str = "/opt/erlang";
+pub const APP_MOUNT: &str = "/apps/erlang";
+
+/// Sub-directories of an application kept on the ISOs.
+const APP_DIRS: &[&str] = &["ebin", "priv"];
+
+/// The two trees, and what was left out because a rumprun BEAM cannot use it.
+pub struct Split {
+    pub erlang: Tree,
+    pub app: Tree,
+    /// Guest paths of native Linux binaries that were dropped.
+    pub dropped_natives: Vec<String>,
+}
+
+/// Names of the OTP applications of the host's OTP (`lib/NAME-VSN` dirs).
+pub fn otp_app_names(otp_root: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(otp_root.join("lib"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.rsplit_once('-').map(|(name, _)| name.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_elf(src: &FileSource) -> bool {
+    match src {
+        FileSource::Host(p) => beambake_release::elf::is_elf(p).unwrap_or(false),
+        FileSource::Bytes(b) => b.starts_with(b"\x7fELF"),
+    }
+}
+
+/// `.beam` files of `tree` stripped of debug and documentation chunks
+/// (`beam_lib:strip_files/1` in the host's `erl`): guest path -> stripped bytes.
+pub fn strip_beams(tree: &Tree) -> Result<HashMap<String, Arc<Vec<u8>>>, Error> {
+    let beams: Vec<(&str, &FileSource)> = tree
+        .iter()
+        .filter_map(|(p, e)| match &e.kind {
+            EntryKind::File(src) if p.ends_with(".beam") => Some((p, src)),
+            _ => None,
+        })
+        .collect();
+    let tmp = tempfile::tempdir().map_err(|source| Error::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    for (i, (_, src)) in beams.iter().enumerate() {
+        let dest = tmp.path().join(format!("{i}.beam"));
+        let bytes = src.read_all().map_err(|source| Error::Io {
+            path: dest.clone(),
+            source,
+        })?;
+        std::fs::write(&dest, bytes).map_err(|source| Error::Io {
+            path: dest.clone(),
+            source,
+        })?;
+    }
+    let eval = format!(
+        "{{ok, _}} = beam_lib:strip_files(filelib:wildcard(\"{}/*.beam\")), halt().",
+        tmp.path().display()
+    );
+    let o = std::process::Command::new("erl")
+        .args(["-noshell", "-noinput", "-eval", &eval])
+        .output()
+        .map_err(|source| Error::Io {
+            path: PathBuf::from("erl"),
+            source,
+        })?;
+    if !o.status.success() {
+        return Err(Error::Recipe(format!(
+            "stripping .beam files with the host's erl failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )));
+    }
+    let mut out = HashMap::new();
+    for (i, (p, _)) in beams.iter().enumerate() {
+        let f = tmp.path().join(format!("{i}.beam"));
+        let bytes = std::fs::read(&f).map_err(|source| Error::Io { path: f, source })?;
+        out.insert(p.to_string(), Arc::new(bytes));
+    }
+    Ok(out)
+}
+
+/// Splits the release part of `tree` (under `prefix`) into the two ISO trees; files in
+/// `replace` (guest path -> bytes, e.g. stripped `.beam` files) take those bytes.
+pub fn split(
+    tree: &Tree,
+    prefix: &str,
+    otp_apps: &BTreeSet<String>,
+    inetrc: &str,
+    replace: &HashMap<String, Arc<Vec<u8>>>,
+) -> Result<Split, Error> {
+    let mtime = tree.mtime();
+    let mut erlang = Tree::new(mtime);
+    let mut app = Tree::new(mtime);
+    let mut own_apps = BTreeSet::new();
+    let mut dropped = vec![];
+    let base = format!("{}/", prefix.trim_end_matches('/'));
+    for (path, entry) in tree.iter() {
+        let Some(rel) = path.strip_prefix(&base) else {
+            continue;
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        let dest = match parts.as_slice() {
+            ["lib", appdir, sub, ..] if APP_DIRS.contains(sub) => {
+                let name = appdir.rsplit_once('-').map_or(*appdir, |(n, _)| n);
+                if otp_apps.contains(name) {
+                    Some((&mut erlang, format!("/lib/erlang/{rel}")))
+                } else {
+                    own_apps.insert(appdir.to_string());
+                    Some((&mut app, format!("/{rel}")))
+                }
+            }
+            ["releases", _, ..] => Some((&mut app, format!("/{rel}"))),
+            _ => None,
+        };
+        let Some((t, dest)) = dest else { continue };
+        match &entry.kind {
+            EntryKind::Dir => t.mkdir_p(&dest, &entry.origin)?,
+            EntryKind::File(src) => {
+                if is_elf(src) {
+                    dropped.push(path.to_string());
+                    continue;
+                }
+                if let Some(parent) = beambake_images::rootfs::parent_of(&dest) {
+                    t.mkdir_p(parent, "rumprun layout")?;
+                }
+                let src = match replace.get(path) {
+                    Some(b) => FileSource::Bytes(b.clone()),
+                    None => src.clone(),
+                };
+                t.add_file(&dest, src, entry.perm, &entry.origin)?;
+            }
+            EntryKind::Symlink(target) => {
+                if let Some(parent) = beambake_images::rootfs::parent_of(&dest) {
+                    t.mkdir_p(parent, "rumprun layout")?;
+                }
+                t.add_symlink(&dest, target, &entry.origin)?;
+            }
+            EntryKind::Device { .. } => {}
+        }
+    }
+    erlang.mkdir_p("/lib/erlang/lib", "rumprun layout")?;
+    for a in &own_apps {
+        erlang.add_symlink(
+            &format!("/lib/erlang/lib/{a}"),
+            &format!("{APP_MOUNT}/lib/{a}"),
+            "rumprun: the release's own application, on app.iso",
+        )?;
+    }
+    erlang.add_symlink(
+        "/lib/erlang/releases",
+        &format!("{APP_MOUNT}/releases"),
+        "rumprun: the release's boot files, on app.iso",
+    )?;
+    erlang.add_bytes(
+        "/erl_inetrc",
+        inetrc.as_bytes().to_vec(),
+        0o644,
+        "beambake (ERL_INETRC)",
+    )?;
+    Ok(Split {
+        erlang,
+        app,
+        dropped_natives: dropped,
+    })
+}
+
+/// The `erl_inetrc` of the guest: hosts file first, then DNS (the seed's choice), and the
+/// guest's own name.
+pub fn inetrc(ip: std::net::Ipv4Addr, hostname: &str) -> String {
+    let o = ip.octets();
+    format!(
+        "%% Written by beambake for the rumprun guest.\n{{lookup, [file, dns]}}.\n{{host, {{{},{},{},{}}}, [\"{hostname}\"]}}.\n",
+        o[0], o[1], o[2], o[3]
+    )
+}
+
+/// `rumprun-bake`: on `PATH`, or in `$RUMPRUN_TOOLCHAIN/bin`.
+pub fn find_bake() -> Option<PathBuf> {
+    if let Some(tc) = std::env::var_os("RUMPRUN_TOOLCHAIN") {
+        let p = PathBuf::from(tc).join("bin/rumprun-bake");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    beambake_images::host::which("rumprun-bake")
+}
+
+/// The error when the toolchain is missing.
+pub fn missing_toolchain(recipe: &Recipe) -> Error {
+    Error::Recipe(format!(
+        "{}: the rumprun toolchain is not installed: `rumprun-bake` is not on PATH and RUMPRUN_TOOLCHAIN is not set. \
+         Build rumprun and rumprun-packages/erlang, put its bin/ on PATH or set \
+         RUMPRUN_TOOLCHAIN to its prefix, and set rumprun.beam to the rumprun-built BEAM; or pass --no-bake to write \
+         only erlang.iso, app.iso and the launch config",
+        recipe.file.display()
+    ))
+}
+
+/// Size and sha256 of a file another program (or module) wrote.
+fn written_file(path: &Path) -> Result<Written, Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    Ok(Written {
+        path: path.to_path_buf(),
+        size: std::fs::metadata(path).map_err(io)?.len(),
+        sha256: beambake_images::digest::sha256_file(path).map_err(io)?,
+    })
+}
+
+/// `rumprun-bake` and the rumprun-built BEAM, unless the recipe says `no_bake`; an
+/// error naming what is missing otherwise.
+fn bake_tools(recipe: &Recipe) -> Result<Option<(PathBuf, PathBuf)>, Error> {
+    Ok(if recipe.rumprun.no_bake {
+        None
+    } else {
+        let tool = find_bake().ok_or_else(|| missing_toolchain(recipe))?;
+        let beam = match &recipe.rumprun.beam {
+            Some(b) => recipe.resolve(b),
+            None => std::env::var_os("RUMPRUN_TOOLCHAIN")
+                .map(|t| PathBuf::from(t).join("erlang/bin/beam"))
+                .ok_or_else(|| missing_toolchain(recipe))?,
+        };
+        if !beam.is_file() {
+            return Err(Error::Recipe(format!(
+                "{}: rumprun.beam {} does not exist: build OTP for rumprun (rumprun-packages/erlang) and point rumprun.beam at its bin/beam",
+                recipe.file.display(),
+                beam.display()
+            )));
+        }
+        Some((tool, beam))
+    })
+}
+
+impl Target for Rumprun {
+    fn kind(&self) -> beambake_recipe::Target {
+        beambake_recipe::Target::Rumprun
+    }
+
+    fn check(&self, recipe: &Recipe) -> Result<(), Error> {
+        bake_tools(recipe).map(|_| ())
+    }
+
+    fn make(
+        &self,
+        recipe: &Recipe,
+        common: &mut Common,
+        _cx: &Context,
+        progress: &dyn Progress,
+    ) -> Result<Made, Error> {
+        let bake = bake_tools(recipe)?;
+        let dir = common.dir.clone();
+        let guest = recipe.guest_addr().map_err(Error::Recipe)?;
+        let otp = common
+            .prepared
+            .release
+            .host_otp
+            .clone()
+            .or_else(beambake_release::release::find_host_otp)
+            .ok_or_else(|| {
+                Error::Recipe("cannot find the host's OTP (erl on PATH) to tell OTP applications from the release's own".into())
+            })?;
+        let stripped = if recipe.rumprun.strip_beams {
+            progress.step("stripping debug chunks from the .beam files");
+            strip_beams(&common.prepared.assembly.tree)?
+        } else {
+            HashMap::new()
+        };
+        progress.step("splitting the release into erlang.iso and app.iso");
+        let s = split(
+            &common.prepared.assembly.tree,
+            &common.prepared.assembly.prefix,
+            &otp_app_names(&otp),
+            &inetrc(guest.ip, &recipe.hostname()),
+            &stripped,
+        )?;
+        for n in &s.dropped_natives {
+            progress.step(&format!(
+                "left out {n}: a native Linux binary (NIFs and port programs must be cross-built for rumprun)"
+            ));
+        }
+        let erlang_iso = image::write(
+            &s.erlang,
+            &Format::Iso9660 {
+                volume: "ERLANG".into(),
+            },
+            &dir.join("erlang.iso"),
+        )?;
+        let app_iso = image::write(
+            &s.app,
+            &Format::Iso9660 {
+                volume: "APP".into(),
+            },
+            &dir.join("app.iso"),
+        )?;
+
+        // The launch config: the release's boot script and config from app.iso.
+        let rel = &common.prepared.release;
+        let kernel = format!("{}.hw.bin", recipe.name);
+        let mut p = LaunchParams::new(kernel.clone(), recipe.network.guest.clone());
+        p.memory_mib = recipe.vm.memory_mib;
+        p.hostname = Some(recipe.hostname());
+        p.code_paths = vec![];
+        let at = |r: &str| format!("{APP_MOUNT}/{r}");
+        p.start = vec!["-boot".into(), at(&rel.boot_rel)];
+        if let Some(c) = &rel.sys_config_rel {
+            p.start.push("-config".into());
+            p.start.push(at(c.trim_end_matches(".config")));
+        }
+        if let Some(m) = recipe.launch.code_loading {
+            p.start.push("-mode".into());
+            p.start.push(
+                match m {
+                    beambake_recipe::CodeLoading::Embedded => "embedded",
+                    beambake_recipe::CodeLoading::Interactive => "interactive",
+                }
+                .into(),
+            );
+        }
+        p.start.extend(recipe.launch.extra_args.iter().cloned());
+        if let (Some(node), Some(cookie)) = (&common.node, &common.cookie) {
+            p.clustering = Some(Clustering {
+                node: node.clone(),
+                cookie: cookie.clone(),
+            });
+        }
+        let launch =
+            Launch::new(p).map_err(|e| Error::Recipe(format!("{}: {e}", recipe.file.display())))?;
+        let written = beambake_vm::rumprun::write_all(&launch, &dir)
+            .map_err(|e| Error::Recipe(e.to_string()))?;
+
+        let mut artefacts = vec![
+            (erlang_iso.clone(), "iso9660+rockridge"),
+            (app_iso, "iso9660+rockridge"),
+        ];
+        let mut inputs: Vec<HostFile> = vec![];
+        if let Some((tool, beam)) = &bake {
+            progress.step("baking the BEAM with rumprun-bake hw_virtio");
+            let out = dir.join(&kernel);
+            let o = std::process::Command::new(tool)
+                .arg("hw_virtio")
+                .arg(&out)
+                .arg(beam)
+                .output()
+                .map_err(|source| Error::Io {
+                    path: tool.clone(),
+                    source,
+                })?;
+            if !o.status.success() {
+                return Err(Error::Recipe(format!(
+                    "{} hw_virtio failed: {}",
+                    tool.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )));
+            }
+            inputs.push(HostFile {
+                path: beam.display().to_string(),
+                sha256: beambake_images::digest::sha256_file(beam).map_err(|source| Error::Io {
+                    path: beam.to_path_buf(),
+                    source,
+                })?,
+            });
+            artefacts.push((written_file(&out)?, "rumprun-hw-kernel"));
+        }
+        for w in written {
+            artefacts.push((written_file(&w)?, "rumprun-launch-config"));
+        }
+        let mut plan = beambake_target::plan(
+            recipe,
+            common,
+            &kernel,
+            beambake_vm::rumprun::flat_json(&launch),
+        )?;
+        plan.disks = launch
+            .params()
+            .disks
+            .iter()
+            .map(|d| beambake_vm::boot::DiskPlan {
+                path: beambake_target::absolute(&common.set.final_dir().join(&d.iso)),
+                mount: d.mountpoint.clone(),
+                fstype: "iso9660".into(),
+            })
+            .collect();
+        Ok(Made {
+            plan,
+            image: erlang_iso,
+            artefacts,
+            kernel_inputs: inputs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_puts_otp_apps_and_own_code_apart_and_drops_natives() {
+        let mut t = Tree::new(0);
+        let add = |t: &mut Tree, p: &str, bytes: &[u8]| {
+            t.mkdir_p(beambake_images::rootfs::parent_of(p).unwrap(), "t")
+                .unwrap();
+            t.add_bytes(p, bytes.to_vec(), 0o644, "t").unwrap();
+        };
+        add(&mut t, "/opt/e/lib/stdlib-4.2/ebin/lists.beam", b"FOR1");
+        add(&mut t, "/opt/e/lib/stdlib-4.2/src/lists.erl", b"src");
+        add(&mut t, "/opt/e/lib/echo-0.1.0/ebin/echo.beam", b"FOR1");
+        add(&mut t, "/opt/e/lib/echo-0.1.0/priv/nif.so", b"\x7fELF...");
+        add(&mut t, "/opt/e/releases/0.1.0/start.boot", b"boot");
+        add(&mut t, "/opt/e/erts-13.1/bin/beam.smp", b"\x7fELF...");
+        add(&mut t, "/usr/lib/libc.so.6", b"\x7fELF...");
+        let otp: BTreeSet<String> = ["stdlib".to_string()].into();
+        let s = split(&t, "/opt/e", &otp, "{lookup,[file]}.\n", &HashMap::new()).unwrap();
+        assert!(s
+            .erlang
+            .contains("/lib/erlang/lib/stdlib-4.2/ebin/lists.beam"));
+        assert!(!s
+            .erlang
+            .contains("/lib/erlang/lib/stdlib-4.2/src/lists.erl"));
+        assert!(s.erlang.contains("/erl_inetrc"));
+        assert_eq!(
+            s.erlang.get("/lib/erlang/lib/echo-0.1.0").map(|e| &e.kind),
+            Some(&EntryKind::Symlink("/apps/erlang/lib/echo-0.1.0".into()))
+        );
+        assert!(s.app.contains("/lib/echo-0.1.0/ebin/echo.beam"));
+        assert!(s.app.contains("/releases/0.1.0/start.boot"));
+        assert!(!s.app.contains("/lib/echo-0.1.0/priv/nif.so"));
+        assert_eq!(s.dropped_natives, vec!["/opt/e/lib/echo-0.1.0/priv/nif.so"]);
+        assert!(s.erlang.iter().all(|(p, _)| !p.contains("erts-")));
+    }
+
+    #[test]
+    fn inetrc_names_the_guest() {
+        let t = inetrc([10, 0, 120, 101].into(), "echo");
+        assert!(t.contains("{host, {10,0,120,101}, [\"echo\"]}."), "{t}");
+    }
+}

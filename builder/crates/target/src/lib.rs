@@ -1,0 +1,282 @@
+//! Targets: thin adapters over one pipeline. A target is one type implementing
+//! [`Target`] (in its own crate, `builder/crates/target-NAME`, which cannot see the other
+//! targets), registered in the CLI's `targets` list. [`build`] runs the one sequence
+//! every target shares: the target's own recipe [`Target::check`] (before anything is
+//! built), [`prepare`] (the release with the recipe's launch options, node name and
+//! cookie, and the output set), [`Target::make`] (what the target adds to the tree, its
+//! kernel, its writers and its part of the boot plan), then [`finish`] (cookie, plan,
+//! manifest, and the set swapped in for the previous one, keeping its console logs and
+//! data disks: [`BootPlan::is_run_file`]).
+//!
+//! Must not: know any particular target, or duplicate pipeline steps per target.
+
+pub mod pipeline;
+
+use std::path::{Path, PathBuf};
+
+use beambake_images::output::{OutputSet, Written};
+use beambake_images::rootfs::Tree;
+use beambake_recipe::{Check, Recipe};
+use beambake_release::assemble;
+use beambake_release::manifest::HostFile;
+use beambake_vm::boot::{BootPlan, DataPlan, HostfsPlan, NetPlan, PLAN_FILE};
+
+pub use pipeline::{Error, Input, Prepared, Progress};
+
+/// What the CLI hands every target: things only the binary has.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// beambake's static init, embedded in the `beambake` binary.
+    pub init: &'a [u8],
+    /// Where kernels and other built-once inputs are cached (`~/.cache/beambake`).
+    pub cache: &'a Path,
+}
+
+/// One target: what it needs from a recipe and what it makes from a prepared release.
+pub trait Target: Sync {
+    /// The recipe's `target = "..."` value that selects this target.
+    fn kind(&self) -> beambake_recipe::Target;
+
+    /// The recipe settings this target cannot honour, before anything is built or
+    /// created in the output directory.
+    fn check(&self, _recipe: &Recipe) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Adds the target's files to `common`'s tree, writes its image(s) and kernel into
+    /// the staging dir (`common.dir`) and returns them with the boot plan (start from
+    /// [`plan`]).
+    fn make(
+        &self,
+        recipe: &Recipe,
+        common: &mut Common,
+        cx: &Context,
+        progress: &dyn Progress,
+    ) -> Result<Made, Error>;
+}
+
+/// What [`Target::make`] wrote.
+pub struct Made {
+    pub plan: BootPlan,
+    /// The bootable image (initramfs, root filesystem or first ISO).
+    pub image: Written,
+    /// Every artefact with its manifest label (the image included).
+    pub artefacts: Vec<(Written, &'static str)>,
+    /// What the kernel (or baked unikernel) was made from, for the manifest.
+    pub kernel_inputs: Vec<HostFile>,
+}
+
+/// Builds `recipe` with `target` into `OUT/NAME`: the one sequence of every target.
+pub fn build(
+    target: &dyn Target,
+    recipe: &Recipe,
+    out_root: &Path,
+    cx: &Context,
+    progress: &dyn Progress,
+) -> Result<Built, Error> {
+    target.check(recipe)?;
+    let mut common = prepare(recipe, out_root, progress)?;
+    let made = target.make(recipe, &mut common, cx, progress)?;
+    finish(common, made)
+}
+
+/// Adds beambake's init at `/init` and `/etc/hosts` (a link to the hosts file the init
+/// writes at boot): what every target booting beambake's init needs.
+pub fn add_init(tree: &mut Tree, init: &[u8]) -> Result<(), Error> {
+    tree.add_bytes("/init", init.to_vec(), 0o755, "beambake init")?;
+    tree.add_symlink("/etc/hosts", "/run/hosts", "beambake")?;
+    Ok(())
+}
+
+/// What a build wrote.
+pub struct Built {
+    pub dir: PathBuf,
+    pub plan: BootPlan,
+    /// The bootable image (initramfs or root filesystem).
+    pub image: Written,
+    pub manifest: PathBuf,
+}
+
+/// The release prepared for a recipe, with its output set, node name and cookie.
+pub struct Common {
+    /// Where the target writes its files: the output set's staging dir, which becomes
+    /// `OUT/NAME` in [`finish`] (the final dir is `set.final_dir()`).
+    pub dir: PathBuf,
+    pub set: OutputSet,
+    pub prepared: Prepared,
+    /// The node's name without its host, when distributed (from the recipe or the
+    /// release's `vm.args`: [`beambake_release::launch::resolve_distribution`]).
+    pub node: Option<String>,
+    pub cookie: Option<String>,
+    /// The node uses short names (`NAME@HOSTNAME`) rather than `NAME@IP`.
+    pub short_names: bool,
+}
+
+/// Prepares the release's tree with the recipe's launch options (the node is named after
+/// the first VM's address; each VM gets its own at boot), then starts the output set (a
+/// release that cannot be prepared creates nothing in `out_root`).
+pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Common, Error> {
+    let guests = recipe.guest_addrs().map_err(Error::Recipe)?;
+    let input = Input {
+        path: recipe.resolve(&recipe.release.source),
+        resolve: beambake_release::source::Resolve {
+            profile: recipe.release.profile.clone(),
+            release: recipe.release.name.clone(),
+            verbose: false,
+        },
+        discover: beambake_release::release::Discover {
+            otp_root: recipe.release.otp_root.as_ref().map(|p| recipe.resolve(p)),
+        },
+    };
+    let opts = assemble::Options {
+        prefix: recipe.release.prefix.clone(),
+        mtime: Tree::epoch_from_env()?,
+        distribution: beambake_release::launch::DistributionRequest {
+            wanted: recipe.distribution.is_some(),
+            node: recipe.distribution.as_ref().and_then(|d| d.node.clone()),
+            cookie: recipe.distribution.as_ref().and_then(|d| d.cookie.clone()),
+            host: Some(guests[0].to_string()),
+        },
+        code_loading: recipe.launch.code_loading.map(|m| {
+            match m {
+                beambake_recipe::CodeLoading::Embedded => "embedded",
+                beambake_recipe::CodeLoading::Interactive => "interactive",
+            }
+            .to_string()
+        }),
+        extra_args: recipe.launch.extra_args.clone(),
+        erts_from: recipe.release.erts_from.as_ref().map(|p| recipe.resolve(p)),
+    };
+    if !input.path.exists() {
+        return Err(Error::Recipe(format!(
+            "{} = {:?}: {} does not exist (paths are relative to the recipe file)",
+            recipe.locate("release", "source"),
+            recipe.release.source.display().to_string(),
+            input.path.display()
+        )));
+    }
+    let prepared = pipeline::prepare(&input, &opts, progress)?;
+    if prepared.assembly.distribution.is_none() {
+        if let Some(c) = recipe
+            .checks
+            .iter()
+            .find(|c| matches!(c, Check::Distribution {} | Check::Rpc { .. }))
+        {
+            return Err(Error::Recipe(format!(
+                "{}: the check {} needs a distributed node: add a [distribution] section, or \
+                 name the node in the release's vm.args (-name or -sname)",
+                recipe.file.display(),
+                beambake_vm::smoke::check_name(c)
+            )));
+        }
+    }
+    let set = OutputSet::begin(out_root, &recipe.name)?;
+    let dist = prepared.assembly.distribution.as_ref();
+    Ok(Common {
+        dir: set.dir().to_path_buf(),
+        set,
+        node: dist.map(|d| d.name.clone()),
+        cookie: dist.map(|d| d.cookie.clone()),
+        short_names: dist.is_some_and(|d| d.names == beambake_release::launch::Names::Short),
+        prepared,
+    })
+}
+
+/// The plan's parts that do not depend on the target.
+pub fn plan(
+    recipe: &Recipe,
+    common: &Common,
+    kernel: &str,
+    cmdline: String,
+) -> Result<BootPlan, Error> {
+    let prefix = recipe.guest_addr().map_err(Error::Recipe)?.prefix;
+    let mut cmdline = cmdline;
+    if !recipe.kernel.cmdline.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&recipe.kernel.cmdline);
+    }
+    Ok(BootPlan {
+        name: recipe.name.clone(),
+        target: recipe.target,
+        kernel: PathBuf::from(kernel),
+        initrd: None,
+        root_image: None,
+        root_fs: None,
+        cmdline,
+        memory_mib: recipe.vm.memory_mib,
+        cpus: recipe.vm.cpus,
+        machine: recipe.vm.machine,
+        accel: recipe.vm.accel,
+        cpu: recipe.vm.cpu.clone(),
+        net: NetPlan {
+            mode: recipe.network.mode,
+            guests: recipe.guest_addrs().map_err(Error::Recipe)?,
+            prefix,
+            host: recipe.host_addr().map_err(Error::Recipe)?,
+            hostname: recipe.hostname(),
+        },
+        node: common.node.clone(),
+        short_names: common.short_names,
+        cookie_file: common.cookie.as_ref().map(|_| PathBuf::from("cookie")),
+        checks: recipe.resolved_checks(),
+        smoke: recipe.smoke.clone(),
+        data: recipe.data.as_ref().map(|d| DataPlan {
+            path: d.path.as_ref().map(|p| absolute(&recipe.resolve(p))),
+            size_mib: d.size_mib,
+            mount: d.mount.clone(),
+        }),
+        hostfs: recipe
+            .hostfs
+            .iter()
+            .map(|h| HostfsPlan {
+                host: absolute(&recipe.resolve(&h.host)),
+                guest: h.guest.clone(),
+            })
+            .collect(),
+        disks: recipe
+            .disks
+            .iter()
+            .map(|d| beambake_vm::boot::DiskPlan {
+                path: absolute(&recipe.resolve(&d.path)),
+                mount: d.mount.clone(),
+                fstype: d.fstype.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// `p` made absolute (as given when that fails).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Writes the cookie (0600), the plan and the manifest of the artefacts (plus the
+/// kernel's inputs) into the staging dir and swaps the set in as `OUT/NAME`.
+pub fn finish(common: Common, made: Made) -> Result<Built, Error> {
+    let Made {
+        plan,
+        image,
+        artefacts,
+        kernel_inputs,
+    } = made;
+    let dir = &common.dir;
+    if let Some(c) = &common.cookie {
+        beambake_images::output::write_bytes_mode(&dir.join("cookie"), c.as_bytes(), 0o600)?;
+    }
+    beambake_images::output::write_bytes(&dir.join(PLAN_FILE), plan.to_json().as_bytes())?;
+    let mut manifest = pipeline::manifest(&common.prepared, &artefacts, dir, false)?;
+    manifest.inputs.host_files.extend(kernel_inputs);
+    let manifest_path = dir.join("manifest.json");
+    beambake_images::output::write_bytes(&manifest_path, manifest.to_json().as_bytes())?;
+    let dir = common.set.commit(&BootPlan::is_run_file)?;
+    let moved = |p: &Path| p.file_name().map_or_else(|| dir.clone(), |n| dir.join(n));
+    Ok(Built {
+        image: Written {
+            path: moved(&image.path),
+            ..image
+        },
+        manifest: moved(&manifest_path),
+        dir,
+        plan,
+    })
+}

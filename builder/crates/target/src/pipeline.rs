@@ -1,0 +1,210 @@
+//! The pipeline, end to end: input -> release -> tree -> image + manifest. The CLI, xtask
+//! and tests all go through here; targets add to the tree and pick a writer.
+//!
+//! Must not: print (it reports progress through a callback) or parse command lines.
+
+use std::path::{Path, PathBuf};
+
+use beambake_images::output::{self, Written};
+use beambake_release::assemble::{self, Assembly};
+use beambake_release::manifest::{self, Artefact, Manifest};
+use beambake_release::release::{self, Release};
+use beambake_release::source::{self, Source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Source(Box<source::SourceError>),
+    #[error(transparent)]
+    Release(Box<release::ReleaseError>),
+    #[error(transparent)]
+    Assemble(Box<assemble::AssembleError>),
+    #[error(transparent)]
+    Image(Box<beambake_images::image::ImageError>),
+    #[error(transparent)]
+    Output(#[from] output::OutputError),
+    #[error(transparent)]
+    Tree(Box<beambake_images::rootfs::TreeError>),
+    #[error(transparent)]
+    Kernel(Box<beambake_kernel::kernel::KernelError>),
+    #[error(transparent)]
+    Boot(#[from] beambake_vm::boot::BootError),
+    #[error(transparent)]
+    RecipeFile(#[from] beambake_recipe::RecipeError),
+    #[error(transparent)]
+    Tls(#[from] beambake_vm::smoke::tls::TlsError),
+    #[error("{0}")]
+    Recipe(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<beambake_images::image::ImageError> for Error {
+    fn from(e: beambake_images::image::ImageError) -> Self {
+        Error::Image(Box::new(e))
+    }
+}
+
+impl From<source::SourceError> for Error {
+    fn from(e: source::SourceError) -> Self {
+        Error::Source(Box::new(e))
+    }
+}
+
+impl From<release::ReleaseError> for Error {
+    fn from(e: release::ReleaseError) -> Self {
+        Error::Release(Box::new(e))
+    }
+}
+
+impl From<assemble::AssembleError> for Error {
+    fn from(e: assemble::AssembleError) -> Self {
+        Error::Assemble(Box::new(e))
+    }
+}
+
+impl From<beambake_images::rootfs::TreeError> for Error {
+    fn from(e: beambake_images::rootfs::TreeError) -> Self {
+        Error::Tree(Box::new(e))
+    }
+}
+
+impl From<beambake_kernel::kernel::KernelError> for Error {
+    fn from(e: beambake_kernel::kernel::KernelError) -> Self {
+        Error::Kernel(Box::new(e))
+    }
+}
+
+/// Everything that selects and reads a release.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub path: PathBuf,
+    pub resolve: source::Resolve,
+    pub discover: release::Discover,
+}
+
+/// A resolved, discovered and assembled release.
+pub struct Prepared {
+    pub source: Source,
+    pub release: Release,
+    pub assembly: Assembly,
+}
+
+/// Progress steps, for the caller to display.
+pub trait Progress {
+    fn step(&self, what: &str);
+    /// A detail of the current step, shown with `-v` only.
+    fn detail(&self, _what: &str) {}
+    /// Something the user should know about the result (shown without `-v`).
+    fn note(&self, what: &str) {
+        self.detail(what)
+    }
+    /// Whether the user asked for detail (`-v`): commands run are shown too.
+    fn verbose(&self) -> bool {
+        false
+    }
+}
+
+impl Progress for () {
+    fn step(&self, _: &str) {}
+}
+
+pub fn prepare(
+    input: &Input,
+    opts: &assemble::Options,
+    progress: &dyn Progress,
+) -> Result<Prepared, Error> {
+    if input.path.join("rebar.config").is_file() {
+        progress.step("building the release with rebar3");
+    } else {
+        progress.step("reading the release");
+    }
+    let source = Source::resolve(&input.path, &input.resolve)?;
+    progress.step("discovering the release");
+    let release = Release::discover(&source.release_dir, &input.discover)?;
+    progress.step("assembling the root filesystem and its library closure");
+    let assembly = assemble::assemble(&release, opts)?;
+    for l in assembly.tree.skipped_links() {
+        progress.detail(&format!(
+            "left out {} (symlink to {}): {}",
+            l.host.display(),
+            l.target.display(),
+            l.reason
+        ));
+    }
+    if let Some(d) = &assembly.distribution {
+        for note in &d.notes {
+            progress.detail(note);
+        }
+        if d.cookie_source == beambake_release::launch::CookieSource::Release {
+            progress.note(&format!(
+                "node {}: the cookie comes from -setcookie in the release's vm.args and is baked \
+                 into the image (set [distribution] cookie in the recipe to replace it)",
+                d.name
+            ));
+        }
+    }
+    Ok(Prepared {
+        source,
+        release,
+        assembly,
+    })
+}
+
+/// The manifest for a prepared build and its written artefacts.
+pub fn manifest(
+    p: &Prepared,
+    artefacts: &[(Written, &str)],
+    manifest_dir: &Path,
+    list: bool,
+) -> Result<Manifest, Error> {
+    let (rows, host_files) = manifest::file_table(&p.assembly.tree, &p.source.release_dir)
+        .map_err(|source| Error::Io {
+            path: p.source.release_dir.clone(),
+            source,
+        })?;
+    let rel = &p.release;
+    let input_path = std::fs::canonicalize(&p.source.input).unwrap_or(p.source.input.clone());
+    Ok(Manifest {
+        schema: manifest::SCHEMA,
+        tool: manifest::Tool::default(),
+        source_date_epoch: p.assembly.tree.mtime(),
+        inputs: manifest::Inputs {
+            release: manifest::ReleaseInput {
+                name: rel.name.clone(),
+                vsn: rel.vsn.clone(),
+                erts_vsn: rel.erts.vsn.clone(),
+                erts_bundled: rel.erts.bundled,
+                source: input_path.display().to_string(),
+                source_kind: p.source.kind,
+                sha256: p.source.sha256.clone(),
+            },
+            host_files,
+            skipped_links: p.assembly.tree.skipped_links().to_vec(),
+        },
+        distribution: p.assembly.distribution.clone(),
+        artefacts: artefacts
+            .iter()
+            .map(|(w, format)| Artefact {
+                path: relative_to(&w.path, manifest_dir),
+                format: format.to_string(),
+                size: w.size,
+                sha256: w.sha256.clone(),
+            })
+            .collect(),
+        files: list.then_some(rows),
+    })
+}
+
+fn relative_to(p: &Path, dir: &Path) -> String {
+    let canon = |x: &Path| std::fs::canonicalize(x).unwrap_or_else(|_| x.to_path_buf());
+    let (cp, cd) = (canon(p), canon(dir));
+    match cp.strip_prefix(&cd) {
+        Ok(r) => r.display().to_string(),
+        Err(_) => cp.display().to_string(),
+    }
+}

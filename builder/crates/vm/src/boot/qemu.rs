@@ -1,0 +1,290 @@
+//! The qemu adapter: the `qemu-system-x86_64` command line for a boot plan (the program
+//! is `BEAMBAKE_QEMU` when set). Choosing KVM or TCG is [`super::accel`]'s job.
+//!
+//! Must not: manage process lifetimes (see [`super::guest`]) or networks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{BootError, BootPlan, Instance};
+use beambake_recipe::{Machine, NetMode};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+/// Environment variable naming the qemu program instead of `qemu-system-x86_64` on
+/// `PATH` (a path, or a name looked up on `PATH`).
+pub const QEMU_ENV: &str = "BEAMBAKE_QEMU";
+
+/// The qemu program: `BEAMBAKE_QEMU` when set and not empty, else [`QEMU`].
+pub fn program() -> PathBuf {
+    std::env::var_os(QEMU_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(QEMU))
+}
+
+/// Kernel parameters that make the Debian cloud kernel boot fast and reliably under TCG
+/// (measured: see BENCHMARKS.md and shared notes): no crypto self-tests, no PS/2 probing,
+/// TSC trusted (calibration against the PIT fails now and then under TCG on microvm).
+pub const FAST_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable \
+    no_timer_check cryptomgr.notests i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// How the console is wired.
+pub enum Console<'a> {
+    /// To a log file only.
+    File(&'a Path),
+    /// To the terminal (stdin/stdout) and a log file.
+    Terminal(&'a Path),
+}
+
+/// Resolved acceleration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    Kvm,
+    Tcg,
+}
+
+impl Accelerator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+/// qemu's command for VM `inst` of `plan` (whose files live in `dir`), with the tap at
+/// fd 3 when the plan uses a tap network.
+pub fn command(
+    plan: &BootPlan,
+    dir: &Path,
+    inst: &Instance,
+    accel: Accelerator,
+    console: Console,
+) -> Command {
+    let mut c = Command::new(program());
+    let machine = match plan.machine {
+        Machine::Microvm => "microvm",
+        Machine::Pc => "pc",
+    };
+    c.args([
+        "-name",
+        &format!("beambake-{}-{}", plan.name, inst.index + 1),
+    ]);
+    c.args(["-M", machine]);
+    match accel {
+        Accelerator::Kvm => c.args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            plan.cpu.as_deref().unwrap_or("host"),
+        ]),
+        // qemu64 boots the echo release ~0.25 s sooner than `max` under TCG (measured:
+        // fewer CPU features for the JIT to probe and emit that TCG must emulate).
+        Accelerator::Tcg => c.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            plan.cpu.as_deref().unwrap_or("qemu64"),
+        ]),
+    };
+    c.args(["-m", &plan.memory_mib.to_string()]);
+    c.args(["-smp", &plan.cpus.to_string()]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    c.arg("-kernel").arg(dir.join(&plan.kernel));
+    if let Some(initrd) = &plan.initrd {
+        c.arg("-initrd").arg(dir.join(initrd));
+    }
+    let mut cmdline = plan.instance_cmdline(inst);
+    if accel == Accelerator::Tcg && !cmdline.contains("tsc_early_khz=") {
+        // Under TCG the guest's TSC is the host's. Calibrating it against the PIT fails
+        // now and then on a busy host, and microvm has no HPET or PM timer to fall back
+        // on: the kernel then hangs silently. Tell it the frequency instead.
+        if let Some(khz) = host_tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    c.args(["-append", &cmdline]);
+    serial_console(&mut c, console);
+    let nic = match plan.machine {
+        Machine::Microvm => "virtio-net-device",
+        Machine::Pc => "virtio-net-pci",
+    };
+    match plan.net.mode {
+        NetMode::Tap => {
+            c.args(["-netdev", "tap,id=n0,fd=3"]);
+            c.args(["-device", &format!("{nic},netdev=n0")]);
+        }
+        NetMode::User => {
+            let mut fwd = String::new();
+            for port in forwarded_ports(plan) {
+                fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{port}"));
+            }
+            let mask = u32::MAX << (32 - u32::from(plan.net.prefix.clamp(1, 30)));
+            let network = std::net::Ipv4Addr::from(u32::from(plan.net.host) & mask);
+            c.args([
+                "-netdev",
+                &format!(
+                    "user,id=n0,net={network}/{},host={}{fwd}",
+                    plan.net.prefix, plan.net.host
+                ),
+            ]);
+            c.args(["-device", &format!("{nic},netdev=n0")]);
+        }
+        NetMode::None => {}
+    }
+    // Lets the init end qemu with the guest's status: (status << 1) | 1.
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c
+}
+
+/// qemu's command for a baked rumprun kernel: [`crate::rumprun::qemu_args`] (the command
+/// `run-qemu.sh` runs too) wired for boot: the launch config (rumprun's flat JSON) as the
+/// command line, the plan's disks (the ISOs) as read-only virtio disks in order (`ld0a`,
+/// `ld1a`, ...), the tap at fd 3 as `vioif0`, the serial console.
+pub fn rumprun_command(
+    plan: &BootPlan,
+    dir: &Path,
+    accel: Accelerator,
+    console: Console,
+) -> Command {
+    use crate::rumprun::{qemu_args, QemuGuest, QemuWiring};
+    let kernel = dir.join(&plan.kernel);
+    let guest = QemuGuest {
+        memory_mib: plan.memory_mib,
+        kernel: &kernel.to_string_lossy(),
+        append: &plan.cmdline,
+        disks: plan
+            .disks
+            .iter()
+            .map(|d| d.path.display().to_string())
+            .collect(),
+    };
+    let wiring = QemuWiring::Boot {
+        name: &format!("beambake-{}", plan.name),
+        accel: if accel == Accelerator::Kvm {
+            "kvm"
+        } else {
+            "tcg"
+        },
+        tap_fd3: plan.net.mode == NetMode::Tap,
+    };
+    let mut c = Command::new(program());
+    c.args(qemu_args(&guest, &wiring).concat());
+    serial_console(&mut c, console);
+    c
+}
+
+/// The serial console: to a log file, or to the terminal and a log file.
+fn serial_console(c: &mut Command, console: Console) {
+    match console {
+        Console::File(log) => {
+            c.arg("-chardev")
+                .arg(format!("file,id=con,path={}", log.display()));
+            c.stdin(Stdio::null());
+        }
+        Console::Terminal(log) => {
+            c.arg("-chardev")
+                .arg(format!("stdio,id=con,signal=on,logfile={}", log.display()));
+        }
+    }
+    c.args(["-serial", "chardev:con"]);
+}
+
+/// The host's TSC frequency in kHz, measured against CLOCK_MONOTONIC over 50 ms and
+/// rounded to 1 MHz (`None` off x86_64 or when the TSC looks unusable).
+pub fn host_tsc_khz() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+        let c0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: as above.
+        let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+        let ns = c0.elapsed().as_nanos() as u64;
+        let khz = (t1.checked_sub(t0)?).checked_mul(1_000_000)? / ns.max(1);
+        let khz = (khz + 500) / 1000 * 1000;
+        (100_000..=10_000_000).contains(&khz).then_some(khz)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// Ports the user network forwards (the checks' ports).
+pub fn forwarded_ports(plan: &BootPlan) -> Vec<u16> {
+    use beambake_recipe::Check;
+    let mut v: Vec<u16> = plan
+        .checks
+        .iter()
+        .filter_map(|c| match c {
+            Check::TcpEcho { port, .. }
+            | Check::Http { port, .. }
+            | Check::TlsEcho { port, .. }
+            | Check::Https { port, .. } => Some(*port),
+            Check::Distribution {} | Check::Rpc { .. } => None,
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The guest's status from qemu's exit status: the init writes it to isa-debug-exit, so
+/// qemu exits with `(status << 1) | 1`. `None` when qemu ended another way.
+pub fn guest_status(qemu_code: Option<i32>) -> Option<i32> {
+    match qemu_code {
+        Some(c) if c & 1 == 1 => Some(c >> 1),
+        _ => None,
+    }
+}
+
+/// Checks that qemu is installed.
+pub fn check_installed() -> Result<(), BootError> {
+    let qemu = program();
+    match Command::new(&qemu)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BootError::Qemu(format!(
+            "{} not found{}: install it with `apt-get install qemu-system-x86`",
+            qemu.display(),
+            if qemu.components().count() > 1 {
+                ""
+            } else {
+                " on PATH"
+            }
+        ))),
+        Err(e) => Err(BootError::Qemu(format!("{}: {e}", qemu.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_tsc_is_plausible() {
+        if let Some(khz) = host_tsc_khz() {
+            assert!(khz % 1000 == 0 && khz >= 100_000, "{khz}");
+        }
+    }
+
+    #[test]
+    fn status_decoding() {
+        assert_eq!(guest_status(Some(1)), Some(0));
+        assert_eq!(guest_status(Some(7)), Some(3));
+        assert_eq!(guest_status(Some(0)), None);
+        assert_eq!(guest_status(None), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! The User Mode Linux adapter: the `linux` (UML kernel) command line for one VM of a
+//! boot plan — root image on a read-only ubd device (shared by every VM), the VM's data
+//! disk as the second ubd device, console to a log file or the terminal, network through
+//! the vector driver on the tap fd handed over as fd 3 — and reading the guest's exit
+//! status from its console (UML has no exit device: the init prints
+//! `beambake-init: power off, status N`).
+//!
+//! Must not: manage process lifetimes (see [`super::guest`]) or networks.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::qemu::Console;
+use super::{BootError, BootPlan, Instance};
+use beambake_recipe::NetMode;
+
+/// What the init prints before powering off (see init/src/power.rs).
+pub const POWER_OFF_LINE: &str = "beambake-init: power off, status ";
+
+/// Kernel parameters for every UML guest: quiet boot, no serial lines or extra consoles.
+pub const UML_CMDLINE: &str = "quiet con=null ssl=null beambake.if=vec0";
+
+/// The command for VM `inst` of `plan` (files in `dir`), with the tap at fd 3.
+pub fn command(
+    plan: &BootPlan,
+    dir: &Path,
+    inst: &Instance,
+    console: Console,
+) -> Result<Command, BootError> {
+    let root = plan.root_image.as_ref().ok_or_else(|| BootError::Plan {
+        path: dir.join(super::PLAN_FILE),
+        message: "a uml plan needs root_image".into(),
+    })?;
+    let mut c = Command::new(dir.join(&plan.kernel));
+    c.arg(format!("mem={}M", plan.memory_mib));
+    // `r`: opened read-only (a shared lock), so every VM uses the same file unchanged.
+    c.arg(format!("ubd0r={}", dir.join(root).display()));
+    if let Some(d) = &inst.data_disk {
+        c.arg(format!("ubd1={}", d.display()));
+    }
+    for (i, d) in plan.disks.iter().enumerate() {
+        c.arg(format!("ubd{}r={}", i + 2, d.path.display()));
+    }
+    c.args(["root=/dev/ubda", "ro", "init=/init"]);
+    c.arg(format!(
+        "rootfstype={}",
+        plan.root_fs.as_deref().unwrap_or("squashfs")
+    ));
+    // The VM's run dir (pid file, mconsole socket) inside the output dir, per VM.
+    c.arg(format!("uml_dir={}", run_dir(dir).display()));
+    c.arg(format!("umid={}", umid(plan, inst)));
+    if plan.net.mode == NetMode::Tap {
+        // The tap (without vnet header) is fd 3; `vec=0`: plain read/write on it.
+        c.arg("vec0:transport=fd,fd=3,vec=0");
+    }
+    match console {
+        Console::File(log) => {
+            c.arg("con0=null,fd:1");
+            let f = fs::File::create(log).map_err(|source| BootError::Io {
+                path: log.to_path_buf(),
+                source,
+            })?;
+            let f2 = f.try_clone().map_err(|source| BootError::Io {
+                path: log.to_path_buf(),
+                source,
+            })?;
+            c.stdin(Stdio::null()).stdout(f).stderr(f2);
+        }
+        Console::Terminal(_) => {
+            c.arg("con0=fd:0,fd:1");
+        }
+    }
+    for tok in plan.instance_cmdline(inst).split_whitespace() {
+        c.arg(tok);
+    }
+    Ok(c)
+}
+
+/// Where linux.uml keeps its VMs' run dirs (`uml_dir`): inside the output dir `dir`.
+/// Nothing in it is needed once the VMs are gone.
+pub fn run_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join(".uml")
+}
+
+/// The VM's id (`umid`), which names its run dir.
+fn umid(plan: &BootPlan, inst: &Instance) -> String {
+    format!("{}-{}", plan.name, inst.index + 1)
+}
+
+/// The VM's management console socket (UML's mconsole, in its run dir).
+pub fn mconsole_path(plan: &BootPlan, dir: &Path, inst: &Instance) -> std::path::PathBuf {
+    run_dir(dir).join(umid(plan, inst)).join("mconsole")
+}
+
+/// Asks the VM to shut down cleanly: an mconsole `cad` request (Ctrl-Alt-Del). The init
+/// turns it into SIGTERM for the release, then syncs the disks and powers off, so what
+/// the release wrote to its data disk is on the host file when linux.uml exits.
+pub fn request_shutdown(mconsole: &Path) -> std::io::Result<()> {
+    const MAGIC: u32 = 0xcafe_babe;
+    const VERSION: u32 = 2;
+    const MAX_DATA: usize = 512;
+    let cmd = b"cad";
+    let mut req = Vec::with_capacity(12 + MAX_DATA);
+    req.extend_from_slice(&MAGIC.to_ne_bytes());
+    req.extend_from_slice(&VERSION.to_ne_bytes());
+    req.extend_from_slice(&(cmd.len() as u32).to_ne_bytes());
+    req.extend_from_slice(cmd);
+    req.resize(12 + MAX_DATA, 0);
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    sock.send_to(&req, mconsole).map(|_| ())
+}
+
+/// Checks that the plan's kernel is an executable file.
+pub fn check_kernel(plan: &BootPlan, dir: &Path) -> Result<(), BootError> {
+    let k = dir.join(&plan.kernel);
+    let meta = fs::metadata(&k).map_err(|source| BootError::Io {
+        path: k.clone(),
+        source,
+    })?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(BootError::Plan {
+            path: k,
+            message: "not an executable User Mode Linux kernel".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The status of the last power-off line in the console log.
+pub fn guest_status(console_log: &Path) -> Option<i32> {
+    let text = fs::read(console_log).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    text.lines()
+        .rev()
+        .find_map(|l| l.split_once(POWER_OFF_LINE))
+        .and_then(|(_, rest)| rest.trim().parse().ok())
+}
+
+/// A one-line reason when the console shows a known way for a guest to fail early.
+pub fn explain(console: &str) -> Option<&'static str> {
+    if console.contains("Unable to mount root fs") || console.contains("VFS: Cannot open root") {
+        Some("the kernel could not mount the root image")
+    } else if console.contains("ptrace set fp regs failed") {
+        Some("this User Mode Linux kernel cannot run processes on this host (its FP state buffer is smaller than the host's XSAVE area): use beambake's own UML kernel (the default) instead of --kernel")
+    } else if console.contains("Failed to initialize ubd device") {
+        Some("User Mode Linux could not open a disk image")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_from_console() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        fs::write(
+            &p,
+            "x\nbeambake-init: power off, status 3\nbeambake-init: power off, status 7\nreboot\n",
+        )
+        .unwrap();
+        assert_eq!(guest_status(&p), Some(7));
+        fs::write(&p, "Kernel panic\n").unwrap();
+        assert_eq!(guest_status(&p), None);
+    }
+
+    #[test]
+    fn known_failures_are_explained() {
+        assert!(
+            explain("VFS: Unable to mount root fs on unknown-block(98,0)")
+                .unwrap()
+                .contains("root image")
+        );
+        assert!(explain("all fine").is_none());
+    }
+}
