@@ -7,33 +7,15 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use beambake::boot::accel::{self, Probe, ProbeExit, ProbeTarget, PROBE_BOUND};
 use beambake::boot::qemu::Accelerator;
 use beambake::recipe::Machine;
-use common::*;
-
-/// Writes an executable script from a child process, so no write fd of ours can be
-/// inherited by a concurrent fork (which would make its exec fail with ETXTBSY).
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::io::Write;
-    let p = dir.join(name);
-    let mut c = Command::new("sh")
-        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
-        .arg(&p)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
-        .unwrap();
-    assert!(c.wait().unwrap().success());
-    p
-}
+use beambake_testkit::{
+    fails_with, output, skip, tempdir, vm_lock, which, write_script as script, RecipeEdit,
+};
+use common::{command_on, pinned_kernel, read_json};
 
 /// A stand-in that plays the guest: finds the console file and the token in its
 /// arguments and writes `marker` (with the token) there, then exits with `code`.
@@ -87,7 +69,7 @@ fn assert_tcg(p: &Probe, needle: &str) {
 
 #[test]
 fn a_qemu_that_aborts_means_tcg() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let q = script(
         d.path(),
         "qemu-abort",
@@ -108,7 +90,7 @@ fn a_qemu_that_aborts_means_tcg() {
 
 #[test]
 fn a_qemu_that_hangs_is_killed_at_the_bound_and_means_tcg() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let pids = d.path().join("pids");
     // The shell and a child of it: both must be gone afterwards.
     let q = script(
@@ -153,7 +135,7 @@ fn a_qemu_that_hangs_is_killed_at_the_bound_and_means_tcg() {
 
 #[test]
 fn a_qemu_that_exits_0_without_the_marker_means_tcg() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let q = script(d.path(), "qemu-true", "exit 0");
     let p = accel::probe(&target(d.path(), q, PROBE_BOUND));
     assert_eq!(p.exit, ProbeExit::Status { code: 0 });
@@ -169,7 +151,7 @@ fn a_qemu_that_exits_0_without_the_marker_means_tcg() {
 
 #[test]
 fn marker_and_status_are_both_required() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     // The guest's status without its marker, and the marker with another status.
     let q = guest_standin(d.path(), "qemu-status-only", false, 85);
     let p = accel::probe(&target(d.path(), q, PROBE_BOUND));
@@ -202,7 +184,7 @@ fn the_verdict_is_cached_per_key_with_its_evidence() {
         .open("/dev/kvm")
         .is_err()
     {
-        let d = tempfile::tempdir().unwrap();
+        let d = tempdir();
         let q = script(d.path(), "qemu-true", "exit 0");
         let c = accel::auto(&target(d.path(), q, PROBE_BOUND), d.path());
         assert_eq!(c.accelerator, Accelerator::Tcg);
@@ -211,7 +193,7 @@ fn the_verdict_is_cached_per_key_with_its_evidence() {
         // such a host can check (not a skip: CI on a host without KVM must still pass).
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let cache = d.path().join("cache");
     let q = script(d.path(), "qemu-abort", "kill -ABRT $$");
     let mut t = target(d.path(), q, PROBE_BOUND);
@@ -223,8 +205,7 @@ fn the_verdict_is_cached_per_key_with_its_evidence() {
         .flatten()
         .collect();
     assert_eq!(files.len(), 1);
-    let json: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(files[0].path()).unwrap()).unwrap();
+    let json = read_json(&files[0].path());
     for k in [
         "boot_id",
         "qemu_path",
@@ -253,27 +234,12 @@ fn the_verdict_is_cached_per_key_with_its_evidence() {
 
 #[test]
 fn a_bad_beambake_accel_is_a_clear_error_before_anything_is_built() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm").write(d.path());
     let out = d.path().join("out");
     for cmd in ["smoke", "boot"] {
-        let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
-            .args([
-                cmd,
-                recipe.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .env("BEAMBAKE_ACCEL", "fast")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(!o.status.success());
-        let err = stderr(&o);
-        assert!(
-            err.contains("BEAMBAKE_ACCEL=\"fast\"") && err.contains("auto, kvm, tcg"),
-            "{err}"
-        );
+        let o = output(command_on(cmd, &recipe, "--out", &out, &[]).env("BEAMBAKE_ACCEL", "fast"));
+        fails_with(&o, &["BEAMBAKE_ACCEL=\"fast\"", "auto, kvm, tcg"]);
         assert!(!out.exists(), "{cmd} built something before refusing");
     }
 }
@@ -290,7 +256,7 @@ fn the_probe_guest_proves_itself_under_tcg() {
         skip!("the microvm kernel cannot be fetched here");
     };
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let khz = beambake::boot::qemu::host_tsc_khz()
         .map(|k| format!(" tsc_early_khz={k}"))
         .unwrap_or_default();
@@ -326,9 +292,7 @@ exec qemu-system-x86_64 "$@""#
 }
 
 fn microvm_kernel() -> Option<PathBuf> {
-    let pin: beambake::kernel::Pin =
-        toml::from_str(beambake::target::microvm::DEFAULT_PIN).unwrap();
-    match beambake::kernel::fetch_debian(&pin, &beambake::kernel::default_cache_dir()) {
+    match pinned_kernel() {
         Ok(k) => Some(k.image),
         Err(e) => {
             eprintln!("cannot fetch the microvm kernel: {e}");

@@ -6,46 +6,35 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use beambake::doctor::FINDINGS;
-use common::*;
+use beambake_testkit::{output, skip, stderr, stdout, tempdir, which, write_script};
+use common::{cli, stdout_json};
 
 /// `beambake doctor ARGS` with a qemu that aborts and a private cache.
 fn doctor_with_standin(dir: &Path, args: &[&str]) -> Output {
-    let q = dir.join("qemu-abort");
-    // Written by a child, so no fd of ours can make its exec fail with ETXTBSY.
-    let ok = Command::new("sh")
-        .args([
-            "-c",
-            "printf '#!/bin/sh\\nkill -ABRT $$\\n' > \"$1\" && chmod 755 \"$1\"",
-            "sh",
-        ])
-        .arg(&q)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let q = write_script(dir, "qemu-abort", "kill -ABRT $$");
     let kernel = dir.join("vmlinuz");
     fs::write(&kernel, b"stand-in kernel").unwrap();
-    Command::new(env!("CARGO_BIN_EXE_beambake"))
-        .arg("doctor")
-        .args(args)
-        .arg("--kernel")
-        .arg(&kernel)
-        .env("BEAMBAKE_QEMU", &q)
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .env_remove("BEAMBAKE_ACCEL")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    output(
+        cli()
+            .command(["doctor"])
+            .args(args)
+            .arg("--kernel")
+            .arg(&kernel)
+            .env("BEAMBAKE_QEMU", &q)
+            .env("XDG_CACHE_HOME", dir.join("cache"))
+            .env_remove("BEAMBAKE_ACCEL"),
+    )
 }
 
 #[test]
 fn doctor_json_has_every_finding() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let o = doctor_with_standin(d.path(), &["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = stdout_json(&o);
     for k in FINDINGS {
         let f = &v[k];
         assert!(f["ok"].is_boolean(), "{k}: {f}");
@@ -95,7 +84,7 @@ fn doctor_json_has_every_finding() {
 
 #[test]
 fn doctor_text_mentions_every_finding() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let o = doctor_with_standin(d.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
@@ -128,15 +117,14 @@ fn doctor_kvm_verdict_follows_the_probe() {
     if which("qemu-system-x86_64").is_none() {
         skip!("qemu-system-x86_64 not installed");
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
-        .args(["doctor", "--json"])
-        .env_remove("BEAMBAKE_QEMU")
-        .env_remove("BEAMBAKE_ACCEL")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = output(
+        cli()
+            .command(["doctor", "--json"])
+            .env_remove("BEAMBAKE_QEMU")
+            .env_remove("BEAMBAKE_ACCEL"),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let v = stdout_json(&o);
     let kvm = &v["kvm"];
     eprintln!("kvm: {kvm:#}");
     match kvm["probe"].as_object() {

@@ -9,7 +9,10 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use beambake_testkit::{
+    as_nobody, copy_dir, fails_with, give_to_nobody, is_root, skip, stderr, tempdir, which,
+};
+use common::{echo, read_json, rootfs, BIN};
 
 /// A private copy of the echo release (prod mode: no links out of it).
 fn release_copy(d: &Path) -> PathBuf {
@@ -33,20 +36,9 @@ fn priv_dir(rel: &Path) -> PathBuf {
     p
 }
 
-fn rootfs(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "rootfs",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    beambake(&args)
-}
-
 #[test]
 fn every_link_shape_out_of_a_release_dir_is_refused() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     // (what, link target, name the link gets)
     let depth = "../".repeat(16);
     let shapes: Vec<(&str, String)> = vec![
@@ -87,7 +79,7 @@ fn every_link_shape_out_of_a_release_dir_is_refused() {
 
 #[test]
 fn a_tarball_hard_link_to_a_host_file_is_refused() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let tarball = d.path().join("evil.tar.gz");
     {
         let f = fs::File::create(&tarball).unwrap();
@@ -108,18 +100,13 @@ fn a_tarball_hard_link_to_a_host_file_is_refused() {
     }
     let out = d.path().join("x.cpio");
     let o = rootfs(&tarball, &out, &[]);
-    let e = stderr(&o);
-    assert!(!o.status.success());
-    assert!(
-        e.contains("evil.tar.gz") && e.contains("hard link") && e.contains("/etc/shadow"),
-        "{e}"
-    );
+    fails_with(&o, &["evil.tar.gz", "hard link", "/etc/shadow"]);
     assert!(!out.exists());
 }
 
 #[test]
 fn modes_are_never_widened() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let rel = release_copy(d.path());
     let p = priv_dir(&rel);
     for (name, mode) in [("private.key", 0o640), ("tool", 0o750), ("public", 0o644)] {
@@ -129,8 +116,7 @@ fn modes_are_never_widened() {
     let out = d.path().join("x.cpio");
     let o = rootfs(&rel, &out, &["--list"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(d.path().join("manifest.json")).unwrap()).unwrap();
+    let m = read_json(&d.path().join("manifest.json"));
     let mode_of = |name: &str| {
         m["files"]
             .as_array()
@@ -160,7 +146,7 @@ fn an_unreadable_file_is_named_not_the_release_root() {
     if !is_root() || which("setpriv").is_none() {
         skip!("needs root (to drop to nobody with setpriv)");
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let rel = release_copy(d.path());
     let p = priv_dir(&rel);
     let secret = p.join("unreadable.dat");
@@ -169,7 +155,7 @@ fn an_unreadable_file_is_named_not_the_release_root() {
     fs::create_dir(&out).unwrap();
     give_to_nobody(d.path());
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
-    let bin = Path::new(env!("CARGO_BIN_EXE_beambake"));
+    let bin = Path::new(BIN);
     let cpio = out.join("x.cpio");
     let o = as_nobody(
         d.path(),
@@ -192,7 +178,7 @@ fn an_unreadable_file_is_named_not_the_release_root() {
 
 #[test]
 fn a_release_without_its_erts_names_the_release_and_the_missing_dir() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let rel = release_copy(d.path());
     let erts = entry_starting_with(&rel, "erts-");
     let erts_name = erts.file_name().unwrap().to_string_lossy().into_owned();
@@ -203,11 +189,7 @@ fn a_release_without_its_erts_names_the_release_and_the_missing_dir() {
     fs::create_dir_all(otp.join("lib")).unwrap();
     let out = d.path().join("x.cpio");
     let o = rootfs(&rel, &out, &["--otp-root", otp.to_str().unwrap()]);
-    let e = stderr(&o);
-    assert!(!o.status.success());
-    assert!(
-        e.contains(&format!("{}/{erts_name} does not exist", rel.display())),
-        "{e}"
-    );
-    assert!(e.contains("erts-0.1"), "what the OTP has: {e}");
+    // The missing dir, and what the OTP has.
+    let missing = format!("{}/{erts_name} does not exist", rel.display());
+    fails_with(&o, &[&missing, "erts-0.1"]);
 }

@@ -2,8 +2,6 @@
 //! modules resolved from the real package: moved out of `kernel.rs`'s unit tests, which
 //! do no network work.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -13,19 +11,20 @@ use std::time::{Duration, Instant};
 
 use beambake::digest::sha256_file;
 use beambake::kernel::{fetch_debian, from_paths, Kernel, KernelError, Module, Pin};
-use common::which;
-use tempfile::TempDir;
-
-const REAL_RELEASE: &str = "6.1.0-56-cloud-amd64";
+use beambake_testkit::kernel::{
+    assert_load_order as load_order, REAL_PACKAGE, REAL_RELEASE, REAL_SHA256, REAL_VERSION,
+};
+use beambake_testkit::tempfile::TempDir;
+use beambake_testkit::{skip, tempdir, which};
 
 /// The marker `fetch_debian` leaves in a complete cache entry (the pin, as TOML).
 const COMPLETE_MARKER: &str = ".complete";
 
 fn real_pin() -> Pin {
     Pin {
-        package: "linux-image-6.1.0-56-cloud-amd64".to_string(),
-        version: "6.1.192-2".to_string(),
-        sha256: "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee".to_string(),
+        package: REAL_PACKAGE.to_string(),
+        version: REAL_VERSION.to_string(),
+        sha256: REAL_SHA256.to_string(),
     }
 }
 
@@ -48,18 +47,7 @@ fn pos(mods: &[Module], name: &str) -> usize {
 }
 
 fn assert_load_order(mods: &[Module]) {
-    for (i, m) in mods.iter().enumerate() {
-        for d in &m.depends {
-            if let Some(j) = mods.iter().position(|x| &x.name == d) {
-                assert!(
-                    j < i,
-                    "{d} must come before {} in {:?}",
-                    m.name,
-                    names(mods)
-                );
-            }
-        }
-    }
+    load_order(mods.iter().map(|m| (m.name.as_str(), m.depends.as_slice())));
 }
 
 fn not_a_kernel(path: &Path) -> String {
@@ -92,7 +80,7 @@ fn real() -> Option<&'static Real> {
         if !have_apt() {
             return None;
         }
-        let cache = TempDir::new().expect("temp dir");
+        let cache = tempdir();
         let start = Instant::now();
         let kernel = match fetch_debian(&real_pin(), cache.path()) {
             Ok(k) => k,
@@ -186,7 +174,7 @@ fn real_fetch_wrong_sha_leaves_nothing() {
     if !have_apt() {
         skip!("{NO_APT}");
     }
-    let cache = TempDir::new().unwrap();
+    let cache = tempdir();
     let wrong = "0".repeat(64);
     let pin = Pin {
         sha256: wrong.clone(),
@@ -212,7 +200,7 @@ fn real_fetch_nonexistent_version() {
     if !have_apt() {
         skip!("{NO_APT}");
     }
-    let cache = TempDir::new().unwrap();
+    let cache = tempdir();
     let pin = Pin {
         version: "6.1.192-999".to_string(),
         ..real_pin()
@@ -237,7 +225,7 @@ fn real_fetch_concurrent_replaces_partial_dir() {
     if !have_apt() {
         skip!("{NO_APT}");
     }
-    let cache = TempDir::new().unwrap();
+    let cache = tempdir();
     let pin = real_pin();
     // A partial dir from an interrupted fetch: no marker.
     let partial = final_dir(cache.path(), &pin);
@@ -389,7 +377,7 @@ fn real_from_paths() {
     assert!(matches!(err, KernelError::NoModules { .. }), "{err:?}");
 
     // A truncated copy: the first 0x210 bytes.
-    let dir = TempDir::new().unwrap();
+    let dir = tempdir();
     let bytes = fs::read(&real.kernel.image).unwrap();
     let cut = dir.path().join("vmlinuz-cut");
     fs::write(&cut, &bytes[..0x210]).unwrap();

@@ -11,47 +11,46 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use beambake_testkit::{
+    as_nobody, check, give_to_nobody, is_root, output, skip, stderr, stdout, tempdir, vm_lock,
+    which, Guarded, RecipeEdit,
+};
+use common::{assert_signal_leaves_nothing, build_fails, command_on, echo, nobody_base};
 
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
 
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
 /// A microvm recipe for the built echo release (no rebar3 run, no distribution: its
 /// image is a pure function of the release and `SOURCE_DATE_EPOCH`).
 fn recipe(dir: &Path, name: &str, release: &Path, tap: bool) -> PathBuf {
-    let net = if tap {
-        "mode = \"tap\"\nguest = \"10.0.120.101/24\"\nhost = \"10.0.120.100\""
+    let (mode, guest, host) = if tap {
+        ("tap", "10.0.120.101/24", "10.0.120.100")
     } else {
-        "mode = \"user\"\nguest = \"10.0.2.15/24\"\nhost = \"10.0.2.2\""
+        ("user", "10.0.2.15/24", "10.0.2.2")
     };
-    let text = format!(
-        "name = {name:?}\ntarget = \"microvm\"\n\n[release]\nsource = {:?}\n\n\
-         [launch]\ncode_loading = \"interactive\"\n\n[network]\n{net}\nhostname = \"echo\"\n\n\
-         [[check]]\ntype = \"tcp_echo\"\nport = 8080\n",
-        release.display().to_string()
-    );
-    let p = dir.join(format!("{name}.toml"));
-    fs::write(&p, text).unwrap();
-    p
+    RecipeEdit::new(name)
+        .set("name", name)
+        .set("target", "microvm")
+        .set("release.source", release)
+        .set("launch.code_loading", "interactive")
+        .set("network.mode", mode)
+        .set("network.guest", guest)
+        .set("network.host", host)
+        .set("network.hostname", "echo")
+        .add_check(check("tcp_echo").set("port", 8080))
+        .write(dir)
 }
 
 fn build_cmd(recipe: &Path, out: &Path, epoch: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_beambake"));
-    c.args(["build", recipe.to_str().unwrap(), "--out"])
-        .arg(out)
-        .env("SOURCE_DATE_EPOCH", epoch)
-        .stdin(Stdio::null())
+    let mut c = command_on("build", recipe, "--out", out, &[]);
+    c.env("SOURCE_DATE_EPOCH", epoch)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     c
 }
 
 fn build_ok(recipe: &Path, out: &Path, epoch: &str) {
-    let o = build_cmd(recipe, out, epoch).output().unwrap();
+    let o = output(&mut build_cmd(recipe, out, epoch));
     assert!(o.status.success(), "build failed: {}", stderr(&o));
 }
 
@@ -93,7 +92,7 @@ impl Rng {
 /// kill leaves beside it is removed by the next build.
 #[test]
 fn sigkill_at_random_points_of_a_build_leaves_a_whole_output_set() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let r = recipe(d.path(), "killed", &echo().release, false);
     let out = d.path().join("out");
     let set = out.join("killed");
@@ -132,11 +131,10 @@ fn sigkill_at_random_points_of_a_build_leaves_a_whole_output_set() {
         } else {
             ms * 4 / 5 + rng.below(ms * 7 / 10)
         });
-        let mut child = build_cmd(&r, &out, new_epoch).spawn().unwrap();
+        let mut child = Guarded::start(build_cmd(&r, &out, new_epoch));
         std::thread::sleep(delay);
-        // SAFETY: kill(2) of our own child (reaped below).
-        unsafe { kill(child.id() as i32, SIGKILL) };
-        let st = child.wait().unwrap();
+        child.signal(SIGKILL);
+        let st = child.wait();
         let now = snapshot(&set);
         if now == old_set {
             kept += 1;
@@ -182,7 +180,7 @@ fn sigkill_at_random_points_of_a_build_leaves_a_whole_output_set() {
 /// A build that fails leaves no (empty) output dir, and a previous set untouched.
 #[test]
 fn a_failed_build_leaves_nothing_new() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let garbage = d.path().join("garbage.tar.gz");
     fs::write(&garbage, "not a release at all").unwrap();
     let r = recipe(d.path(), "broken", &garbage, false);
@@ -216,7 +214,7 @@ fn killing_boot_or_smoke_leaves_no_request_file() {
         skip!("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
     }
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let out = d.path().join("out");
     for signal in [SIGTERM, SIGKILL] {
         let name = format!("leftover{signal}x{}", std::process::id());

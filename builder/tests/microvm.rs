@@ -5,10 +5,16 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use beambake_testkit::{
+    as_nobody, check, copy_dir, fails_with, give_to_nobody, is_root, output, repo_root, skip,
+    skip_if, stderr, stdout, tempdir, vm_lock, which, RecipeEdit,
+};
+use common::{
+    assert_signal_leaves_nothing, beambake, beambake_in, boot_expecting_clean_exit, build_fails,
+    build_recipe, cli, field_strs, fresh_project, nobody_base, read_json, smoke, stdout_json,
+};
 
 fn needs_vm_host() -> Option<&'static str> {
     if !is_root() {
@@ -20,42 +26,25 @@ fn needs_vm_host() -> Option<&'static str> {
     None
 }
 
-fn smoke(recipe: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "smoke",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    beambake(&args)
-}
-
 #[test]
 fn echo_microvm_passes_echo_http_and_distribution() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_vm_host());
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm").write(d.path());
     let junit = d.path().join("junit.xml");
     let out = smoke(
         &recipe,
         &d.path().join("out"),
         &["--json", "--junit", junit.to_str().unwrap()],
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    let report = stdout_json(&out);
     assert!(out.status.success(), "{report:#}\n{}", stderr(&out));
     assert_eq!(report["passed"], true);
-    let names: Vec<&str> = report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["tcp_echo:8080", "http:8081/", "distribution"]);
+    assert_eq!(
+        field_strs(&report["checks"], "name"),
+        ["tcp_echo:8080", "http:8081/", "distribution"]
+    );
     let dist = report["checks"][2]["message"].as_str().unwrap();
     assert!(
         dist.contains("pong") && dist.contains("echo@10.0.120.101"),
@@ -92,8 +81,8 @@ fn echo_microvm_passes_echo_http_and_distribution() {
 
 #[test]
 fn cookies_are_random_per_build_unless_the_recipe_sets_one() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm").write(d.path());
     let out = d.path().join("out");
     let build = || {
         build_recipe(&recipe, &out, &[]);
@@ -102,11 +91,9 @@ fn cookies_are_random_per_build_unless_the_recipe_sets_one() {
     let (a, b) = (build(), build());
     assert_ne!(a, b);
     assert!(a.len() >= 20);
-    let fixed = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[("# cookie = \"...\"", "cookie = \"s3cret\"")],
-    );
+    let fixed = RecipeEdit::copy("echo-microvm")
+        .set("distribution.cookie", "s3cret")
+        .write(d.path());
     build_recipe(&fixed, &out, &[]);
     assert_eq!(
         fs::read_to_string(out.join("echo-microvm/cookie")).unwrap(),
@@ -116,10 +103,8 @@ fn cookies_are_random_per_build_unless_the_recipe_sets_one() {
 
 #[test]
 fn a_release_that_exits_at_once_reports_its_status_not_a_timeout() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
-    let d = tempfile::tempdir().unwrap();
+    skip_if!(needs_vm_host());
+    let d = tempdir();
     // A release whose application cannot start: the echo port is not a port.
     let project = d.path().join("broken");
     copy_dir(&repo_root().join("examples/echo"), &project);
@@ -132,19 +117,10 @@ fn a_release_that_exits_at_once_reports_its_status_not_a_timeout() {
             .replace("{port, 8080}", "{port, not_a_port}"),
     )
     .unwrap();
-    let recipe = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[("ready_timeout_s = 120", "ready_timeout_s = 300")],
-    );
-    let text = fs::read_to_string(&recipe).unwrap().replace(
-        &format!(
-            "source = {:?}",
-            repo_root().join("examples/echo").display().to_string()
-        ),
-        &format!("source = {:?}", project.display().to_string()),
-    );
-    fs::write(&recipe, text).unwrap();
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("smoke.ready_timeout_s", 300)
+        .set("release.source", &project)
+        .write(d.path());
     let _vm = vm_lock();
     let start = Instant::now();
     let out = smoke(&recipe, &d.path().join("out"), &[]);
@@ -168,22 +144,17 @@ fn a_release_that_exits_at_once_reports_its_status_not_a_timeout() {
 
 #[test]
 fn a_check_against_a_closed_port_fails_within_its_bound() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[
-            ("port = 8081", "port = 9999"),
-            ("check_timeout_s = 30", "check_timeout_s = 3"),
-        ],
-    );
+    skip_if!(needs_vm_host());
+    let d = tempdir();
+    // The http check (the second) aimed at a closed port.
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("check.1.port", 9999)
+        .set("smoke.check_timeout_s", 3)
+        .write(d.path());
     let _vm = vm_lock();
     let out = smoke(&recipe, &d.path().join("out"), &["--json"]);
     assert!(!out.status.success());
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = stdout_json(&out);
     assert_eq!(r["checks"][0]["passed"], true, "{r:#}");
     assert_eq!(r["checks"][1]["passed"], false);
     assert!(
@@ -198,81 +169,58 @@ fn a_check_against_a_closed_port_fails_within_its_bound() {
 
 #[test]
 fn bad_kernel_and_missing_module_are_clear_errors() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let text = d.path().join("vmlinuz");
     fs::write(&text, "this is not a kernel\n").unwrap();
-    let recipe = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[(
-            "# path = \"/boot/vmlinuz-...\"",
-            &format!("path = {:?}", text.display().to_string()),
-        )],
-    );
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("kernel.path", &text)
+        .write(d.path());
     let err = build_fails(&recipe, &d.path().join("o"), &[], "vmlinuz");
     assert!(err.to_lowercase().contains("not a"), "{err}");
 
-    let recipe = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[("[vm]", "extra_modules = [\"no_such_module\"]\n\n[vm]")],
-    );
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("kernel.extra_modules", ["no_such_module"])
+        .write(d.path());
     build_fails(&recipe, &d.path().join("o"), &[], "no_such_module");
 }
 
 #[test]
 fn recipe_typo_is_named() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[("memory_mib = 256", "memroy_mib = 256")],
-    );
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .remove("vm.memory_mib")
+        .set("vm.memroy_mib", 256)
+        .write(d.path());
     let out = beambake(&["build", recipe.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("echo-microvm.toml") && err.contains("unknown field `memroy_mib`"),
-        "{err}"
-    );
+    fails_with(&out, &["echo-microvm.toml", "unknown field `memroy_mib`"]);
 }
 
 #[test]
 fn qemu_missing_gives_an_install_hint() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm").write(d.path());
     let out_dir = d.path().join("out");
     build_recipe(&recipe, &out_dir, &[]);
-    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
-        .args(["boot", out_dir.join("echo-microvm").to_str().unwrap()])
-        .env("PATH", "/nonexistent")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("apt-get install qemu-system-x86"),
-        "{}",
-        stderr(&o)
+    let o = output(
+        cli()
+            .command(["boot", out_dir.join("echo-microvm").to_str().unwrap()])
+            .env("PATH", "/nonexistent"),
     );
+    fails_with(&o, &["apt-get install qemu-system-x86"]);
 }
 
 /// Kills the parent `beambake smoke` (SIGINT, then SIGKILL in a second run) once its VM
 /// runs: no qemu, namespace or tap may survive.
 #[test]
 fn killing_a_smoke_run_leaves_nothing_behind() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_vm_host());
     let _vm = vm_lock();
     for signal in [libc_sig::SIGINT, libc_sig::SIGKILL] {
-        let d = tempfile::tempdir().unwrap();
+        let d = tempdir();
         let marker = format!("killtest{signal}x{}", std::process::id());
-        let recipe = recipe_copy(
-            "echo-microvm",
-            d.path(),
-            &[("name = \"echo-microvm\"", &format!("name = \"{marker}\""))],
-        );
+        let recipe = RecipeEdit::copy("echo-microvm")
+            .set("name", &marker)
+            .write(d.path());
         assert_signal_leaves_nothing(
             &[
                 "smoke",
@@ -295,18 +243,11 @@ mod libc_sig {
 /// that calls `init:stop()` ends the VM with 0; one that cannot start, with 1.
 #[test]
 fn boot_exits_with_the_guests_status() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[(
-            "code_loading = \"interactive\"",
-            "code_loading = \"interactive\"\nextra_args = [\"-s\", \"init\", \"stop\"]",
-        )],
-    );
+    skip_if!(needs_vm_host());
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("launch.extra_args", ["-s", "init", "stop"])
+        .write(d.path());
     let out_dir = d.path().join("out");
     build_recipe(&recipe, &out_dir, &[]);
     let _vm = vm_lock();
@@ -317,9 +258,7 @@ fn boot_exits_with_the_guests_status() {
 /// with a hint. Runs the CLI as `nobody` (setpriv) on a private copy of everything.
 #[test]
 fn rootless_user_networking_and_a_clear_tap_error() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_vm_host());
     if which("setpriv").is_none() {
         skip!("setpriv (util-linux) not installed");
     }
@@ -327,24 +266,11 @@ fn rootless_user_networking_and_a_clear_tap_error() {
     let base = d.path();
     let cache = base.join("cache");
     fs::create_dir_all(&cache).unwrap();
-    let source = format!("source = {:?}", rel.display().to_string());
-    let user = recipe_copy("echo-microvm-user", base, &[]);
-    let tap = recipe_copy("echo-microvm", base, &[]);
-    for r in [&user, &tap] {
-        let t = fs::read_to_string(r).unwrap();
-        let t = t
-            .lines()
-            .map(|l| {
-                if l.starts_with("source = ") {
-                    source.clone()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        fs::write(r, t).unwrap();
-    }
+    let [user, tap] = ["echo-microvm-user", "echo-microvm"].map(|name| {
+        RecipeEdit::copy(name)
+            .set("release.source", &rel)
+            .write(base)
+    });
     give_to_nobody(base);
     let run = |recipe: &Path| {
         let _vm = vm_lock();
@@ -367,26 +293,19 @@ fn rootless_user_networking_and_a_clear_tap_error() {
         "{}",
         stdout(&o)
     );
-    let o = run(&tap);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("tap networking needs root"),
-        "{}",
-        stderr(&o)
-    );
+    fails_with(&run(&tap), &["tap networking needs root"]);
 }
 
 /// `--kernel`/`--modules` replace the recipe's kernel; a modules dir without what the
 /// machine needs is a clear error.
 #[test]
 fn a_kernel_of_the_users_own() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm").write(d.path());
     let out = d.path().join("out");
     // Make sure the pinned kernel is in the cache, then use it as "the user's".
     build_recipe(&recipe, &out, &[]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(out.join("echo-microvm/manifest.json")).unwrap()).unwrap();
+    let m = read_json(&out.join("echo-microvm/manifest.json"));
     let kernel = m["inputs"]["host_files"]
         .as_array()
         .unwrap()
@@ -426,15 +345,10 @@ fn a_kernel_of_the_users_own() {
 /// and a second apart) give byte-identical initramfs images.
 #[test]
 fn microvm_images_are_reproducible_with_a_fixed_cookie() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy(
-        "echo-microvm",
-        d.path(),
-        &[(
-            "# cookie = \"...\"",
-            "cookie = \"fixed-for-reproducibility\"",
-        )],
-    );
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("distribution.cookie", "fixed-for-reproducibility")
+        .write(d.path());
     let image = |out: &str, tz: &str| {
         let out = d.path().join(out);
         let o = beambake_in(
@@ -460,40 +374,21 @@ fn microvm_images_are_reproducible_with_a_fixed_cookie() {
 /// garbage, are clear errors naming the file.
 #[test]
 fn garbage_boot_plans_are_clear_errors() {
-    let d = tempfile::tempdir().unwrap();
-    let o = beambake(&["smoke", d.path().to_str().unwrap()]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(
-        err.contains(&format!(
-            "{}: not a beambake build (no boot.json)",
-            d.path().display()
-        )),
-        "{err}"
+    let d = tempdir();
+    let smoke_dir = || beambake(&["smoke", d.path().to_str().unwrap()]);
+    let no_plan = format!(
+        "{}: not a beambake build (no boot.json)",
+        d.path().display()
     );
+    fails_with(&smoke_dir(), &[&no_plan]);
     fs::write(d.path().join("boot.json"), "{ not json").unwrap();
-    let o = beambake(&["smoke", d.path().to_str().unwrap()]);
-    let err = stderr(&o);
-    assert!(!o.status.success());
-    assert!(err.contains("boot.json: not a beambake boot plan"), "{err}");
+    fails_with(&smoke_dir(), &["boot.json: not a beambake boot plan"]);
 }
 
-/// `recipes/echo-tls-microvm.toml` copied into `dir` with its CA made absolute, the
-/// first TLS echo check aimed at `tls_port` and `edits` applied.
-fn tls_recipe(dir: &Path, tls_port: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
-    let rel = "\"../examples/echo/priv/tls/ca.pem\"";
-    let abs = format!(
-        "{:?}",
-        repo_root()
-            .join("examples/echo/priv/tls/ca.pem")
-            .display()
-            .to_string()
-    );
-    let port = format!("port = {tls_port}\nca = ");
-    let mut all: Vec<(&str, &str)> = vec![(rel, &abs), (rel, &abs), (rel, &abs)];
-    all.push(("port = 8443\nca = ", &port));
-    all.extend_from_slice(edits);
-    recipe_copy("echo-tls-microvm", dir, &all)
+/// `recipes/echo-tls-microvm.toml` (its CA made absolute) with the first TLS echo check
+/// (the second check) aimed at `tls_port`.
+fn tls_recipe(tls_port: u16) -> RecipeEdit {
+    RecipeEdit::copy("echo-tls-microvm").set("check.1.port", tls_port)
 }
 
 /// The TLS release (the echo example's `tls` profile, which starts ssl) serves TLS echo
@@ -501,24 +396,18 @@ fn tls_recipe(dir: &Path, tls_port: &str, edits: &[(&str, &str)]) -> std::path::
 /// fails with a handshake message, within its bound, and the other checks still pass.
 #[test]
 fn tls_checks_pass_and_a_plain_tcp_port_fails_the_handshake() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
-    let d = tempfile::tempdir().unwrap();
-    let recipe = tls_recipe(
-        d.path(),
-        "8080",
-        &[("check_timeout_s = 30", "check_timeout_s = 10")],
-    );
+    skip_if!(needs_vm_host());
+    let d = tempdir();
+    let recipe = tls_recipe(8080)
+        .set("smoke.check_timeout_s", 10)
+        .write(d.path());
     let _vm = vm_lock();
     let out = smoke(&recipe, &d.path().join("out"), &["--json"]);
     assert!(!out.status.success());
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)));
+    let r = stdout_json(&out);
     let checks = r["checks"].as_array().unwrap();
-    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
-        names,
+        field_strs(&r["checks"], "name"),
         [
             "tcp_echo:8080",
             "tls_echo:8080",
@@ -554,16 +443,13 @@ fn tls_checks_pass_and_a_plain_tcp_port_fails_the_handshake() {
 /// built, naming the file.
 #[test]
 fn tls_check_with_a_missing_or_garbage_ca_is_refused_before_the_build() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let missing = d.path().join("no-such-ca.pem");
-    let recipe = tls_recipe(
-        d.path(),
-        "8443",
-        &[(
-            "verify = false ",
-            &format!("ca = {:?}\n", missing.display().to_string()),
-        )],
-    );
+    // The unverified check (the last) verified against a CA file that is not there.
+    let recipe = tls_recipe(8443)
+        .remove("check.4.verify")
+        .set("check.4.ca", &missing)
+        .write(d.path());
     let out = d.path().join("out");
     let err = build_fails(
         &recipe,
@@ -582,42 +468,37 @@ fn tls_check_with_a_missing_or_garbage_ca_is_refused_before_the_build() {
     assert!(!out.join("echo-tls-microvm").exists(), "built anyway");
 }
 
-/// The echo project with `vm_args` as its vm.args, and echo-microvm pointed at it.
-fn project_with_vm_args(dir: &Path, vm_args: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+/// The echo project copied into `dir` with `vm_args` as its vm.args, and echo-microvm
+/// pointed at it.
+fn project_with_vm_args(dir: &Path, vm_args: &str) -> RecipeEdit {
     let (_keep, project) = fresh_project();
     fs::create_dir_all(dir).unwrap();
     let project_dir = dir.join("echo");
     copy_dir(&project, &project_dir);
     fs::write(project_dir.join("config/vm.args"), vm_args).unwrap();
-    let from = format!(
-        "source = {:?}",
-        repo_root().join("examples/echo").display().to_string()
-    );
-    let to = format!("source = {:?}", project_dir.display().to_string());
-    let mut all: Vec<(&str, &str)> = vec![(from.as_str(), to.as_str())];
-    all.extend_from_slice(edits);
-    recipe_copy("echo-microvm", dir, &all)
+    RecipeEdit::copy("echo-microvm").set("release.source", &project_dir)
 }
 
-const GET_COOKIE: &str = "\n[[check]]\ntype = \"rpc\"\ncall = \"erlang:get_cookie()\"\n";
+/// An rpc check that the guest node's cookie is `cookie`.
+fn cookie_check(cookie: &str) -> beambake_testkit::Fields {
+    check("rpc")
+        .set("call", "erlang:get_cookie()")
+        .set("expect", cookie)
+}
 
 #[test]
 fn a_node_named_on_loopback_in_vm_args_is_reachable_at_the_guest_address() {
-    if let Some(why) = needs_vm_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_vm_host());
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
-    let checks = format!("type = \"distribution\"\n{GET_COOKIE}expect = \"from_release\"\n");
+    let d = tempdir();
     // No [distribution] in the recipe: the release names its node and cookie.
     let recipe = project_with_vm_args(
         d.path(),
         "-name echo@127.0.0.1\n-setcookie from_release\n+sbwt none\n",
-        &[
-            ("[distribution]\nnode = \"echo\"", ""),
-            ("type = \"distribution\"\n", &checks),
-        ],
-    );
+    )
+    .remove("distribution")
+    .add_check(cookie_check("from_release"))
+    .write(d.path());
     let out = d.path().join("out");
     let o = smoke(&recipe, &out, &["-v"]);
     let (so, se) = (stdout(&o), stderr(&o));
@@ -631,8 +512,7 @@ fn a_node_named_on_loopback_in_vm_args_is_reachable_at_the_guest_address() {
         "-v says what was rewritten: {se}"
     );
     assert!(se.contains("baked into the image"), "{se}");
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(out.join("echo-microvm/manifest.json")).unwrap()).unwrap();
+    let m = read_json(&out.join("echo-microvm/manifest.json"));
     assert_eq!(m["distribution"]["node"], "echo@10.0.120.101", "{m}");
     assert_eq!(m["distribution"]["cookie_source"], "release", "{m}");
     assert!(m["distribution"]["notes"][0]
@@ -642,52 +522,35 @@ fn a_node_named_on_loopback_in_vm_args_is_reachable_at_the_guest_address() {
 
     // The recipe's [distribution] overrides both by rewriting the launch arguments: one
     // name, one cookie (two -setcookie would make OTP invent a random one: pang).
-    let checks = format!("type = \"distribution\"\n{GET_COOKIE}expect = \"from_recipe\"\n");
-    let recipe = project_with_vm_args(
-        &d.path().join("second"),
-        "-sname other\n-setcookie from_release\n",
-        &[
-            (
-                "node = \"echo\"",
-                "node = \"echo\"\ncookie = \"from_recipe\"",
-            ),
-            ("type = \"distribution\"\n", &checks),
-        ],
-    );
+    let second = d.path().join("second");
+    let recipe = project_with_vm_args(&second, "-sname other\n-setcookie from_release\n")
+        .set("distribution.cookie", "from_recipe")
+        .add_check(cookie_check("from_recipe"))
+        .write(&second);
     let o = smoke(&recipe, &out, &[]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(out.join("echo-microvm/manifest.json")).unwrap()).unwrap();
+    let m = read_json(&out.join("echo-microvm/manifest.json"));
     assert_eq!(m["distribution"]["cookie_source"], "recipe", "{m}");
     assert_eq!(m["distribution"]["names"], "long", "{m}");
 }
 
 #[test]
 fn a_missing_release_source_names_the_recipe_key_and_line() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = recipe_copy("echo-microvm", d.path(), &[]);
-    let text = fs::read_to_string(&recipe).unwrap();
-    let from = text
+    let d = tempdir();
+    let edit = RecipeEdit::copy("echo-microvm").set("release.source", "no/such/release");
+    let recipe = edit.write(d.path());
+    let line = edit
+        .text()
         .lines()
-        .find(|l| l.starts_with("source = "))
+        .position(|l| l.starts_with("source = "))
         .unwrap()
-        .to_string();
-    let line = text.lines().position(|l| l == from).unwrap() + 1;
-    fs::write(&recipe, text.replace(&from, "source = \"no/such/release\"")).unwrap();
+        + 1;
     let out = d.path().join("out");
-    let o = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let e = stderr(&o);
-    assert!(!o.status.success());
-    assert!(
-        e.contains(&format!(
-            "echo-microvm.toml: line {line}: release.source = \"no/such/release\""
-        )),
-        "{e}"
+    let e = build_fails(
+        &recipe,
+        &out,
+        &[],
+        &format!("echo-microvm.toml: line {line}: release.source = \"no/such/release\""),
     );
     assert!(e.contains("does not exist"), "{e}");
     assert!(
@@ -698,13 +561,10 @@ fn a_missing_release_source_names_the_recipe_key_and_line() {
 
 #[test]
 fn boot_of_a_dir_that_is_not_a_build_says_how_to_make_one() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     for dir in [d.path().to_path_buf(), d.path().join("missing")] {
         let o = beambake(&["boot", dir.to_str().unwrap()]);
-        let e = stderr(&o);
-        assert!(!o.status.success());
-        assert!(e.contains(dir.to_str().unwrap()), "{e}");
-        assert!(e.contains("beambake build RECIPE"), "{e}");
+        fails_with(&o, &[dir.to_str().unwrap(), "beambake build RECIPE"]);
     }
 }
 

@@ -9,12 +9,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use beambake_testkit::tempfile::TempDir;
+use beambake_testkit::{
+    copy_dir, fails_with, output, repo_root, skip, snapshot, stderr, stdout, tempdir,
+};
+use common::{beambake, echo, rootfs};
 
 const SETS: &[&str] = &["common", "osv", "rumprun"];
 
@@ -75,8 +78,8 @@ fn touched_by(set: &str) -> Vec<String> {
 }
 
 /// A mini tree: OTP_VERSION and every file the set touches that exists in `src`.
-fn mini_tree(src: &Path, set: &str) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
+fn mini_tree(src: &Path, set: &str) -> TempDir {
+    let d = tempdir();
     let mut files = touched(set);
     files.push("OTP_VERSION".into());
     for f in files {
@@ -88,25 +91,6 @@ fn mini_tree(src: &Path, set: &str) -> tempfile::TempDir {
         }
     }
     d
-}
-
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                m.insert(
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    m
 }
 
 fn patch(action: &str, tree: &Path, set: &str, patches: &Path) -> std::process::Output {
@@ -151,13 +135,13 @@ fn sets_apply_strictly_to_debians_otp_and_round_trip() {
     let patches = repo_root().join("patches");
     for set in SETS {
         let t = mini_tree(&src, set);
-        let before = snapshot(t.path());
+        let before = snapshot(t.path(), &[]);
         let o = patch("check", t.path(), set, &patches);
         assert!(o.status.success(), "{set}: {}", stderr(&o));
-        assert_eq!(snapshot(t.path()), before, "check changed the tree");
+        assert_eq!(snapshot(t.path(), &[]), before, "check changed the tree");
         let o = patch("apply", t.path(), set, &patches);
         assert!(o.status.success(), "{set}: {}", stderr(&o));
-        let applied = snapshot(t.path());
+        let applied = snapshot(t.path(), &[]);
         assert_ne!(applied, before);
         let o = patch("status", t.path(), set, &patches);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -165,11 +149,11 @@ fn sets_apply_strictly_to_debians_otp_and_round_trip() {
         // Applying again: already applied, nothing changes.
         let o = patch("apply", t.path(), set, &patches);
         assert!(o.status.success(), "{set}: {}", stderr(&o));
-        assert_eq!(snapshot(t.path()), applied);
+        assert_eq!(snapshot(t.path(), &[]), applied);
         let o = patch("revert", t.path(), set, &patches);
         assert!(o.status.success(), "{set}: {}", stderr(&o));
         assert_eq!(
-            snapshot(t.path()),
+            snapshot(t.path(), &[]),
             before,
             "{set}: revert is not byte-identical"
         );
@@ -198,19 +182,19 @@ fn a_patch_that_does_not_apply_leaves_the_tree_untouched() {
         .map(|l| format!("{l} /* drifted */\n"))
         .collect();
     fs::write(&p, broken).unwrap();
-    let before = snapshot(t.path());
+    let before = snapshot(t.path(), &[]);
     let o = patch("apply", t.path(), set, &patches);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains(".patch"), "names the patch: {err}");
     assert!(err.contains(victim.as_str()), "names the file: {err}");
     assert!(err.contains("hunk #"), "names the hunk: {err}");
-    assert_eq!(snapshot(t.path()), before, "the tree changed");
+    assert_eq!(snapshot(t.path(), &[]), before, "the tree changed");
 }
 
 #[test]
 fn malformed_patches_and_other_otp_versions_are_refused() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let tree = d.path().join("otp");
     fs::create_dir_all(&tree).unwrap();
     fs::write(tree.join("OTP_VERSION"), "25.2.3\n").unwrap();
@@ -224,16 +208,11 @@ fn malformed_patches_and_other_otp_versions_are_refused() {
         "Subject: bad\n\n--- a/a.c\n+++ b/a.c\n@@ -1,2 +1,2 @@\n one\n-two\n+TWO\n+extra\n",
     )
     .unwrap();
-    let o = patch("apply", &tree, "bad", &patches);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(err.contains("0001-bad.patch"), "{err}");
+    fails_with(&patch("apply", &tree, "bad", &patches), &["0001-bad.patch"]);
     assert_eq!(fs::read_to_string(tree.join("a.c")).unwrap(), "one\ntwo\n");
     fs::write(tree.join("OTP_VERSION"), "26.2\n").unwrap();
     let o = patch("check", &tree, "osv", &repo_root().join("patches"));
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(err.contains("OTP 26.2 has no patch set here"), "{err}");
+    fails_with(&o, &["OTP 26.2 has no patch set here"]);
 }
 
 /// An installed OTP build given with `--erts-from` replaces the release's ERTS in the
@@ -251,25 +230,15 @@ fn erts_from_an_otp_build_replaces_the_releases_erts() {
     if !host_erts.is_dir() {
         skip!("the host's OTP has no erts-{vsn}");
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let otp = d.path().join("otp");
     let erts = otp.join(format!("lib/erlang/erts-{vsn}"));
     copy_dir(&host_erts, &erts);
     fs::write(erts.join("bin/patched-by-beambake"), b"marker\n").unwrap();
     let out = d.path().join("img.cpio");
-    let o = beambake(&[
-        "rootfs",
-        rel.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--erts-from",
-        otp.to_str().unwrap(),
-    ]);
+    let o = rootfs(rel, &out, &["--erts-from", otp.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let list = Command::new("cpio")
-        .args(["-it", "--quiet", "-F", out.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let list = output(Command::new("cpio").args(["-it", "--quiet", "-F", out.to_str().unwrap()]));
     let names = stdout(&list);
     assert!(
         names.contains(&format!("opt/echo/erts-{vsn}/bin/patched-by-beambake")),
@@ -279,19 +248,7 @@ fn erts_from_an_otp_build_replaces_the_releases_erts() {
     let other = d.path().join("otp-other");
     fs::create_dir_all(other.join("lib/erlang/erts-99.0/bin")).unwrap();
     let out2 = d.path().join("img2.cpio");
-    let o = beambake(&[
-        "rootfs",
-        rel.to_str().unwrap(),
-        "-o",
-        out2.to_str().unwrap(),
-        "--erts-from",
-        other.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(
-        err.contains("erts-99.0") && err.contains(&format!("erts-{vsn}")),
-        "{err}"
-    );
+    let o = rootfs(rel, &out2, &["--erts-from", other.to_str().unwrap()]);
+    fails_with(&o, &["erts-99.0", &format!("erts-{vsn}")]);
     assert!(!out2.exists());
 }

@@ -10,7 +10,11 @@ use std::time::Duration;
 use beambake::launch::{LaunchSpec, LaunchSpecExt};
 use beambake::release::{Discover, Release};
 use beambake::source::{Resolve, Source, SourceKind};
-use common::*;
+use beambake_testkit::{
+    copy_dir, fails_with, free_port, is_root, output, repo_root, skip, stderr, stdout, tempdir,
+    which, Guarded,
+};
+use common::{beambake, echo, echo_round_trip, field_strs, fresh_project, rootfs, stdout_json};
 
 fn discover(dir: &Path) -> Release {
     Release::discover(dir, &Discover::default()).unwrap()
@@ -73,7 +77,7 @@ fn host_erts_release_uses_the_host_otp() {
 #[test]
 fn host_erts_of_another_version_is_a_clear_error() {
     let e = echo();
-    let fake = tempfile::tempdir().unwrap();
+    let fake = tempdir();
     fs::create_dir_all(fake.path().join("erts-99.0/bin")).unwrap();
     fs::create_dir_all(fake.path().join("lib")).unwrap();
     let out = beambake(&[
@@ -82,12 +86,7 @@ fn host_erts_of_another_version_is_a_clear_error() {
         "--otp-root",
         fake.path().to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("needs ERTS 13.") && err.contains("erts-99.0"),
-        "{err}"
-    );
+    fails_with(&out, &["needs ERTS 13.", "erts-99.0"]);
 }
 
 #[test]
@@ -104,8 +103,8 @@ fn launch_spec_starts_the_release_on_the_host() {
         !spec.argv.iter().any(|a| a.ends_with("/bin/echo")),
         "no shell script"
     );
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut p = Guarded::spawn(spec.command(), log.path().to_path_buf());
+    let d = tempdir();
+    let mut p = Guarded::spawn(spec.command(), d.path().join("echo.log"));
     echo_round_trip(&mut p, port.parse().unwrap(), Duration::from_secs(60));
     assert!(
         p.log_text().contains("Echo server started"),
@@ -132,7 +131,7 @@ fn inspect_a_rebar3_project_and_json() {
     }
     let out = beambake(&["inspect", "--json", e.release.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = stdout_json(&out);
     assert_eq!(v["release"]["name"], "echo");
     assert_eq!(
         v["launch"]["argv"][0],
@@ -141,12 +140,7 @@ fn inspect_a_rebar3_project_and_json() {
             v["release"]["erts"]["vsn"].as_str().unwrap()
         )
     );
-    let libs: Vec<&str> = v["host_libs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["path"].as_str().unwrap())
-        .collect();
+    let libs = field_strs(&v["host_libs"], "path");
     // Debian's epmd links libsystemd, and through it libgcrypt, liblz4, liblzma, libzstd.
     for l in [
         "/libsystemd.so.0",
@@ -162,8 +156,8 @@ fn inspect_a_rebar3_project_and_json() {
 // ---------------------------------------------------------------- bad input
 
 /// A private copy of the echo release to break.
-fn broken_copy() -> (tempfile::TempDir, PathBuf) {
-    let d = tempfile::tempdir().unwrap();
+fn broken_copy() -> (beambake_testkit::tempfile::TempDir, PathBuf) {
+    let d = tempdir();
     let rel = d.path().join("echo");
     copy_dir(&echo().release, &rel);
     (d, rel)
@@ -172,22 +166,12 @@ fn broken_copy() -> (tempfile::TempDir, PathBuf) {
 /// Runs `beambake rootfs` over a previous good image: must fail naming `needle`, leave the
 /// previous image byte-identical and no temp file behind.
 fn fails_cleanly(input: &Path, needles: &[&str]) -> String {
-    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = tempdir();
     let img = out_dir.path().join("img.cpio.gz");
-    let good = beambake(&[
-        "rootfs",
-        echo().release.to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-    ]);
+    let good = rootfs(&echo().release, &img, &[]);
     assert!(good.status.success(), "{}", stderr(&good));
     let before = fs::read(&img).unwrap();
-    let out = beambake(&[
-        "rootfs",
-        input.to_str().unwrap(),
-        "-o",
-        img.to_str().unwrap(),
-    ]);
+    let out = rootfs(input, &img, &[]);
     let err = stderr(&out);
     assert!(
         !out.status.success(),
@@ -256,11 +240,8 @@ fn unreadable_file() {
     if is_root() {
         // root reads through chmod 000; a FIFO is the unreadable thing here.
         fs::remove_file(&victim).unwrap();
-        let st = std::process::Command::new("mkfifo")
-            .arg(&victim)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let o = output(std::process::Command::new("mkfifo").arg(&victim));
+        assert!(o.status.success(), "mkfifo: {}", stderr(&o));
         fails_cleanly(&rel, &["echo_server.beam", "not a regular file"]);
     } else {
         use std::os::unix::fs::PermissionsExt;
@@ -280,11 +261,8 @@ fn elf_needing_a_missing_library() {
     fs::write(&src, "int bogus(void); int main(void){return bogus();}\n").unwrap();
     let lib = d.path().join("libbogus.so.7");
     let cc = |args: &[&str]| {
-        let st = std::process::Command::new("gcc")
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "gcc {args:?}");
+        let o = output(std::process::Command::new("gcc").args(args));
+        assert!(o.status.success(), "gcc {args:?}: {}", stderr(&o));
     };
     cc(&[
         "-shared",
@@ -310,7 +288,7 @@ fn elf_needing_a_missing_library() {
 #[test]
 fn tarball_truncated() {
     let bytes = fs::read(&echo().tarball).unwrap();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let t = d.path().join("cut.tar.gz");
     fs::write(&t, &bytes[..bytes.len() / 2]).unwrap();
     fails_cleanly(&t, &["cut.tar.gz"]);
@@ -348,7 +326,7 @@ fn raw_tar(entries: &[(&str, u8, &str)]) -> Vec<u8> {
 
 #[test]
 fn malicious_tarballs() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     type Case<'a> = (&'a str, &'a [(&'a str, u8, &'a str)], &'a str);
     let cases: &[Case] = &[
         ("dotdot", &[("releases/../../evil", b'0', "")], "leaves"),
@@ -370,14 +348,9 @@ fn malicious_tarballs() {
 
 #[test]
 fn not_a_release_at_all() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let out = beambake(&["inspect", d.path().to_str().unwrap()]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("not a release directory"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, &["not a release directory"]);
     let out = beambake(&["inspect", "/nonexistent/release"]);
     assert!(
         stderr(&out).contains("/nonexistent/release: no such file or directory"),
@@ -393,17 +366,17 @@ fn mix_release_runs_from_its_launch_spec() {
     if which("mix").is_none() {
         skip!("mix not installed (apt-get install elixir)");
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let project = d.path().join("hello_mix");
     copy_dir(&repo_root().join("examples/hello_mix"), &project);
     let _ = fs::remove_dir_all(project.join("_build"));
-    let out = std::process::Command::new("mix")
-        .arg("release")
-        .current_dir(&project)
-        .env("MIX_ENV", "prod")
-        .env("HOME", d.path())
-        .output()
-        .unwrap();
+    let out = output(
+        std::process::Command::new("mix")
+            .arg("release")
+            .current_dir(&project)
+            .env("MIX_ENV", "prod")
+            .env("HOME", d.path()),
+    );
     assert!(
         out.status.success(),
         "mix release: {}{}",

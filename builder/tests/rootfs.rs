@@ -9,7 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use beambake::launch::{LaunchSpec, LaunchSpecExt};
-use common::*;
+use beambake_testkit::{
+    copy_dir, free_port, is_root, output, skip, stderr, tempdir, which, Guarded,
+};
+use common::{beambake_in, echo, echo_round_trip, read_json};
 
 fn build(input: &Path, out: &Path, extra: &[&str], cwd: &Path, env: &[(&str, &str)]) {
     let mut args = vec![
@@ -26,7 +29,7 @@ fn build(input: &Path, out: &Path, extra: &[&str], cwd: &Path, env: &[(&str, &st
 #[test]
 fn same_inputs_same_bytes_whatever_the_build_path_time_and_environment() {
     let e = echo();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     // Copy the release to a second place, created later, in reverse directory order.
     let copy = d.path().join("elsewhere/echo");
     std::thread::sleep(Duration::from_millis(1100));
@@ -99,11 +102,10 @@ fn same_inputs_same_bytes_whatever_the_build_path_time_and_environment() {
 #[test]
 fn manifest_records_inputs_and_artefacts() {
     let e = echo();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let img = d.path().join("echo.cpio.gz");
     build(&e.release, &img, &["--list"], d.path(), &[]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(d.path().join("manifest.json")).unwrap()).unwrap();
+    let m = read_json(&d.path().join("manifest.json"));
     assert_eq!(m["tool"]["name"], "beambake");
     assert_eq!(m["inputs"]["release"]["name"], "echo");
     assert_eq!(m["inputs"]["release"]["source_kind"], "directory");
@@ -134,16 +136,20 @@ fn manifest_records_inputs_and_artefacts() {
 /// Unpacks an (uncompressed) image with GNU cpio, the independent reader.
 fn unpack(img: &Path, dest: &Path) {
     fs::create_dir_all(dest).unwrap();
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cpio -idm --quiet --no-absolute-filenames < '{}'",
-            img.display()
-        ))
-        .current_dir(dest)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cpio could not unpack the image");
+    let o = output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cpio -idm --quiet --no-absolute-filenames < '{}'",
+                img.display()
+            ))
+            .current_dir(dest),
+    );
+    assert!(
+        o.status.success(),
+        "cpio could not unpack the image: {}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -152,18 +158,17 @@ fn gnu_cpio_reads_every_entry() {
         skip!("GNU cpio not installed (apt-get install cpio)");
     }
     let e = echo();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let img = d.path().join("echo.cpio");
     build(&e.release, &img, &["--list"], d.path(), &[]);
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("cpio -itv --quiet < '{}'", img.display()))
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("cpio -itv --quiet < '{}'", img.display())),
+    );
     assert!(out.status.success());
     let listing = String::from_utf8_lossy(&out.stdout);
-    let m: serde_json::Value =
-        serde_json::from_slice(&fs::read(d.path().join("manifest.json")).unwrap()).unwrap();
+    let m = read_json(&d.path().join("manifest.json"));
     // every tree entry except "/" is listed, in order, with root ownership
     let want: Vec<String> = m["files"]
         .as_array()
@@ -172,11 +177,11 @@ fn gnu_cpio_reads_every_entry() {
         .skip(1)
         .map(|f| f["path"].as_str().unwrap()[1..].to_string())
         .collect();
-    let names = Command::new("sh")
-        .arg("-c")
-        .arg(format!("cpio -it --quiet < '{}'", img.display()))
-        .output()
-        .unwrap();
+    let names = output(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("cpio -it --quiet < '{}'", img.display())),
+    );
     let names = String::from_utf8_lossy(&names.stdout);
     let got: Vec<&str> = names.lines().collect();
     assert_eq!(got.len(), want.len());
@@ -201,7 +206,7 @@ fn closure_is_complete_the_release_runs_under_chroot() {
     }
     let e = echo();
     for (what, input) in [("bundled erts", &e.release), ("host erts", &e.hosterts)] {
-        let d = tempfile::tempdir().unwrap();
+        let d = tempdir();
         let img = d.path().join("echo.cpio");
         build(input, &img, &[], d.path(), &[]);
         let root = d.path().join("root");
@@ -229,26 +234,19 @@ fn iso_image_matches_the_cpio_image() {
         skip!("xorriso or cpio not installed (apt-get install xorriso cpio)");
     }
     let e = echo();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let (iso, cpio) = (d.path().join("echo.iso"), d.path().join("echo.cpio"));
     build(&e.release, &iso, &[], d.path(), &[]);
     build(&e.release, &cpio, &[], d.path(), &[]);
     let (a, b) = (d.path().join("from-iso"), d.path().join("from-cpio"));
-    let st = Command::new("osirrox")
-        .args([
-            "-indev",
-            iso.to_str().unwrap(),
-            "-extract",
-            "/",
-            a.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let st = output(Command::new("osirrox").args([
+        "-indev",
+        iso.to_str().unwrap(),
+        "-extract",
+        "/",
+        a.to_str().unwrap(),
+    ]));
+    assert!(st.status.success(), "{}", stderr(&st));
     unpack(&cpio, &b);
     let _ = fs::remove_dir_all(b.join("dev"));
     let _ = fs::remove_dir_all(a.join("dev"));

@@ -13,10 +13,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use beambake_testkit::{
+    check, copy_dir, fails_with, fields, is_root, output, skip, stderr, stdout, tempdir, vm_lock,
+    which, RecipeEdit,
+};
+use common::{
+    beambake, build_fails, build_recipe, command_on, echo, fresh_project, read_json, rootfs, smoke,
+};
 
-fn rumprun_recipe(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
-    recipe_copy("echo-rumprun", dir, edits)
+fn rumprun_recipe() -> RecipeEdit {
+    RecipeEdit::copy("echo-rumprun")
 }
 
 fn build_no_bake(recipe: &Path, out: &Path) -> PathBuf {
@@ -26,8 +32,8 @@ fn build_no_bake(recipe: &Path, out: &Path) -> PathBuf {
 
 #[test]
 fn no_bake_writes_both_isos_and_the_launch_config_reproducibly() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = rumprun_recipe(d.path(), &[]);
+    let d = tempdir();
+    let recipe = rumprun_recipe().write(d.path());
     let a = build_no_bake(&recipe, &d.path().join("a"));
     for f in [
         "erlang.iso",
@@ -45,11 +51,7 @@ fn no_bake_writes_both_isos_and_the_launch_config_reproducibly() {
     for s in ["run-rumprun.sh", "run-qemu.sh"] {
         let mode = fs::metadata(a.join(s)).unwrap().permissions().mode();
         assert_eq!(mode & 0o111, 0o111, "{s} is executable");
-        let o = Command::new("sh")
-            .arg("-n")
-            .arg(a.join(s))
-            .output()
-            .unwrap();
+        let o = output(Command::new("sh").arg("-n").arg(a.join(s)));
         assert!(o.status.success(), "{s}: {}", stderr(&o));
     }
     let flat = fs::read_to_string(a.join("rumprun-config.json")).unwrap();
@@ -60,10 +62,7 @@ fn no_bake_writes_both_isos_and_the_launch_config_reproducibly() {
         flat.contains("-boot /apps/erlang/releases/0.1.0/start"),
         "{flat}"
     );
-    let structured: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(a.join("rumprun-config.structured.json")).unwrap(),
-    )
-    .unwrap();
+    let structured = read_json(&a.join("rumprun-config.structured.json"));
     assert!(structured["rc"].is_array());
     let manifest = fs::read_to_string(a.join("manifest.json")).unwrap();
     for f in [
@@ -90,14 +89,11 @@ fn no_bake_writes_both_isos_and_the_launch_config_reproducibly() {
 
 #[test]
 fn the_clustering_form_carries_node_and_cookie() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = rumprun_recipe(
-        d.path(),
-        &[(
-            "[[check]]",
-            "[distribution]\nnode = \"echo\"\ncookie = \"rumpcookie\"\n\n[[check]]",
-        )],
-    );
+    let d = tempdir();
+    let recipe = rumprun_recipe()
+        .set("distribution.node", "echo")
+        .set("distribution.cookie", "rumpcookie")
+        .write(d.path());
     let a = build_no_bake(&recipe, &d.path().join("out"));
     let flat = fs::read_to_string(a.join("rumprun-config.json")).unwrap();
     assert!(!flat.contains("-no_epmd"), "{flat}");
@@ -106,10 +102,9 @@ fn the_clustering_form_carries_node_and_cookie() {
         "{flat}"
     );
     // Without a cookie in the recipe: a fresh random one per build.
-    let recipe = rumprun_recipe(
-        d.path(),
-        &[("[[check]]", "[distribution]\nnode = \"echo\"\n\n[[check]]")],
-    );
+    let recipe = rumprun_recipe()
+        .set("distribution.node", "echo")
+        .write(d.path());
     let one = build_no_bake(&recipe, &d.path().join("r1"));
     let two = build_no_bake(&recipe, &d.path().join("r2"));
     let c1 = fs::read_to_string(one.join("cookie")).unwrap();
@@ -124,7 +119,7 @@ fn the_clustering_form_carries_node_and_cookie() {
 fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
     // The release names its node and cookie (as rebar3's template does): clustering on,
     // the name moved to the guest's address, the release's cookie kept.
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let (_keep, project) = fresh_project();
     let mine = d.path().join("echo");
     copy_dir(&project, &mine);
@@ -133,12 +128,8 @@ fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
         "-name echo@localhost\n-setcookie relcookie\n",
     )
     .unwrap();
-    let from = format!(
-        "source = {:?}",
-        repo_root().join("examples/echo").display().to_string()
-    );
-    let to = format!("source = {:?}", mine.display().to_string());
-    let recipe = rumprun_recipe(d.path(), &[(from.as_str(), to.as_str())]);
+    let mine_recipe = rumprun_recipe().set("release.source", &mine);
+    let recipe = mine_recipe.write(d.path());
     let a = build_no_bake(&recipe, &d.path().join("out"));
     let flat = fs::read_to_string(a.join("rumprun-config.json")).unwrap();
     assert!(
@@ -146,13 +137,7 @@ fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
         "{flat}"
     );
     // [distribution] overrides the release's cookie.
-    let recipe = rumprun_recipe(
-        d.path(),
-        &[
-            (from.as_str(), to.as_str()),
-            ("[[check]]", "[distribution]\ncookie = \"rc\"\n\n[[check]]"),
-        ],
-    );
+    let recipe = mine_recipe.set("distribution.cookie", "rc").write(d.path());
     let b = build_no_bake(&recipe, &d.path().join("out2"));
     let flat = fs::read_to_string(b.join("rumprun-config.json")).unwrap();
     assert!(
@@ -163,45 +148,35 @@ fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
 
 #[test]
 fn a_missing_toolchain_is_a_clear_error_and_boot_says_so_too() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = rumprun_recipe(d.path(), &[]);
+    let d = tempdir();
+    let recipe = rumprun_recipe().write(d.path());
     let out = d.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
-        .args([
-            "build",
-            recipe.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .env("PATH", "/usr/bin:/bin")
-        .env_remove("RUMPRUN_TOOLCHAIN")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    for needle in [
-        "rumprun-bake",
-        "RUMPRUN_TOOLCHAIN",
-        "--no-bake",
-        "echo-rumprun.toml",
-    ] {
-        assert!(err.contains(needle), "{needle:?} not in: {err}");
-    }
+    let o = output(
+        command_on("build", &recipe, "--out", &out, &[])
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("RUMPRUN_TOOLCHAIN"),
+    );
+    fails_with(
+        &o,
+        &[
+            "rumprun-bake",
+            "RUMPRUN_TOOLCHAIN",
+            "--no-bake",
+            "echo-rumprun.toml",
+        ],
+    );
     assert!(
         !out.join("echo-rumprun/erlang.iso").exists(),
         "nothing built"
     );
     let dir = build_no_bake(&recipe, &out);
     let o = beambake(&["boot", dir.to_str().unwrap()]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(err.contains("no baked rumprun kernel"), "{err}");
-    assert!(err.contains("--no-bake"), "{err}");
+    fails_with(&o, &["no baked rumprun kernel", "--no-bake"]);
 }
 
 #[test]
 fn the_bake_step_runs_rumprun_bake_hw_virtio() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     // A stand-in for the toolchain's rumprun-bake: records its arguments and writes the
     // output file, as the real tool's contract says.
     let tc = d.path().join("toolchain");
@@ -219,24 +194,9 @@ fn the_bake_step_runs_rumprun_bake_hw_virtio() {
     fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
     let beam = d.path().join("beam");
     fs::write(&beam, b"a rumprun BEAM").unwrap();
-    let recipe = rumprun_recipe(
-        d.path(),
-        &[(
-            "[rumprun]",
-            &format!("[rumprun]\nbeam = {:?}", beam.display().to_string()),
-        )],
-    );
+    let recipe = rumprun_recipe().set("rumprun.beam", &beam).write(d.path());
     let out = d.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_beambake"))
-        .args([
-            "build",
-            recipe.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .env("RUMPRUN_TOOLCHAIN", &tc)
-        .output()
-        .unwrap();
+    let o = output(command_on("build", &recipe, "--out", &out, &[]).env("RUMPRUN_TOOLCHAIN", &tc));
     assert!(o.status.success(), "{}", stderr(&o));
     let kernel = out.join("echo-rumprun/echo-rumprun.hw.bin");
     // The tool writes into the output set being built (a sibling dir of the final one,
@@ -260,8 +220,10 @@ fn the_bake_step_runs_rumprun_bake_hw_virtio() {
 
 #[test]
 fn a_bad_address_is_named() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = rumprun_recipe(d.path(), &[("10.0.120.101/24", "10.0.120.301/24")]);
+    let d = tempdir();
+    let recipe = rumprun_recipe()
+        .set("network.guest", "10.0.120.301/24")
+        .write(d.path());
     let err = build_fails(
         &recipe,
         &d.path().join("out"),
@@ -274,14 +236,14 @@ fn a_bad_address_is_named() {
 /// A digest of `dir` by `echo_tree:digest_hex/1`, computed on the host.
 fn host_digest(dir: &Path) -> String {
     let ebin = echo().release.join("lib/echo-0.1.0/ebin");
-    let o = Command::new("erl")
-        .args(["-noshell", "-pa", ebin.to_str().unwrap(), "-eval"])
-        .arg(format!(
-            "io:format(\"~s\", [echo_tree:digest_hex({:?})]), halt().",
-            dir.display().to_string()
-        ))
-        .output()
-        .unwrap();
+    let o = output(
+        Command::new("erl")
+            .args(["-noshell", "-pa", ebin.to_str().unwrap(), "-eval"])
+            .arg(format!(
+                "io:format(\"~s\", [echo_tree:digest_hex({:?})]), halt().",
+                dir.display().to_string()
+            )),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     stdout(&o).trim().to_string()
 }
@@ -291,51 +253,50 @@ fn the_isos_are_mounted_by_a_real_kernel_and_match_xorriso() {
     if !is_root() || which("osirrox").is_none() || which("make").is_none() {
         skip!("needs root, xorriso and the UML kernel build tools");
     }
-    let d = tempfile::tempdir().unwrap();
-    let isos = build_no_bake(&rumprun_recipe(d.path(), &[]), &d.path().join("rr"));
+    let d = tempdir();
+    let isos = build_no_bake(&rumprun_recipe().write(d.path()), &d.path().join("rr"));
+    // A beambake uml guest with both images attached read-only, its checks replaced (and
+    // smoke's default timeouts).
+    let mut recipe = RecipeEdit::copy("echo-uml")
+        .set("vm.count", 1)
+        .remove("smoke")
+        .clear("check")
+        .add_check(check("tcp_echo").set("port", 8080));
     // The host's view: osirrox extracts each image (Rock Ridge modes and symlinks kept).
-    let mut checks = String::from("[[check]]\ntype = \"tcp_echo\"\nport = 8080\n\n");
-    let mut disks = String::new();
     for (iso, mount) in [("erlang.iso", "/mnt/erlang"), ("app.iso", "/mnt/app")] {
         let x = d.path().join(format!("x-{iso}"));
-        let o = Command::new("osirrox")
-            .args(["-indev", isos.join(iso).to_str().unwrap(), "-extract", "/"])
-            .arg(&x)
-            .output()
-            .unwrap();
+        let o = output(
+            Command::new("osirrox")
+                .args(["-indev", isos.join(iso).to_str().unwrap(), "-extract", "/"])
+                .arg(&x),
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         // osirrox gives the extraction root the caller's mode; the digest skips the root.
         let want = host_digest(&x);
-        checks += &format!(
-            "[[check]]\ntype = \"rpc\"\ncall = 'echo_tree:digest_hex(\"{mount}\")'\nexpect = '\"{want}\"'\n\n"
-        );
-        disks += &format!(
-            "[[disk]]\npath = {:?}\nmount = \"{mount}\"\nfstype = \"iso9660\"\n\n",
-            isos.join(iso).display().to_string()
-        );
+        recipe = recipe
+            .add_check(
+                check("rpc")
+                    .set("call", format!("echo_tree:digest_hex(\"{mount}\")"))
+                    .set("expect", format!("\"{want}\"")),
+            )
+            .push(
+                "disk",
+                fields()
+                    .set("path", isos.join(iso))
+                    .set("mount", mount)
+                    .set("fstype", "iso9660"),
+            );
     }
-    checks += "[[check]]\ntype = \"rpc\"\ncall = 'file:read_file(\"/mnt/erlang/erl_inetrc\")'\n";
     let inetrc = fs::read_to_string(d.path().join("x-erlang.iso/erl_inetrc")).unwrap();
-    checks += &format!("expect = '{{ok, <<{:?}>>}}'\n\n", inetrc);
-    // A beambake uml guest with both images attached read-only.
-    let shared = repo_root().join("recipes/uml-shared");
-    let host = format!("host = {:?}", shared.display().to_string());
-    let recipe = recipe_copy(
-        "echo-uml",
-        d.path(),
-        &[("host = \"uml-shared\"", &host), ("count = 3", "count = 1")],
-    );
-    let text = fs::read_to_string(&recipe).unwrap();
-    let head = &text[..text.find("[[check]]").unwrap()];
-    fs::write(&recipe, format!("{head}{disks}{checks}")).unwrap();
+    let recipe = recipe
+        .add_check(
+            check("rpc")
+                .set("call", r#"file:read_file("/mnt/erlang/erl_inetrc")"#)
+                .set("expect", format!("{{ok, <<{inetrc:?}>>}}")),
+        )
+        .write(d.path());
     let _vm = vm_lock();
-    let o = beambake(&[
-        "smoke",
-        recipe.to_str().unwrap(),
-        "--out",
-        d.path().join("uml").to_str().unwrap(),
-        "--json",
-    ]);
+    let o = smoke(&recipe, &d.path().join("uml"), &["--json"]);
     let report = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{report}\n{}", stderr(&o));
     assert!(report.contains("echo_tree:digest_hex"), "{report}");
@@ -343,7 +304,7 @@ fn the_isos_are_mounted_by_a_real_kernel_and_match_xorriso() {
 
 #[test]
 fn a_file_iso9660_cannot_hold_is_a_clear_error() {
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let rel = d.path().join("rel");
     copy_dir(&echo().release, &rel);
     let priv_dir = rel.join("lib/echo-0.1.0/priv");
@@ -356,12 +317,7 @@ fn a_file_iso9660_cannot_hold_is_a_clear_error() {
         .unwrap()
         .set_len((4u64 << 30) + 1)
         .unwrap();
-    let o = beambake(&[
-        "rootfs",
-        rel.to_str().unwrap(),
-        "-o",
-        d.path().join("b.iso").to_str().unwrap(),
-    ]);
+    let o = rootfs(&rel, &d.path().join("b.iso"), &[]);
     let _ = fs::remove_file(&big);
     assert!(!o.status.success());
     let err = stderr(&o);

@@ -11,21 +11,27 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use beambake_testkit::tempfile::TempDir;
+use beambake_testkit::{
+    check, fails_with, is_root, output, skip, snapshot, stderr, stdout, tempdir_in, vm_lock, which,
+    RecipeEdit,
+};
+use common::{read_json, rootfs, smoke};
 
 /// `rebar3 new release myrel` in a fresh dir (real rebar3; its templates are built in,
 /// no network). Returns the temp dir and the project.
-fn template_project() -> (tempfile::TempDir, PathBuf) {
-    let d = tempfile::Builder::new()
-        .prefix("bb-template-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let o = Command::new("rebar3")
-        .args(["new", "release", "myrel"])
-        .current_dir(d.path())
-        .env("TERM", "dumb")
-        .output()
-        .expect("rebar3 is required (apt-get install rebar3)");
+fn template_project() -> (TempDir, PathBuf) {
+    assert!(
+        which("rebar3").is_some(),
+        "rebar3 is required (apt-get install rebar3)"
+    );
+    let d = tempdir_in(Path::new(env!("CARGO_TARGET_TMPDIR")), "bb-template-");
+    let o = output(
+        Command::new("rebar3")
+            .args(["new", "release", "myrel"])
+            .current_dir(d.path())
+            .env("TERM", "dumb"),
+    );
     assert!(o.status.success(), "rebar3 new release: {o:?}");
     let project = d.path().join("myrel");
     let vm_args = fs::read_to_string(project.join("config/vm.args")).unwrap();
@@ -38,46 +44,31 @@ fn template_project() -> (tempfile::TempDir, PathBuf) {
 
 /// A recipe for the template project: no `[distribution]` (the release names its node),
 /// a distribution check, and an rpc check that the node answers to its own name.
-fn recipe(dir: &Path, project: &Path, target: &str, profile: &str, net: u8) -> PathBuf {
-    let text = format!(
-        r#"name = "tpl-{target}-{profile}"
-target = "{target}"
-
-[release]
-source = {project:?}
-profile = "{profile}"
-
-[vm]
-memory_mib = 256
-
-[network]
-mode = "tap"
-guest = "10.0.{net}.101/24"
-host = "10.0.{net}.100"
-hostname = "tpl"
-
-[[check]]
-type = "distribution"
-
-[[check]]
-type = "rpc"
-call = "erlang:node()"
-expect = "'myrel@tpl'"
-
-[[check]]
-type = "rpc"
-call = "erlang:get_cookie()"
-expect = "myrel_cookie"
-
-[smoke]
-ready_timeout_s = 120
-check_timeout_s = 30
-"#,
-        project = project.display().to_string()
-    );
-    let p = dir.join(format!("tpl-{target}-{profile}.toml"));
-    fs::write(&p, text).unwrap();
-    p
+fn recipe(project: &Path, target: &str, profile: &str, net: u8) -> RecipeEdit {
+    let name = format!("tpl-{target}-{profile}");
+    RecipeEdit::new(&name)
+        .set("name", &name)
+        .set("target", target)
+        .set("release.source", project)
+        .set("release.profile", profile)
+        .set("vm.memory_mib", 256)
+        .set("network.mode", "tap")
+        .set("network.guest", format!("10.0.{net}.101/24"))
+        .set("network.host", format!("10.0.{net}.100"))
+        .set("network.hostname", "tpl")
+        .add_check(check("distribution"))
+        .add_check(
+            check("rpc")
+                .set("call", "erlang:node()")
+                .set("expect", "'myrel@tpl'"),
+        )
+        .add_check(
+            check("rpc")
+                .set("call", "erlang:get_cookie()")
+                .set("expect", "myrel_cookie"),
+        )
+        .set("smoke.ready_timeout_s", 120)
+        .set("smoke.check_timeout_s", 30)
 }
 
 #[test]
@@ -86,7 +77,7 @@ fn rebar3_template_release_boots_untouched_in_both_profiles_and_targets() {
         skip!("tap networking in a private namespace needs root");
     }
     let (d, project) = template_project();
-    let before = snapshot(&project);
+    let before = snapshot(&project, UNTOUCHED);
     let out = d.path().join("out");
     for (i, (target, profile)) in [
         ("microvm", "default"),
@@ -97,15 +88,9 @@ fn rebar3_template_release_boots_untouched_in_both_profiles_and_targets() {
     .into_iter()
     .enumerate()
     {
-        let r = recipe(d.path(), &project, target, profile, 130 + i as u8);
+        let r = recipe(&project, target, profile, 130 + i as u8).write(d.path());
         let _vm = vm_lock();
-        let o = beambake(&[
-            "smoke",
-            r.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "-v",
-        ]);
+        let o = smoke(&r, &out, &["-v"]);
         let (so, se) = (stdout(&o), stderr(&o));
         assert!(o.status.success(), "{target}/{profile}:\n{so}\n{se}");
         assert!(
@@ -117,10 +102,7 @@ fn rebar3_template_release_boots_untouched_in_both_profiles_and_targets() {
             se.contains("cookie comes from -setcookie") && se.contains("baked into the image"),
             "{target}/{profile}: {se}"
         );
-        let m: serde_json::Value = serde_json::from_slice(
-            &fs::read(out.join(format!("tpl-{target}-{profile}/manifest.json"))).unwrap(),
-        )
-        .unwrap();
+        let m = read_json(&out.join(format!("tpl-{target}-{profile}/manifest.json")));
         let dist = &m["distribution"];
         assert_eq!(dist["node"], "myrel", "{m}");
         assert_eq!(dist["names"], "short", "{m}");
@@ -141,34 +123,18 @@ fn rebar3_template_release_boots_untouched_in_both_profiles_and_targets() {
         }
     }
     // Nothing was edited in the user's project (apart from what rebar3 itself writes).
-    let after = snapshot(&project);
-    let names = |v: &[(PathBuf, Vec<u8>)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&before), names(&after), "files added or removed");
+    let after = snapshot(&project, UNTOUCHED);
+    assert!(
+        before.keys().eq(after.keys()),
+        "files added or removed: {:?} -> {:?}",
+        before.keys(),
+        after.keys()
+    );
     assert!(before == after, "a file of the project was changed");
 }
 
-/// Every file outside `_build` (and rebar3's own `rebar.lock`), with its content.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.file_name()
-                .is_some_and(|n| n == "_build" || n == "rebar.lock")
-            {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                v.push((p.clone(), fs::read(&p).unwrap()));
-            }
-        }
-    }
-    v.sort();
-    v
-}
+/// What `snapshot` leaves out of the project: `_build` and rebar3's own `rebar.lock`.
+const UNTOUCHED: &[&str] = &["_build", "rebar.lock"];
 
 #[test]
 fn a_vm_args_with_both_name_and_sname_is_refused() {
@@ -176,18 +142,8 @@ fn a_vm_args_with_both_name_and_sname_is_refused() {
     let vm_args = project.join("config/vm.args");
     let text = fs::read_to_string(&vm_args).unwrap();
     fs::write(&vm_args, format!("-name other@127.0.0.1\n{text}")).unwrap();
-    let o = beambake(&[
-        "rootfs",
-        project.to_str().unwrap(),
-        "-o",
-        d.path().join("x.cpio").to_str().unwrap(),
-    ]);
-    let e = stderr(&o);
-    assert!(!o.status.success());
-    assert!(
-        e.contains("vm.args") && e.contains("both -name and -sname"),
-        "{e}"
-    );
+    let o = rootfs(&project, &d.path().join("x.cpio"), &[]);
+    fails_with(&o, &["vm.args", "both -name and -sname"]);
     assert!(!d.path().join("x.cpio").exists());
 }
 
@@ -199,20 +155,15 @@ fn three_uml_vms_of_the_template_release_reach_each_other_by_short_name() {
     // -sname nodes on three VMs: each guest's hosts file names the others
     // (beambake.peer), so every node pings every other by its short name.
     let (d, project) = template_project();
-    let r = recipe(d.path(), &project, "uml", "default", 140);
-    let text = fs::read_to_string(&r).unwrap();
-    let text = text
-        .replace("memory_mib = 256", "memory_mib = 256\ncount = 3")
+    let r = recipe(&project, "uml", "default", 140)
+        .set("vm.count", 3)
         // Each VM has its own name (myrel@tpl-N): the rpc checks run on every VM.
-        .replace(
-            "[[check]]\ntype = \"rpc\"\ncall = \"erlang:node()\"\nexpect = \"'myrel@tpl'\"\n",
-            "",
-        );
-    assert!(!text.contains("erlang:node()"), "{text}");
-    fs::write(&r, text).unwrap();
+        .remove("check.1");
+    assert!(!r.text().contains("erlang:node()"), "{}", r.text());
+    let r = r.write(d.path());
     let _vm = vm_lock();
     let out = d.path().join("out");
-    let o = beambake(&["smoke", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = smoke(&r, &out, &[]);
     let so = stdout(&o);
     assert!(o.status.success(), "{so}\n{}", stderr(&o));
     assert!(

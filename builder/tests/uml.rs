@@ -6,9 +6,16 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::*;
+use beambake_testkit::{
+    check, fails_with, is_root, processes_matching, repo_root, skip_if, stderr, tempdir, vm_lock,
+    which, Fields, RecipeEdit,
+};
+use common::{
+    assert_signal_leaves_nothing, beambake, boot_expecting_clean_exit, build_fails, build_recipe,
+    field_strs, smoke, stdout_json,
+};
 
 fn needs_uml_host() -> Option<&'static str> {
     if !is_root() {
@@ -22,20 +29,9 @@ fn needs_uml_host() -> Option<&'static str> {
     None
 }
 
-fn smoke(target: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "smoke",
-        target.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    beambake(&args)
-}
-
-fn report(o: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(o), stderr(o)))
+/// `beambake smoke TARGET --out OUT --json`.
+fn smoke_json(target: &Path, out: &Path) -> std::process::Output {
+    smoke(target, out, &["--json"])
 }
 
 fn sha256(p: &Path) -> String {
@@ -44,54 +40,46 @@ fn sha256(p: &Path) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// echo-uml with its hostfs directory made absolute and `edits` applied.
-fn uml_recipe(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
-    let shared = repo_root().join("recipes/uml-shared");
-    let host = format!("host = {:?}", shared.display().to_string());
-    let mut all: Vec<(&str, &str)> = vec![("host = \"uml-shared\"", host.as_str())];
-    all.extend_from_slice(edits);
-    recipe_copy("echo-uml", dir, &all)
+/// echo-uml (its hostfs directory made absolute, as every path of a copy).
+fn uml_recipe() -> RecipeEdit {
+    RecipeEdit::copy("echo-uml")
 }
 
-/// Replaces everything from the first `[[check]]` on with `checks`.
-fn with_checks(recipe: &Path, checks: &str) {
-    let text = fs::read_to_string(recipe).unwrap();
-    let head = &text[..text.find("[[check]]").unwrap()];
-    fs::write(
-        recipe,
-        format!("{head}{checks}\n[smoke]\nready_timeout_s = 60\n"),
-    )
-    .unwrap();
+/// echo-uml with one VM.
+fn one_vm() -> RecipeEdit {
+    uml_recipe().set("vm.count", 1)
 }
 
-fn rpc_check(call: &str, expect: &str) -> String {
-    format!("[[check]]\ntype = \"rpc\"\ncall = '{call}'\nexpect = '{expect}'\n\n")
+/// `recipe` with its checks replaced by a TCP echo check and `rpcs`.
+fn with_checks(recipe: RecipeEdit, rpcs: &[Fields]) -> RecipeEdit {
+    let mut r = recipe
+        .clear("check")
+        .add_check(check("tcp_echo").set("port", 8080));
+    for c in rpcs {
+        r = r.add_check(c.clone());
+    }
+    r
 }
 
-const ECHO_CHECK: &str = "[[check]]\ntype = \"tcp_echo\"\nport = 8080\n\n";
+fn rpc_check(call: &str, expect: &str) -> Fields {
+    check("rpc").set("call", call).set("expect", expect)
+}
 
 #[test]
 fn three_vms_from_one_image_form_a_cluster_and_leave_the_image_unchanged() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_uml_host());
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
-    let recipe = uml_recipe(d.path(), &[]);
+    let d = tempdir();
+    let recipe = uml_recipe().write(d.path());
     let out = d.path().join("out");
     build_recipe(&recipe, &out, &[]);
     let dir = out.join("echo-uml");
     let image = dir.join("echo-uml.squashfs");
     let before = sha256(&image);
-    let o = smoke(&dir, &out, &[]);
-    let r = report(&o);
+    let o = smoke_json(&dir, &out);
+    let r = stdout_json(&o);
     assert!(o.status.success(), "{r:#}\n{}", stderr(&o));
-    let names: Vec<&str> = r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = field_strs(&r["checks"], "name");
     for vm in 1..=3 {
         assert!(
             names.contains(&format!("tcp_echo:8080 @vm{vm}").as_str()),
@@ -127,49 +115,52 @@ fn three_vms_from_one_image_form_a_cluster_and_leave_the_image_unchanged() {
 
 #[test]
 fn data_survives_a_restart_and_tmp_and_root_do_not() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_uml_host());
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let out = d.path().join("out");
-    let recipe = uml_recipe(d.path(), &[("count = 3", "count = 1")]);
     // First boot: write to the data disk and to /tmp; the root is read-only.
-    let mut checks = String::from(ECHO_CHECK);
-    checks += &rpc_check(r#"file:write_file("/data/value", <<"42">>)"#, "ok");
-    checks += &rpc_check(r#"file:write_file("/tmp/value", <<"43">>)"#, "ok");
-    checks += &rpc_check(r#"file:read_file("/tmp/value")"#, r#"{ok, <<"43">>}"#);
-    checks += &rpc_check(
-        r#"file:write_file("/etc/value", <<"44">>)"#,
-        "{error, erofs}",
-    );
-    with_checks(&recipe, &checks);
-    let o = smoke(&recipe, &out, &[]);
-    assert!(o.status.success(), "{:#}\n{}", report(&o), stderr(&o));
+    let recipe = with_checks(
+        one_vm(),
+        &[
+            rpc_check(r#"file:write_file("/data/value", <<"42">>)"#, "ok"),
+            rpc_check(r#"file:write_file("/tmp/value", <<"43">>)"#, "ok"),
+            rpc_check(r#"file:read_file("/tmp/value")"#, r#"{ok, <<"43">>}"#),
+            rpc_check(
+                r#"file:write_file("/etc/value", <<"44">>)"#,
+                "{error, erofs}",
+            ),
+        ],
+    )
+    .write(d.path());
+    let o = smoke_json(&recipe, &out);
+    assert!(o.status.success(), "{:#}\n{}", stdout_json(&o), stderr(&o));
     // Second boot of the same output dir: /data kept its value, /tmp is empty again.
-    let mut checks = String::from(ECHO_CHECK);
-    checks += &rpc_check(r#"file:read_file("/data/value")"#, r#"{ok, <<"42">>}"#);
-    checks += &rpc_check(r#"file:read_file("/tmp/value")"#, "{error, enoent}");
-    with_checks(&recipe, &checks);
-    let o = smoke(&recipe, &out, &[]);
-    assert!(o.status.success(), "{:#}\n{}", report(&o), stderr(&o));
+    let recipe = with_checks(
+        one_vm(),
+        &[
+            rpc_check(r#"file:read_file("/data/value")"#, r#"{ok, <<"42">>}"#),
+            rpc_check(r#"file:read_file("/tmp/value")"#, "{error, enoent}"),
+        ],
+    )
+    .write(d.path());
+    let o = smoke_json(&recipe, &out);
+    assert!(o.status.success(), "{:#}\n{}", stdout_json(&o), stderr(&o));
 }
 
 #[test]
 fn a_root_image_the_kernel_cannot_mount_is_a_clear_error() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_uml_host());
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
-    let recipe = uml_recipe(d.path(), &[("count = 3", "count = 1")]);
+    let d = tempdir();
+    let recipe = one_vm().write(d.path());
     let out = d.path().join("out");
     build_recipe(&recipe, &out, &[]);
     let dir = out.join("echo-uml");
     fs::write(dir.join("echo-uml.squashfs"), vec![0x5a; 1 << 20]).unwrap();
-    let o = smoke(&dir, &out, &[]);
+    let o = smoke_json(&dir, &out);
     assert!(!o.status.success());
-    let r = report(&o);
+    let r = stdout_json(&o);
     let text = format!("{r:#}");
     assert!(
         text.contains("could not mount the root image"),
@@ -181,23 +172,14 @@ fn a_root_image_the_kernel_cannot_mount_is_a_clear_error() {
 
 #[test]
 fn a_data_disk_that_is_not_ext4_is_refused_before_boot() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_uml_host());
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
+    let d = tempdir();
     let bogus = d.path().join("bogus.img");
     fs::write(&bogus, vec![0u8; 4 << 20]).unwrap();
-    let line = format!("size_mib = 64\npath = {:?}", bogus.display().to_string());
-    let recipe = uml_recipe(
-        d.path(),
-        &[("count = 3", "count = 1"), ("size_mib = 64", line.as_str())],
-    );
-    let o = smoke(&recipe, &d.path().join("out"), &[]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(err.contains("bogus.img"), "{err}");
-    assert!(err.contains("not an ext4"), "{err}");
+    let recipe = one_vm().set("data.path", &bogus).write(d.path());
+    let o = smoke_json(&recipe, &d.path().join("out"));
+    fails_with(&o, &["bogus.img", "not an ext4"]);
     assert_eq!(
         fs::read(&bogus).unwrap(),
         vec![0u8; 4 << 20],
@@ -207,32 +189,21 @@ fn a_data_disk_that_is_not_ext4_is_refused_before_boot() {
 
 #[test]
 fn a_missing_hostfs_directory_is_named() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
-    let d = tempfile::tempdir().unwrap();
-    let recipe = uml_recipe(d.path(), &[]);
-    let text = fs::read_to_string(&recipe)
-        .unwrap()
-        .replace("recipes/uml-shared", "recipes/no-such-dir");
-    fs::write(&recipe, text).unwrap();
-    let o = smoke(&recipe, &d.path().join("out"), &[]);
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(err.contains("no-such-dir"), "{err}");
-    assert!(err.contains("does not exist"), "{err}");
+    skip_if!(needs_uml_host());
+    let d = tempdir();
+    let recipe = uml_recipe()
+        .set("hostfs.0.host", repo_root().join("recipes/no-such-dir"))
+        .write(d.path());
+    let o = smoke_json(&recipe, &d.path().join("out"));
+    fails_with(&o, &["no-such-dir", "does not exist"]);
 }
 
 #[test]
 fn two_vms_asking_for_the_same_address_are_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let recipe = uml_recipe(
-        d.path(),
-        &[(
-            "host = \"10.0.121.100\"",
-            "host = \"10.0.121.100\"\nguests = [\"10.0.121.7\", \"10.0.121.8\", \"10.0.121.7\"]",
-        )],
-    );
+    let d = tempdir();
+    let recipe = uml_recipe()
+        .set("network.guests", ["10.0.121.7", "10.0.121.8", "10.0.121.7"])
+        .write(d.path());
     let err = build_fails(
         &recipe,
         &d.path().join("out"),
@@ -241,13 +212,9 @@ fn two_vms_asking_for_the_same_address_are_refused() {
     );
     assert!(err.contains("echo-uml.toml"), "{err}");
     // --count that runs out of the subnet is refused too.
-    let recipe = uml_recipe(
-        d.path(),
-        &[
-            ("10.0.121.101/24", "10.0.121.253/24"),
-            ("count = 3", "count = 1"),
-        ],
-    );
+    let recipe = one_vm()
+        .set("network.guest", "10.0.121.253/24")
+        .write(d.path());
     if needs_uml_host().is_none() {
         let _vm = vm_lock();
         let out = d.path().join("out2");
@@ -258,26 +225,17 @@ fn two_vms_asking_for_the_same_address_are_refused() {
             "--count",
             "3",
         ]);
-        assert!(!o.status.success());
-        assert!(stderr(&o).contains("not a host address"), "{}", stderr(&o));
+        fails_with(&o, &["not a host address"]);
     }
 }
 
 #[test]
 fn root_images_are_reproducible_and_ext4_works_too() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
+    skip_if!(needs_uml_host());
     let _vm = vm_lock();
-    let d = tempfile::tempdir().unwrap();
-    let fixed = [
-        ("count = 3", "count = 1"),
-        (
-            "node = \"echo\"",
-            "node = \"echo\"\ncookie = \"fixedcookie\"",
-        ),
-    ];
-    let recipe = uml_recipe(d.path(), &fixed);
+    let d = tempdir();
+    let fixed = one_vm().set("distribution.cookie", "fixedcookie");
+    let recipe = fixed.write(d.path());
     build_recipe(&recipe, &d.path().join("a"), &[]);
     build_recipe(&recipe, &d.path().join("b"), &[]);
     let a = d.path().join("a/echo-uml/echo-uml.squashfs");
@@ -286,13 +244,10 @@ fn root_images_are_reproducible_and_ext4_works_too() {
         sha256(&d.path().join("b/echo-uml/echo-uml.squashfs"))
     );
     // The same release on an ext4 root boots and answers.
-    let mut edits = fixed.to_vec();
-    edits.push(("root_fs = \"squashfs\"", "root_fs = \"ext4\""));
-    let recipe = uml_recipe(d.path(), &edits);
-    with_checks(&recipe, ECHO_CHECK);
+    let recipe = with_checks(fixed.set("vm.root_fs", "ext4"), &[]).write(d.path());
     let out = d.path().join("c");
-    let o = smoke(&recipe, &out, &[]);
-    assert!(o.status.success(), "{:#}\n{}", report(&o), stderr(&o));
+    let o = smoke_json(&recipe, &out);
+    assert!(o.status.success(), "{:#}\n{}", stdout_json(&o), stderr(&o));
     assert!(out.join("echo-uml/echo-uml.ext4").is_file());
 }
 
@@ -301,20 +256,11 @@ fn root_images_are_reproducible_and_ext4_works_too() {
 /// calls `init:stop()` ends the VM with 0.
 #[test]
 fn boot_exits_with_the_guests_status() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
-    let d = tempfile::tempdir().unwrap();
-    let recipe = uml_recipe(
-        d.path(),
-        &[
-            ("count = 3", "count = 1"),
-            (
-                "code_loading = \"interactive\"",
-                "code_loading = \"interactive\"\nextra_args = [\"-s\", \"init\", \"stop\"]",
-            ),
-        ],
-    );
+    skip_if!(needs_uml_host());
+    let d = tempdir();
+    let recipe = one_vm()
+        .set("launch.extra_args", ["-s", "init", "stop"])
+        .write(d.path());
     let out = d.path().join("out");
     build_recipe(&recipe, &out, &[]);
     let _vm = vm_lock();
@@ -330,11 +276,9 @@ fn boot_exits_with_the_guests_status() {
 /// (and every host process UML made for the guests' processes) and the namespace go.
 #[test]
 fn killing_a_boot_of_two_vms_leaves_nothing_behind() {
-    if let Some(why) = needs_uml_host() {
-        skip!("{why}");
-    }
-    let d = tempfile::tempdir().unwrap();
-    let recipe = uml_recipe(d.path(), &[("count = 3", "count = 1")]);
+    skip_if!(needs_uml_host());
+    let d = tempdir();
+    let recipe = one_vm().write(d.path());
     let out = d.path().join("out");
     build_recipe(&recipe, &out, &[]);
     let dir = out.join("echo-uml");
