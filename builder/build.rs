@@ -37,7 +37,11 @@ fn main() {
     // The workspace manifest holds the init's release profile (opt-level, codegen units).
     println!(
         "cargo:rerun-if-changed={}",
-        manifest.parent().expect("workspace root").join("Cargo.toml").display()
+        manifest
+            .parent()
+            .expect("workspace root")
+            .join("Cargo.toml")
+            .display()
     );
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("init-target");
