@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use beambake_recipe::{Accel, Recipe, Target};
+use beambake_recipe::{Accel, Recipe};
 use beambake_target::pipeline::{Error, Progress};
 use beambake_target::{Built, Context};
+use beambake_vm::boot::vmm::{vmm_for, AccelUse};
 use beambake_vm::boot::{accel, qemu, BootError, BootPlan};
 use beambake_vm::sandbox::{self, Mode, Outcome, Request};
 use beambake_vm::smoke::Report;
@@ -45,29 +46,13 @@ pub fn boot(
     if let Some(n) = count {
         plan.set_count(n)?;
     }
-    if plan.target == Target::Rumprun && !dir.join(&plan.kernel).is_file() {
-        return Err(Error::Recipe(format!(
-            "{}: no baked rumprun kernel: the image was built with --no-bake or without the rumprun toolchain \
-             (`rumprun-bake` on PATH or RUMPRUN_TOOLCHAIN); install it and build again without --no-bake",
-            dir.join(&plan.kernel).display()
-        )));
-    }
-    let choice = match plan.target {
-        Target::Uml => {
-            beambake_vm::boot::uml::check_kernel(&plan, dir)?;
-            None
-        }
-        _ => {
-            qemu::check_installed()?;
+    let vmm = vmm_for(&plan)?;
+    vmm.check(&plan, dir)?;
+    let (kvm, accel_reason) = match vmm.accelerator() {
+        AccelUse::None { reason, .. } => (false, reason.to_string()),
+        AccelUse::KvmOrTcg => {
             progress.step("choosing the accelerator");
-            let target = accel::ProbeTarget {
-                qemu: qemu::program(),
-                kernel: dir.join(&plan.kernel),
-                machine: plan.machine,
-                cpu: plan.cpu.clone().unwrap_or_else(|| "host".into()),
-                bound: accel::PROBE_BOUND,
-                init: crate::INIT,
-            };
+            let target = accel::ProbeTarget::for_plan(&plan, dir, crate::INIT);
             let c = accel::choose(
                 accel,
                 plan.accel,
@@ -76,12 +61,9 @@ pub fn boot(
             )
             .map_err(BootError::from)?;
             progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
-            Some(c)
+            (c.accelerator == qemu::Accelerator::Kvm, c.reason)
         }
     };
-    let kvm = choice
-        .as_ref()
-        .is_some_and(|c| c.accelerator == qemu::Accelerator::Kvm);
     let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -104,14 +86,10 @@ pub fn boot(
         verbose: progress.verbose(),
     };
     let outcome = sandbox::run(&req);
-    // User Mode Linux's run dirs of VMs that were killed.
-    let _ = std::fs::remove_dir_all(beambake_vm::boot::uml::run_dir(&req.dir));
+    vmm.clean_up(&req.dir);
     let mut outcome = outcome?;
     if let Some(report) = outcome.report.as_mut() {
-        report.accel_reason = Some(match &choice {
-            Some(c) => c.reason.clone(),
-            None => "User Mode Linux runs as a host process (no accelerator)".into(),
-        });
+        report.accel_reason = Some(accel_reason);
     }
     if let Some(e) = &outcome.error {
         return Err(Error::Boot(BootError::Net(e.clone())));

@@ -127,6 +127,7 @@ impl Target for Microvm {
         let mut plan =
             beambake_target::plan(recipe, common, "vmlinuz", qemu::FAST_CMDLINE.to_string())?;
         plan.initrd = Some(PathBuf::from(&initrd_name));
+        plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::Qemu);
         let mut kernel_inputs = vec![HostFile {
             path: kernel.image.display().to_string(),
             sha256: kernel.sha256.clone(),

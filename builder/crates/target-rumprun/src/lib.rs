@@ -408,6 +408,7 @@ impl Target for Rumprun {
             &kernel,
             beambake_vm::rumprun::flat_json(&launch),
         )?;
+        plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::QemuRumprun);
         plan.disks = launch
             .params()
             .disks

@@ -108,6 +108,7 @@ impl Target for Uml {
         )?;
         plan.root_image = image.path.file_name().map(PathBuf::from);
         plan.root_fs = Some(format.label().to_string());
+        plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::Uml);
         Ok(Made {
             plan,
             image: image.clone(),

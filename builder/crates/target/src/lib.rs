@@ -199,6 +199,7 @@ pub fn plan(
     Ok(BootPlan {
         name: recipe.name.clone(),
         target: recipe.target,
+        vmm: None,
         kernel: PathBuf::from(kernel),
         initrd: None,
         root_image: None,

@@ -23,13 +23,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::boot::guest::{Guest, StatusFrom};
-use crate::boot::qemu::{self, Accelerator, Console};
-use crate::boot::uml;
+use crate::boot::guest::{Guest, Wiring};
+use crate::boot::qemu::{Accelerator, Console};
+use crate::boot::vmm::vmm_for;
 use crate::boot::{BootError, BootPlan};
 use crate::net;
 use crate::smoke::{self, Report};
-use beambake_recipe::{NetMode, Target};
+use beambake_recipe::NetMode;
 
 pub const SANDBOX_ARG: &str = "__sandbox";
 pub const REAPER_ARG: &str = "__reaper";
@@ -227,13 +227,13 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
     }
     net::link_up("lo").map_err(|e| neterr("bringing lo up", e))?;
     let plan = &req.plan;
+    let vmm = vmm_for(plan)?;
     let insts = plan.instances(&req.dir);
-    let on_qemu = plan.target != Target::Uml;
     let mut taps = Vec::new();
     if plan.net.mode == NetMode::Tap {
         for inst in &insts {
             let what = |e| neterr(&format!("creating {}", inst.tap), e);
-            taps.push(net::Tap::create(&inst.tap, on_qemu).map_err(what)?);
+            taps.push(net::Tap::create(&inst.tap, vmm.vnet_hdr()).map_err(what)?);
         }
         // One VM: the host's address on its tap. Several: a bridge joins their taps.
         let host_if = if taps.len() == 1 {
@@ -277,35 +277,17 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
         } else {
             Console::File(&inst.console_log)
         };
-        let (cmd, status_from) = match plan.target {
-            Target::Uml => (
-                uml::command(plan, &req.dir, inst, console)?,
-                StatusFrom::ConsoleLine,
-            ),
-            Target::Rumprun => (
-                qemu::rumprun_command(plan, &req.dir, accel, console),
-                StatusFrom::DebugExit,
-            ),
-            _ => (
-                qemu::command(plan, &req.dir, inst, accel, console),
-                StatusFrom::DebugExit,
-            ),
-        };
+        let cmd = vmm.command(plan, &req.dir, inst, accel, console)?;
         if req.verbose {
             eprintln!("beambake: {cmd:?}");
         }
-        let tee = interactive && !on_qemu;
-        let mut g = Guest::spawn(
-            cmd,
-            taps.get(i).map(|t| &t.fd),
-            &inst.console_log,
-            status_from,
-            tee,
-        )?;
-        if plan.target == Target::Uml {
-            g = g.with_mconsole(uml::mconsole_path(plan, &req.dir, inst));
-        }
-        guests.push(g);
+        let wiring = Wiring {
+            tap: taps.get(i).map(|t| &t.fd),
+            tee: interactive && vmm.tees_console(),
+            stop_socket: vmm.stop_socket(plan, &req.dir, inst),
+            own_group: false,
+        };
+        guests.push(Guest::spawn(vmm.clone(), cmd, &inst.console_log, wiring)?);
     }
     let outcome = match req.mode {
         Mode::Interactive => {
@@ -341,11 +323,7 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
                 ready_timeout: Duration::from_secs(plan.smoke.ready_timeout_s),
                 check_timeout: Duration::from_secs(plan.smoke.check_timeout_s),
             };
-            let accel_name = match (plan.target, req.kvm) {
-                (Target::Uml, _) => "uml",
-                (_, true) => "kvm",
-                (_, false) => "tcg",
-            };
+            let accel_name = vmm.accelerator().label(accel);
             let report = smoke::run(&plan.name, accel_name, &mut guests, &plan.checks, &target);
             Outcome {
                 guest_exit: report.guest_exit,

@@ -15,14 +15,15 @@
 //! the recipe's `vm.accel`; only `auto` probes.
 //!
 //! Owns: that precedence, the probe (its initramfs, command, bound, evidence), the cache.
-//! Must not: boot images or keep any process beyond the probe (killed with its process
-//! group and reaped on every path; it dies with its parent).
+//! Must not: boot images or keep any process beyond the probe (a [`Guest`] of
+//! [`Qemu`]: killed with its process group and reaped on every path; it dies with its
+//! parent).
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beambake_contract::cmdline::GuestParams;
@@ -30,7 +31,8 @@ use beambake_contract::console::{self, PROBE_STATUS};
 use beambake_contract::exit;
 use serde::{Deserialize, Serialize};
 
-use super::qemu::{self, Accelerator};
+use super::guest::{Guest, Wiring};
+use super::qemu::{self, Accelerator, Qemu};
 use beambake_recipe::{Accel, Machine};
 
 /// Environment variable choosing the accelerator (`auto`, `kvm`, `tcg`).
@@ -75,6 +77,21 @@ pub struct ProbeTarget {
     pub bound: Duration,
     /// beambake's init (the CLI embeds it), booted in probe mode.
     pub init: &'static [u8],
+}
+
+impl ProbeTarget {
+    /// The probe of `plan` (files in `dir`): its kernel, machine and KVM CPU model (`host`
+    /// unless it names one), under [`PROBE_BOUND`].
+    pub fn for_plan(plan: &super::BootPlan, dir: &Path, init: &'static [u8]) -> ProbeTarget {
+        ProbeTarget {
+            qemu: qemu::program(),
+            kernel: dir.join(&plan.kernel),
+            machine: plan.machine,
+            cpu: plan.cpu.clone().unwrap_or_else(|| "host".into()),
+            bound: PROBE_BOUND,
+            init,
+        }
+    }
 }
 
 /// How the probe's qemu ended.
@@ -388,28 +405,25 @@ pub fn probe(target: &ProbeTarget) -> Probe {
         .chain(c.get_args())
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    // Its own process group, so a hang is killed with anything it started.
-    c.process_group(0);
-    crate::net::dies_with_parent(&mut c);
     let start = Instant::now();
-    let mut child = match c.spawn() {
-        Ok(ch) => ch,
-        Err(e) => return not_started(p, format!("starting {}: {e}", target.qemu.display())),
+    // Its own process group, so a hang is killed with anything it started; killed and
+    // reaped on every path (the guest's drop), dies with its parent.
+    let wiring = Wiring {
+        own_group: true,
+        ..Wiring::default()
     };
-    let pid = child.id() as libc::pid_t;
-    let hung = !exited_within(pid, target.bound.saturating_sub(start.elapsed()));
+    let mut guest = match Guest::spawn(Arc::new(Qemu::Linux), c, &console, wiring) {
+        Ok(g) => g,
+        Err(e) => return not_started(p, e.to_string()),
+    };
+    let hung = guest.wait_until(start + target.bound).is_none();
     p.elapsed_ms = start.elapsed().as_millis() as u64;
-    // SAFETY: kill(2) on the probe's own process group (its leader is not reaped yet,
-    // so the group id cannot have been reused); ESRCH is fine.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
-    let status = child.wait();
-    p.exit = match status {
+    guest.kill();
+    p.exit = match guest.exited() {
         _ if hung => ProbeExit::Hung {
             bound_ms: target.bound.as_millis() as u64,
         },
-        Ok(s) => {
+        Some(s) => {
             use std::os::unix::process::ExitStatusExt;
             match (s.code(), s.signal()) {
                 (Some(code), _) => ProbeExit::Status { code },
@@ -422,8 +436,8 @@ pub fn probe(target: &ProbeTarget) -> Probe {
                 },
             }
         }
-        Err(e) => ProbeExit::NotStarted {
-            error: format!("waiting for qemu: {e}"),
+        None => ProbeExit::NotStarted {
+            error: "waiting for qemu failed".into(),
         },
     };
     let console_text = read_lossy(&console);
@@ -473,34 +487,6 @@ fn judge(p: &Probe, target: &ProbeTarget) -> String {
             target.bound.as_secs_f64()
         ),
         ProbeExit::NotStarted { error } => format!("the probe did not run: {error}: using TCG"),
-    }
-}
-
-/// Waits (without reaping) until process `pid` has exited, at most `bound`. True when it
-/// exited.
-fn exited_within(pid: libc::pid_t, bound: Duration) -> bool {
-    let deadline = Instant::now() + bound;
-    loop {
-        // SAFETY: waitid on our own child with WNOWAIT: it stays a zombie for wait().
-        let exited = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            let r = libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            );
-            // WNOHANG with nothing to report leaves si_pid 0; an error (ECHILD) means it
-            // is gone already.
-            r != 0 || info.si_pid() != 0
-        };
-        if exited {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

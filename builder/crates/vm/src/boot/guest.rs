@@ -1,8 +1,8 @@
 //! A running guest: one VM process (qemu or linux.uml) and its console log. It is
 //! killed and reaped when dropped — on success, failure, timeout or panic — and dies with
-//! the process that started it (`PR_SET_PDEATHSIG`), so no path leaks a VM. It also knows
-//! how its VM reports the guest's own exit status (qemu's exit device, or the init's
-//! power-off line on the console for User Mode Linux).
+//! the process that started it (`PR_SET_PDEATHSIG`), so no path leaks a VM; in its own
+//! process group, the whole group is killed. What differs between hypervisors — how the
+//! guest's exit status is read, how the VM is asked to stop — it asks its [`Vmm`].
 //!
 //! Must not: decide how the VM is configured.
 
@@ -12,47 +12,59 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use super::vmm::Vmm;
 use super::BootError;
 
-/// How a VM tells the guest's exit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusFrom {
-    /// qemu's isa-debug-exit: qemu exits with `(status << 1) | 1`.
-    DebugExit,
-    /// The init's `power off, status N` console line (User Mode Linux).
-    ConsoleLine,
+/// How a VM process is wired when it starts ([`Guest::spawn`]).
+#[derive(Default)]
+pub struct Wiring<'a> {
+    /// Becomes the VM's fd 3 (its tap).
+    pub tap: Option<&'a OwnedFd>,
+    /// The VM's stdout is copied to ours and to the console log by
+    /// [`Guest::pump_console`].
+    pub tee: bool,
+    /// Where the VM can be asked to stop cleanly ([`Vmm::stop_socket`]).
+    pub stop_socket: Option<PathBuf>,
+    /// The VM leads a process group of its own, killed as a whole (before the VM is
+    /// reaped, so its id cannot have been reused) when the VM ends or is killed.
+    pub own_group: bool,
 }
 
-pub struct Guest {
+/// One VM process of hypervisor `V`, killed and reaped when dropped.
+pub struct Guest<V: Vmm + ?Sized = dyn Vmm> {
+    vmm: Arc<V>,
     child: Child,
     pub console_log: PathBuf,
     pub started: Instant,
     status: Option<ExitStatus>,
-    status_from: StatusFrom,
     /// The VM's stdout and the log it is copied to, with the terminal, by
     /// [`Guest::pump_console`] (no thread: the sandbox process may not start one).
     tee: Option<(std::process::ChildStdout, fs::File)>,
-    /// Where to ask the VM for a clean shutdown (User Mode Linux's mconsole).
-    mconsole: Option<PathBuf>,
+    /// Where to ask the VM for a clean shutdown.
+    stop_socket: Option<PathBuf>,
+    own_group: bool,
 }
 
-impl Guest {
-    /// Spawns `cmd`; with `tap`, the tap fd becomes the child's fd 3. With `tee`, the
-    /// child's stdout is copied to ours and to the console log.
+impl<V: Vmm + ?Sized> Guest<V> {
+    /// Spawns `cmd`, a VM of `vmm` whose console goes to `console_log`, wired as `wiring`
+    /// says.
     pub fn spawn(
+        vmm: Arc<V>,
         mut cmd: Command,
-        tap: Option<&OwnedFd>,
         console_log: &Path,
-        status_from: StatusFrom,
-        tee: bool,
-    ) -> Result<Guest, BootError> {
-        if tee {
+        wiring: Wiring,
+    ) -> Result<Guest<V>, BootError> {
+        if wiring.tee {
             cmd.stdout(std::process::Stdio::piped());
         }
+        if wiring.own_group {
+            cmd.process_group(0);
+        }
         crate::net::dies_with_parent(&mut cmd);
-        if let Some(fd) = tap {
+        if let Some(fd) = wiring.tap {
             let raw = fd.as_raw_fd();
             // SAFETY: dup2/fcntl are async-signal-safe.
             unsafe {
@@ -71,33 +83,28 @@ impl Guest {
             }
         }
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let mut child = cmd.spawn().map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound if status_from == StatusFrom::DebugExit => {
-                BootError::Qemu(format!(
-                    "{program} not found on PATH: install it with `apt-get install qemu-system-x86`"
-                ))
-            }
-            _ => BootError::Spawn { program, source },
-        })?;
-        let tee = match (tee, child.stdout.take()) {
-            (true, Some(out)) => {
-                let log = fs::File::create(console_log).map_err(|source| BootError::Io {
-                    path: console_log.to_path_buf(),
-                    source,
-                })?;
-                Some((out, log))
-            }
-            _ => None,
-        };
-        Ok(Guest {
+        let child = cmd
+            .spawn()
+            .map_err(|source| vmm.spawn_error(program, source))?;
+        let mut g = Guest {
+            vmm,
             child,
             console_log: console_log.to_path_buf(),
             started: Instant::now(),
             status: None,
-            status_from,
-            tee,
-            mconsole: None,
-        })
+            tee: None,
+            stop_socket: wiring.stop_socket,
+            own_group: wiring.own_group,
+        };
+        if let (true, Some(out)) = (wiring.tee, g.child.stdout.take()) {
+            // On error `g` is dropped: the VM is killed.
+            let log = fs::File::create(console_log).map_err(|source| BootError::Io {
+                path: console_log.to_path_buf(),
+                source,
+            })?;
+            g.tee = Some((out, log));
+        }
+        Ok(g)
     }
 
     /// Copies the VM's console to the terminal and the log until the VM closes it (when
@@ -119,17 +126,11 @@ impl Guest {
         }
     }
 
-    /// Lets [`Guest::request_stop`] ask the VM to shut down through this mconsole socket.
-    pub fn with_mconsole(mut self, path: PathBuf) -> Guest {
-        self.mconsole = Some(path);
-        self
-    }
-
     /// Asks the VM to shut down cleanly, if it can be asked (see [`Guest::stop_by`]).
     pub fn request_stop(&mut self) {
         if self.exited().is_none() {
-            if let Some(m) = &self.mconsole {
-                let _ = super::uml::request_shutdown(m);
+            if let Some(s) = &self.stop_socket {
+                let _ = self.vmm.request_stop(s);
             }
         }
     }
@@ -137,10 +138,8 @@ impl Guest {
     /// Waits until `deadline` for a VM asked to stop to end, then kills it. A VM that
     /// cannot be asked is killed at once.
     pub fn stop_by(&mut self, deadline: Instant) {
-        if self.mconsole.is_some() {
-            while self.exited().is_none() && Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+        if self.stop_socket.is_some() {
+            self.wait_until(deadline);
         }
         self.kill();
     }
@@ -149,26 +148,49 @@ impl Guest {
     /// it runs or when it ended another way (killed, kernel panic, ...).
     pub fn guest_status(&mut self) -> Option<i32> {
         let st = self.exited()?;
-        match self.status_from {
-            StatusFrom::DebugExit => super::qemu::guest_status(st.code()),
-            StatusFrom::ConsoleLine => super::uml::guest_status(&self.console_log),
-        }
+        self.vmm.guest_status(st, &self.console_log)
     }
 
     /// The exit status if the VM has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            if let Ok(Some(st)) = self.child.try_wait() {
+            if self.own_group {
+                if self.leader_exited(false) {
+                    // Its group goes with it.
+                    self.kill();
+                }
+            } else if let Ok(Some(st)) = self.child.try_wait() {
                 self.status = Some(st);
             }
         }
         self.status
     }
 
+    /// Waits until the VM has ended or `deadline` passes (checking every 20 ms); its exit
+    /// status, or `None` when it still runs.
+    pub fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
+        loop {
+            if let Some(st) = self.exited() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits without bound.
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(st) = self.status {
             return Ok(st);
+        }
+        if self.own_group {
+            self.leader_exited(true);
+            self.kill();
+            return self
+                .status
+                .ok_or_else(|| io::Error::other("the VM could not be reaped"));
         }
         let st = self.child.wait()?;
         self.status = Some(st);
@@ -180,18 +202,46 @@ impl Guest {
         tail(&self.console_log, lines)
     }
 
-    /// Kills the VM (SIGKILL) and reaps it.
+    /// Kills the VM (SIGKILL; its whole group when it has one) and reaps it.
     pub fn kill(&mut self) {
         if self.status.is_none() {
-            let _ = self.child.kill();
+            if self.own_group {
+                // SAFETY: kill(2) on the VM's own process group: its leader is not reaped
+                // yet, so the group id cannot have been reused; ESRCH is fine.
+                unsafe {
+                    libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+                }
+            } else {
+                let _ = self.child.kill();
+            }
             if let Ok(st) = self.child.wait() {
                 self.status = Some(st);
             }
         }
     }
+
+    /// True when the VM process has exited (or cannot be waited for), without reaping it:
+    /// it stays a zombie, so its process group id stays valid. With `block`, waits.
+    fn leader_exited(&self, block: bool) -> bool {
+        let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
+        loop {
+            // SAFETY: waitid on our own child with WNOWAIT: it stays a zombie for wait().
+            let (r, pid) = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let r = libc::waitid(libc::P_PID, self.child.id(), &mut info, flags);
+                (r, info.si_pid())
+            };
+            if r != 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // WNOHANG with nothing to report leaves si_pid 0; an error (ECHILD) means it
+            // is gone already.
+            return r != 0 || pid != 0;
+        }
+    }
 }
 
-impl Drop for Guest {
+impl<V: Vmm + ?Sized> Drop for Guest<V> {
     fn drop(&mut self) {
         self.kill();
     }

@@ -1,8 +1,9 @@
 //! Booting built images: the boot plan (written beside the image as `boot.json`, so
 //! `beambake boot DIR` needs nothing else), its VM instances (one image, N VMs, each with
 //! its own address, node name, console log and data disk), the guest process type that
-//! owns a VM's lifetime, the VM adapters (qemu, User Mode Linux) and the accelerator
-//! choice (`accel`: KVM only when a probe guest proved it).
+//! owns a VM's lifetime, the hypervisors behind one trait (`vmm`: the plan names its
+//! VMM; qemu, User Mode Linux) and the accelerator choice (`accel`: KVM only when a
+//! probe guest proved it).
 //!
 //! Must not: build images or run checks (see [`crate::smoke`]).
 
@@ -10,6 +11,7 @@ pub mod accel;
 pub mod guest;
 pub mod qemu;
 pub mod uml;
+pub mod vmm;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,10 @@ pub const PLAN_FILE: &str = "boot.json";
 pub struct BootPlan {
     pub name: String,
     pub target: Target,
+    /// The hypervisor that boots it ([`vmm::vmm_for`]); absent in plans written before
+    /// beambake recorded it, which get their target's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<vmm::VmmKind>,
     /// Paths relative to the plan's directory.
     pub kernel: PathBuf,
     /// The initramfs (microvm).

@@ -1,12 +1,15 @@
-//! The qemu adapter: the `qemu-system-x86_64` command line for a boot plan (the program
-//! is `BEAMBAKE_QEMU` when set). Choosing KVM or TCG is [`super::accel`]'s job.
+//! The qemu adapter ([`Qemu`], a [`Vmm`]): the `qemu-system-x86_64` command line for a
+//! boot plan (the program is `BEAMBAKE_QEMU` when set), for a Linux guest or a baked
+//! rumprun kernel, and the guest's status from qemu's exit status. Choosing KVM or TCG
+//! is [`super::accel`]'s job.
 //!
 //! Must not: manage process lifetimes (see [`super::guest`]) or networks.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::vmm::{AccelUse, Vmm};
 use super::{BootError, BootPlan, Instance};
 use beambake_recipe::{Machine, NetMode};
 
@@ -50,6 +53,65 @@ impl Accelerator {
         match self {
             Accelerator::Kvm => "kvm",
             Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+/// qemu as the [`Vmm`] of a plan: what it boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qemu {
+    /// A Linux kernel (and initramfs) with beambake's init: [`command`].
+    Linux,
+    /// A baked rumprun kernel: [`rumprun_command`].
+    Rumprun,
+}
+
+impl Vmm for Qemu {
+    fn check(&self, plan: &BootPlan, dir: &Path) -> Result<(), BootError> {
+        if *self == Qemu::Rumprun && !dir.join(&plan.kernel).is_file() {
+            return Err(BootError::Plan {
+                path: dir.join(&plan.kernel),
+                message: "no baked rumprun kernel: the image was built with --no-bake or without the rumprun toolchain \
+                     (`rumprun-bake` on PATH or RUMPRUN_TOOLCHAIN); install it and build again without --no-bake"
+                    .into(),
+            });
+        }
+        check_installed()
+    }
+
+    fn accelerator(&self) -> AccelUse {
+        AccelUse::KvmOrTcg
+    }
+
+    fn command(
+        &self,
+        plan: &BootPlan,
+        dir: &Path,
+        inst: &Instance,
+        accel: Accelerator,
+        console: Console,
+    ) -> Result<Command, BootError> {
+        Ok(match self {
+            Qemu::Linux => command(plan, dir, inst, accel, console),
+            Qemu::Rumprun => rumprun_command(plan, dir, accel, console),
+        })
+    }
+
+    fn vnet_hdr(&self) -> bool {
+        true
+    }
+
+    fn guest_status(&self, exit: ExitStatus, _console_log: &Path) -> Option<i32> {
+        guest_status(exit.code())
+    }
+
+    fn spawn_error(&self, program: String, source: std::io::Error) -> BootError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            BootError::Qemu(format!(
+                "{program} not found on PATH: install it with `apt-get install qemu-system-x86`"
+            ))
+        } else {
+            BootError::Spawn { program, source }
         }
     }
 }

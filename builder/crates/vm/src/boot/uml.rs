@@ -1,21 +1,22 @@
-//! The User Mode Linux adapter: the `linux` (UML kernel) command line for one VM of a
-//! boot plan — root image on a read-only ubd device (shared by every VM), the VM's data
-//! disk as the second ubd device, console to a log file or the terminal, network through
-//! the vector driver on the tap fd handed over as fd 3 — and reading the guest's exit
-//! status from its console (UML has no exit device: the init prints
-//! `beambake-init: power off, status N`).
+//! The User Mode Linux adapter ([`Uml`], a [`Vmm`]): the `linux` (UML kernel) command
+//! line for one VM of a boot plan — root image on a read-only ubd device (shared by every
+//! VM), the VM's data disk as the second ubd device, console to a log file or the
+//! terminal, network through the vector driver on the tap fd handed over as fd 3 — reading
+//! the guest's exit status from its console (UML has no exit device: the init prints
+//! `beambake-init: power off, status N`) and clean shutdown through its mconsole.
 //!
 //! Must not: manage process lifetimes (see [`super::guest`]) or networks.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 
 use beambake_contract::cmdline::GuestParams;
 use beambake_contract::console;
 
-use super::qemu::Console;
+use super::qemu::{Accelerator, Console};
+use super::vmm::{AccelUse, Vmm};
 use super::{BootError, BootPlan, Instance};
 use beambake_recipe::NetMode;
 
@@ -30,6 +31,61 @@ pub fn uml_cmdline() -> String {
         ..GuestParams::default()
     };
     format!("quiet con=null ssl=null {}", params.to_cmdline())
+}
+
+/// User Mode Linux as the [`Vmm`] of a plan: the kernel is a host program, without an
+/// accelerator; the tap without vnet header; the status from the console; stopped
+/// cleanly through its mconsole (data disks synced); beambake tees its terminal console.
+#[derive(Debug, Clone, Copy)]
+pub struct Uml;
+
+impl Vmm for Uml {
+    fn check(&self, plan: &BootPlan, dir: &Path) -> Result<(), BootError> {
+        check_kernel(plan, dir)
+    }
+
+    fn accelerator(&self) -> AccelUse {
+        AccelUse::None {
+            label: "uml",
+            reason: "User Mode Linux runs as a host process (no accelerator)",
+        }
+    }
+
+    fn command(
+        &self,
+        plan: &BootPlan,
+        dir: &Path,
+        inst: &Instance,
+        _accel: Accelerator,
+        console: Console,
+    ) -> Result<Command, BootError> {
+        command(plan, dir, inst, console)
+    }
+
+    fn vnet_hdr(&self) -> bool {
+        false
+    }
+
+    fn guest_status(&self, _exit: ExitStatus, console_log: &Path) -> Option<i32> {
+        guest_status(console_log)
+    }
+
+    fn tees_console(&self) -> bool {
+        true
+    }
+
+    fn stop_socket(&self, plan: &BootPlan, dir: &Path, inst: &Instance) -> Option<PathBuf> {
+        Some(mconsole_path(plan, dir, inst))
+    }
+
+    fn request_stop(&self, socket: &Path) -> std::io::Result<()> {
+        request_shutdown(socket)
+    }
+
+    fn clean_up(&self, dir: &Path) {
+        // The run dirs of VMs that were killed.
+        let _ = fs::remove_dir_all(run_dir(dir));
+    }
 }
 
 /// The command for VM `inst` of `plan` (files in `dir`), with the tap at fd 3.
