@@ -11,8 +11,9 @@
 //! kernel fetched into the cache), or fail: a check that cannot run is a finding.
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -252,13 +253,44 @@ fn exit_text(p: &Probe) -> String {
     )
 }
 
+/// Why a finding's evidence could not be had (the finding says so; doctor never fails).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("images/kernel-debian-cloud.toml (compiled in): {0}")]
+    Pin(#[source] toml::de::Error),
+    #[error(transparent)]
+    Kernel(Box<beambake_kernel::kernel::KernelError>),
+    #[error("temp file: {0}")]
+    TempFile(#[source] io::Error),
+    #[error("{program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{program} {args}: no answer within {}s (killed)", .bound.as_secs())]
+    Hung {
+        program: PathBuf,
+        args: String,
+        bound: Duration,
+    },
+    /// The program failed; `last` is the last line of its output.
+    #[error("{program} {args}: {status}: {last}")]
+    Failed {
+        program: PathBuf,
+        args: String,
+        status: ExitStatus,
+        last: String,
+    },
+}
+
 /// The microvm recipe's default kernel, from the cache (fetched when absent).
-fn default_kernel(cache_dir: &Path) -> Result<PathBuf, String> {
+fn default_kernel(cache_dir: &Path) -> Result<PathBuf, ProbeError> {
     let pin: beambake_kernel::kernel::Pin =
-        toml::from_str(beambake_target_microvm::DEFAULT_PIN).map_err(|e| e.to_string())?;
+        toml::from_str(beambake_target_microvm::DEFAULT_PIN).map_err(ProbeError::Pin)?;
     beambake_kernel::kernel::fetch_debian(&pin, cache_dir)
         .map(|k| k.image)
-        .map_err(|e| e.to_string())
+        .map_err(|e| ProbeError::Kernel(Box::new(e)))
 }
 
 fn qemu_finding() -> Tool {
@@ -433,7 +465,7 @@ fn tool(program: &str, args: &[&str], want: &str, install: &str) -> Tool {
             }
         }
         Err(e) => Tool {
-            finding: finding(false, e, vec![]),
+            finding: finding(false, e.to_string(), vec![]),
             path: Some(path),
             version: None,
         },
@@ -442,11 +474,11 @@ fn tool(program: &str, args: &[&str], want: &str, install: &str) -> Tool {
 
 /// stdout + stderr of `program args`, killed (with its process group) and reaped at
 /// `bound`.
-fn run_bounded(program: &Path, args: &[&str], bound: Duration) -> Result<String, String> {
+fn run_bounded(program: &Path, args: &[&str], bound: Duration) -> Result<String, ProbeError> {
     use std::os::unix::process::CommandExt;
-    let out = tempfile::tempfile().map_err(|e| format!("temp file: {e}"))?;
-    let err = out.try_clone().map_err(|e| format!("temp file: {e}"))?;
-    let mut reader = out.try_clone().map_err(|e| format!("temp file: {e}"))?;
+    let out = tempfile::tempfile().map_err(ProbeError::TempFile)?;
+    let err = out.try_clone().map_err(ProbeError::TempFile)?;
+    let mut reader = out.try_clone().map_err(ProbeError::TempFile)?;
     let mut c = Command::new(program);
     c.args(args)
         .stdin(Stdio::null())
@@ -454,9 +486,10 @@ fn run_bounded(program: &Path, args: &[&str], bound: Duration) -> Result<String,
         .stderr(err)
         .process_group(0);
     net::dies_with_parent(&mut c);
-    let mut child = c
-        .spawn()
-        .map_err(|e| format!("{}: {e}", program.display()))?;
+    let mut child = c.spawn().map_err(|source| ProbeError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    })?;
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -471,12 +504,11 @@ fn run_bounded(program: &Path, args: &[&str], bound: Duration) -> Result<String,
     }
     let _ = child.wait();
     let Some(status) = status else {
-        return Err(format!(
-            "{} {}: no answer within {}s (killed)",
-            program.display(),
-            args.join(" "),
-            bound.as_secs()
-        ));
+        return Err(ProbeError::Hung {
+            program: program.to_path_buf(),
+            args: args.join(" "),
+            bound,
+        });
     };
     use std::io::{Read, Seek};
     let mut text = String::new();
@@ -487,12 +519,12 @@ fn run_bounded(program: &Path, args: &[&str], bound: Duration) -> Result<String,
     if status.success() {
         Ok(text)
     } else {
-        let last = text.lines().last().unwrap_or("").trim().to_string();
-        Err(format!(
-            "{} {}: {status}: {last}",
-            program.display(),
-            args.join(" ")
-        ))
+        Err(ProbeError::Failed {
+            program: program.to_path_buf(),
+            args: args.join(" "),
+            status,
+            last: text.lines().last().unwrap_or("").trim().to_string(),
+        })
     }
 }
 
@@ -611,7 +643,9 @@ mod tests {
     #[test]
     fn a_tool_that_hangs_is_bounded() {
         let start = Instant::now();
-        let e = run_bounded(Path::new("sleep"), &["1000"], Duration::from_millis(300)).unwrap_err();
+        let e = run_bounded(Path::new("sleep"), &["1000"], Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no answer within"), "{e}");
         assert!(start.elapsed() < Duration::from_secs(5));
         let t = tool("no-such-tool-beambake", &[], "x", "it");

@@ -162,8 +162,13 @@ impl OutArgs {
         let mut r = Recipe::load(path)?;
         r.rumprun.no_bake = self.no_bake;
         if let Some(k) = &self.kernel {
-            r.kernel.path = Some(std::path::absolute(k)?);
-            r.kernel.modules = self.modules.as_ref().map(std::path::absolute).transpose()?;
+            r.kernel.path = Some(std::path::absolute(k)?.into());
+            r.kernel.modules = self
+                .modules
+                .as_ref()
+                .map(std::path::absolute)
+                .transpose()?
+                .map(Into::into);
         }
         Ok(r)
     }

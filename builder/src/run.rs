@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use beambake_images::image::{ext4, ImageError};
 use beambake_recipe::{Accel, Recipe};
 use beambake_target::pipeline::{Error, Progress};
 use beambake_target::{Built, Context};
@@ -16,12 +17,12 @@ use beambake_vm::smoke::Report;
 pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
     // The checks' CA files, before minutes of building.
     beambake_vm::smoke::tls::check_cas(&recipe.resolved_checks())?;
-    let target = crate::targets::find(recipe.target).ok_or_else(|| {
-        Error::Recipe(format!(
-            "{}: target {:?} cannot be built yet (see the README support matrix)",
-            recipe.file.display(),
+    let target = crate::targets::find(recipe.target).ok_or_else(|| Error::Unsupported {
+        path: recipe.file.clone(),
+        message: format!(
+            "target {:?} cannot be built yet (see the README support matrix)",
             recipe.target
-        ))
+        ),
     })?;
     let cache = beambake_kernel::kernel::default_cache_dir();
     let cx = Context {
@@ -106,20 +107,21 @@ fn prepare_storage(
 ) -> Result<(), Error> {
     for h in &plan.hostfs {
         if !h.host.is_dir() {
-            return Err(Error::Recipe(format!(
-                "{}: hostfs directory for {} does not exist (or is not a directory)",
-                h.host.display(),
-                h.guest
-            )));
+            return Err(Error::Storage {
+                path: h.host.clone(),
+                message: format!(
+                    "hostfs directory for {} does not exist (or is not a directory)",
+                    h.guest
+                ),
+            });
         }
     }
     for d in &plan.disks {
         if !d.path.is_file() {
-            return Err(Error::Recipe(format!(
-                "{}: disk image for {} does not exist",
-                d.path.display(),
-                d.mount
-            )));
+            return Err(Error::Storage {
+                path: d.path.clone(),
+                message: format!("disk image for {} does not exist", d.mount),
+            });
         }
     }
     if let Some(d) = &plan.data {
@@ -128,12 +130,16 @@ fn prepare_storage(
                 continue;
             };
             if disk.exists() {
-                beambake_images::image::ext4::probe(disk)
-                    .map_err(|e| Error::Recipe(e.to_string()))?;
+                // The error names the disk.
+                ext4::probe(disk).map_err(ImageError::from)?;
             } else {
                 progress.step(&format!("creating the data disk {}", disk.display()));
-                beambake_images::image::ext4::create_data_disk(disk, d.size_mib, "beambake-data")
-                    .map_err(|e| Error::Recipe(e.to_string()))?;
+                ext4::create_data_disk(disk, d.size_mib, "beambake-data").map_err(|e| {
+                    Error::DataDisk {
+                        path: disk.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
             }
         }
     }
@@ -144,14 +150,14 @@ fn prepare_storage(
 pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf), Error> {
     let (plan, outcome, logs) = boot(dir, None, None, Mode::Smoke, progress)?;
     if plan.checks.is_empty() {
-        return Err(Error::Recipe(format!(
-            "{}: the plan has no checks",
-            dir.display()
-        )));
+        return Err(Error::Unsupported {
+            path: dir.to_path_buf(),
+            message: "the plan has no checks".into(),
+        });
     }
-    let report = outcome
-        .report
-        .ok_or_else(|| Error::Recipe("the sandbox returned no report".into()))?;
+    let report = outcome.report.ok_or_else(|| Error::NoReport {
+        dir: dir.to_path_buf(),
+    })?;
     if report.passed {
         for log in &logs {
             let _ = std::fs::remove_file(log);
@@ -171,10 +177,7 @@ pub fn smoke(
     progress: &dyn Progress,
 ) -> Result<(Built, Report, PathBuf), Error> {
     if recipe.checks.is_empty() {
-        return Err(Error::Recipe(format!(
-            "{}: no [[check]] to run",
-            recipe.file.display()
-        )));
+        return Err(Error::recipe(recipe, "no [[check]] to run"));
     }
     // A run this process cannot make is refused before anything is built.
     sandbox::check_runnable(recipe.network.mode)?;

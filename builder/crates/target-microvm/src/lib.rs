@@ -40,13 +40,8 @@ pub fn machine_modules(recipe: &Recipe) -> Vec<String> {
 pub fn kernel_for(recipe: &Recipe, cache: &Path) -> Result<Kernel, Error> {
     let k = &recipe.kernel;
     Ok(match (&k.path, &k.pin) {
-        (Some(p), _) => kernel::from_paths(
-            &recipe.resolve(p),
-            k.modules.as_ref().map(|m| recipe.resolve(m)).as_deref(),
-        )?,
-        (None, Some(pin)) => {
-            kernel::fetch_debian(&kernel::Pin::load(&recipe.resolve(pin))?, cache)?
-        }
+        (Some(p), _) => kernel::from_paths(p, k.modules.as_deref())?,
+        (None, Some(pin)) => kernel::fetch_debian(&kernel::Pin::load(pin)?, cache)?,
         (None, None) => {
             let pin: kernel::Pin = toml::from_str(DEFAULT_PIN).map_err(|e| Error::Io {
                 path: PathBuf::from("images/kernel-debian-cloud.toml"),

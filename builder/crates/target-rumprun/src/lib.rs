@@ -101,10 +101,11 @@ pub fn strip_beams(tree: &Tree) -> Result<HashMap<String, Arc<Vec<u8>>>, Error> 
             source,
         })?;
     if !o.status.success() {
-        return Err(Error::Recipe(format!(
-            "stripping .beam files with the host's erl failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )));
+        return Err(Error::Tool {
+            program: PathBuf::from("erl"),
+            what: "-eval beam_lib:strip_files/1 (stripping the .beam files)".into(),
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        });
     }
     let mut out = HashMap::new();
     for (i, (p, _)) in beams.iter().enumerate() {
@@ -223,13 +224,14 @@ pub fn find_bake() -> Option<PathBuf> {
 
 /// The error when the toolchain is missing.
 pub fn missing_toolchain(recipe: &Recipe) -> Error {
-    Error::Recipe(format!(
-        "{}: the rumprun toolchain is not installed: `rumprun-bake` is not on PATH and RUMPRUN_TOOLCHAIN is not set. \
+    Error::Toolchain {
+        file: recipe.file.clone(),
+        message: "the rumprun toolchain is not installed: `rumprun-bake` is not on PATH and RUMPRUN_TOOLCHAIN is not set. \
          Build rumprun and rumprun-packages/erlang, put its bin/ on PATH or set \
          RUMPRUN_TOOLCHAIN to its prefix, and set rumprun.beam to the rumprun-built BEAM; or pass --no-bake to write \
-         only erlang.iso, app.iso and the launch config",
-        recipe.file.display()
-    ))
+         only erlang.iso, app.iso and the launch config"
+            .into(),
+    }
 }
 
 /// Size and sha256 of a file another program (or module) wrote.
@@ -253,17 +255,19 @@ fn bake_tools(recipe: &Recipe) -> Result<Option<(PathBuf, PathBuf)>, Error> {
     } else {
         let tool = find_bake().ok_or_else(|| missing_toolchain(recipe))?;
         let beam = match &recipe.rumprun.beam {
-            Some(b) => recipe.resolve(b),
+            Some(b) => b.to_path_buf(),
             None => std::env::var_os("RUMPRUN_TOOLCHAIN")
                 .map(|t| PathBuf::from(t).join("erlang/bin/beam"))
                 .ok_or_else(|| missing_toolchain(recipe))?,
         };
         if !beam.is_file() {
-            return Err(Error::Recipe(format!(
-                "{}: rumprun.beam {} does not exist: build OTP for rumprun (rumprun-packages/erlang) and point rumprun.beam at its bin/beam",
-                recipe.file.display(),
-                beam.display()
-            )));
+            return Err(Error::Toolchain {
+                file: recipe.file.clone(),
+                message: format!(
+                    "rumprun.beam {} does not exist: build OTP for rumprun (rumprun-packages/erlang) and point rumprun.beam at its bin/beam",
+                    beam.display()
+                ),
+            });
         }
         Some((tool, beam))
     })
@@ -275,6 +279,12 @@ impl Target for Rumprun {
     }
 
     fn check(&self, recipe: &Recipe) -> Result<(), Error> {
+        if recipe.vm.count > 1 {
+            return Err(Error::recipe(
+                recipe,
+                "vm.count > 1 is not supported by the rumprun target (start several from the generated launch config)",
+            ));
+        }
         bake_tools(recipe).map(|_| ())
     }
 
@@ -287,15 +297,15 @@ impl Target for Rumprun {
     ) -> Result<Made, Error> {
         let bake = bake_tools(recipe)?;
         let dir = common.dir.clone();
-        let guest = recipe.guest_addr().map_err(Error::Recipe)?;
         let otp = common
             .prepared
             .release
             .host_otp
             .clone()
             .or_else(beambake_release::release::find_host_otp)
-            .ok_or_else(|| {
-                Error::Recipe("cannot find the host's OTP (erl on PATH) to tell OTP applications from the release's own".into())
+            .ok_or_else(|| Error::Toolchain {
+                file: recipe.file.clone(),
+                message: "cannot find the host's OTP (erl on PATH) to tell OTP applications from the release's own".into(),
             })?;
         let stripped = if recipe.rumprun.strip_beams {
             progress.step("stripping debug chunks from the .beam files");
@@ -308,7 +318,7 @@ impl Target for Rumprun {
             &common.prepared.assembly.tree,
             &common.prepared.assembly.prefix,
             &otp_app_names(&otp),
-            &inetrc(guest.ip, &recipe.hostname()),
+            &inetrc(recipe.network.guest.ip, &recipe.hostname()),
             &stripped,
         )?;
         for n in &s.dropped_natives {
@@ -334,7 +344,7 @@ impl Target for Rumprun {
         // The launch config: the release's boot script and config from app.iso.
         let rel = &common.prepared.release;
         let kernel = format!("{}.hw.bin", recipe.name);
-        let mut p = LaunchParams::new(kernel.clone(), recipe.network.guest.clone());
+        let mut p = LaunchParams::new(kernel.clone(), recipe.network.guest.to_string());
         p.memory_mib = recipe.vm.memory_mib;
         p.hostname = Some(recipe.hostname());
         p.code_paths = vec![];
@@ -361,10 +371,12 @@ impl Target for Rumprun {
                 cookie: cookie.clone(),
             });
         }
-        let launch =
-            Launch::new(p).map_err(|e| Error::Recipe(format!("{}: {e}", recipe.file.display())))?;
-        let written = beambake_vm::rumprun::write_all(&launch, &dir)
-            .map_err(|e| Error::Recipe(e.to_string()))?;
+        let launch_error = |source| Error::Launch {
+            file: recipe.file.clone(),
+            source,
+        };
+        let launch = Launch::new(p).map_err(launch_error)?;
+        let written = beambake_vm::rumprun::write_all(&launch, &dir).map_err(launch_error)?;
 
         let mut artefacts = vec![
             (erlang_iso.clone(), "iso9660+rockridge"),
@@ -384,11 +396,11 @@ impl Target for Rumprun {
                     source,
                 })?;
             if !o.status.success() {
-                return Err(Error::Recipe(format!(
-                    "{} hw_virtio failed: {}",
-                    tool.display(),
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )));
+                return Err(Error::Tool {
+                    program: tool.clone(),
+                    what: "hw_virtio".into(),
+                    stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                });
             }
             inputs.push(HostFile {
                 path: beam.display().to_string(),
@@ -465,6 +477,15 @@ mod tests {
         assert!(!s.app.contains("/lib/echo-0.1.0/priv/nif.so"));
         assert_eq!(s.dropped_natives, vec!["/opt/e/lib/echo-0.1.0/priv/nif.so"]);
         assert!(s.erlang.iter().all(|(p, _)| !p.contains("erts-")));
+    }
+
+    #[test]
+    fn several_vms_are_refused_before_the_toolchain_is_looked_for() {
+        let text =
+            "name = \"x\"\ntarget = \"rumprun\"\n[release]\nsource = \"rel\"\n[vm]\ncount = 2\n";
+        let recipe = Recipe::parse(text, Path::new("r/x.toml")).unwrap();
+        let e = Rumprun.check(&recipe).unwrap_err().to_string();
+        assert_eq!(e, "r/x.toml: vm.count > 1 is not supported by the rumprun target (start several from the generated launch config)");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use beambake_contract::paths;
 use beambake_images::image::{self, Format};
 use beambake_kernel::uml_kernel;
-use beambake_recipe::{Recipe, RootFs};
+use beambake_recipe::{NetMode, Recipe, RootFs};
 use beambake_release::manifest::HostFile;
 use beambake_target::{Common, Context, Error, Made, Progress, Target};
 
@@ -25,7 +25,7 @@ pub fn kernel_for(
     progress: &dyn Progress,
 ) -> Result<(PathBuf, Option<HostFile>), Error> {
     if let Some(p) = &recipe.kernel.path {
-        return Ok((recipe.resolve(p), None));
+        return Ok((p.to_path_buf(), None));
     }
     let k = uml_kernel::get(cache, &|m| progress.step(m))?;
     let source = HostFile {
@@ -44,13 +44,23 @@ impl Target for Uml {
     }
 
     fn check(&self, recipe: &Recipe) -> Result<(), Error> {
+        if recipe.network.mode == NetMode::User {
+            return Err(Error::recipe(
+                recipe,
+                "network.mode = \"user\" is qemu's user networking; the uml target supports \"tap\" and \"none\"",
+            ));
+        }
         if recipe.kernel.modules.is_some() || !recipe.kernel.extra_modules.is_empty() {
-            return Err(Error::Recipe(format!(
-                "{}: the uml target loads no kernel modules (beambake's UML kernel has everything built in); remove kernel.modules and kernel.extra_modules",
-                recipe.file.display()
-            )));
+            return Err(Error::recipe(
+                recipe,
+                "the uml target loads no kernel modules (beambake's UML kernel has everything built in); remove kernel.modules and kernel.extra_modules",
+            ));
         }
         Ok(())
+    }
+
+    fn supports_storage(&self) -> bool {
+        true
     }
 
     fn make(
@@ -115,5 +125,31 @@ impl Target for Uml {
             artefacts: vec![(image, format.label()), (kernel_out, "linux-uml")],
             kernel_inputs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(extra: &str) -> Recipe {
+        let text = format!("name = \"x\"\ntarget = \"uml\"\n[release]\nsource = \"rel\"\n{extra}");
+        Recipe::parse(&text, std::path::Path::new("r/x.toml")).unwrap()
+    }
+
+    #[test]
+    fn user_networking_and_kernel_modules_are_refused() {
+        assert!(Uml.check(&recipe("")).is_ok());
+        assert!(Uml.supports_storage());
+        let e = Uml
+            .check(&recipe("[network]\nmode = \"user\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "r/x.toml: network.mode = \"user\" is qemu's user networking; the uml target supports \"tap\" and \"none\"");
+        let e = Uml
+            .check(&recipe("[kernel]\nextra_modules = [\"dummy\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the uml target loads no kernel modules"), "{e}");
     }
 }

@@ -1,12 +1,13 @@
 //! Targets: thin adapters over one pipeline. A target is one type implementing
 //! [`Target`] (in its own crate, `builder/crates/target-NAME`, which cannot see the other
 //! targets), registered in the CLI's `targets` list. [`build`] runs the one sequence
-//! every target shares: the target's own recipe [`Target::check`] (before anything is
-//! built), [`prepare`] (the release with the recipe's launch options, node name and
-//! cookie, and the output set), [`Target::make`] (what the target adds to the tree, its
-//! kernel, its writers and its part of the boot plan), then [`finish`] (cookie, plan,
-//! manifest, and the set swapped in for the previous one, keeping its console logs and
-//! data disks: [`BootPlan::is_run_file`]).
+//! every target shares: the target's own recipe [`Target::check`] and
+//! [`Target::supports_storage`] (before anything is built), [`prepare`] (the release with
+//! the recipe's launch options, node name and cookie, and the output set),
+//! [`Target::make`] (what the target adds to the tree, its kernel, its writers and its
+//! part of the boot plan), then [`finish`] (cookie, plan, manifest, and the set swapped
+//! in for the previous one, keeping its console logs and data disks:
+//! [`BootPlan::is_run_file`]).
 //!
 //! Must not: know any particular target, or duplicate pipeline steps per target.
 
@@ -44,6 +45,11 @@ pub trait Target: Sync {
         Ok(())
     }
 
+    /// Whether the target mounts the recipe's `[data]`, `[[hostfs]]` and `[[disk]]`.
+    fn supports_storage(&self) -> bool {
+        false
+    }
+
     /// Adds the target's files to `common`'s tree, writes its image(s) and kernel into
     /// the staging dir (`common.dir`) and returns them with the boot plan (start from
     /// [`plan`]).
@@ -75,6 +81,14 @@ pub fn build(
     cx: &Context,
     progress: &dyn Progress,
 ) -> Result<Built, Error> {
+    if (recipe.data.is_some() || !recipe.hostfs.is_empty() || !recipe.disks.is_empty())
+        && !target.supports_storage()
+    {
+        return Err(Error::recipe(
+            recipe,
+            "[data], [[hostfs]] and [[disk]] are supported by target = \"uml\" only",
+        ));
+    }
     target.check(recipe)?;
     let mut common = prepare(recipe, out_root, progress)?;
     let made = target.make(recipe, &mut common, cx, progress)?;
@@ -117,16 +131,15 @@ pub struct Common {
 /// the first VM's address; each VM gets its own at boot), then starts the output set (a
 /// release that cannot be prepared creates nothing in `out_root`).
 pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Common, Error> {
-    let guests = recipe.guest_addrs().map_err(Error::Recipe)?;
     let input = Input {
-        path: recipe.resolve(&recipe.release.source),
+        path: recipe.release.source.to_path_buf(),
         resolve: beambake_release::source::Resolve {
             profile: recipe.release.profile.clone(),
             release: recipe.release.name.clone(),
             verbose: false,
         },
         discover: beambake_release::release::Discover {
-            otp_root: recipe.release.otp_root.as_ref().map(|p| recipe.resolve(p)),
+            otp_root: recipe.release.otp_root.as_deref().map(Path::to_path_buf),
         },
     };
     let opts = assemble::Options {
@@ -136,7 +149,7 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
             wanted: recipe.distribution.is_some(),
             node: recipe.distribution.as_ref().and_then(|d| d.node.clone()),
             cookie: recipe.distribution.as_ref().and_then(|d| d.cookie.clone()),
-            host: Some(guests[0].to_string()),
+            host: Some(recipe.guest_addrs()[0].to_string()),
         },
         code_loading: recipe.launch.code_loading.map(|m| {
             match m {
@@ -146,15 +159,18 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
             .to_string()
         }),
         extra_args: recipe.launch.extra_args.clone(),
-        erts_from: recipe.release.erts_from.as_ref().map(|p| recipe.resolve(p)),
+        erts_from: recipe.release.erts_from.as_deref().map(Path::to_path_buf),
     };
     if !input.path.exists() {
-        return Err(Error::Recipe(format!(
-            "{} = {:?}: {} does not exist (paths are relative to the recipe file)",
-            recipe.locate("release", "source"),
-            recipe.release.source.display().to_string(),
-            input.path.display()
-        )));
+        return Err(Error::recipe(
+            recipe,
+            format!(
+                "{} = {:?}: {} does not exist (paths are relative to the recipe file)",
+                recipe.locate("release", "source"),
+                recipe.release.source.written().display().to_string(),
+                input.path.display()
+            ),
+        ));
     }
     let prepared = pipeline::prepare(&input, &opts, progress)?;
     if prepared.assembly.distribution.is_none() {
@@ -163,12 +179,14 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
             .iter()
             .find(|c| matches!(c, Check::Distribution {} | Check::Rpc { .. }))
         {
-            return Err(Error::Recipe(format!(
-                "{}: the check {} needs a distributed node: add a [distribution] section, or \
-                 name the node in the release's vm.args (-name or -sname)",
-                recipe.file.display(),
-                beambake_vm::smoke::check_name(c)
-            )));
+            return Err(Error::recipe(
+                recipe,
+                format!(
+                    "the check {} needs a distributed node: add a [distribution] section, or \
+                     name the node in the release's vm.args (-name or -sname)",
+                    beambake_vm::smoke::check_name(c)
+                ),
+            ));
         }
     }
     let set = OutputSet::begin(out_root, &recipe.name)?;
@@ -190,7 +208,6 @@ pub fn plan(
     kernel: &str,
     cmdline: String,
 ) -> Result<BootPlan, Error> {
-    let prefix = recipe.guest_addr().map_err(Error::Recipe)?.prefix;
     let mut cmdline = cmdline;
     if !recipe.kernel.cmdline.is_empty() {
         cmdline.push(' ');
@@ -212,9 +229,9 @@ pub fn plan(
         cpu: recipe.vm.cpu.clone(),
         net: NetPlan {
             mode: recipe.network.mode,
-            guests: recipe.guest_addrs().map_err(Error::Recipe)?,
-            prefix,
-            host: recipe.host_addr().map_err(Error::Recipe)?,
+            guests: recipe.guest_addrs().to_vec(),
+            prefix: recipe.network.guest.prefix,
+            host: recipe.network.host,
             hostname: recipe.hostname(),
         },
         node: common.node.clone(),
@@ -223,7 +240,7 @@ pub fn plan(
         checks: recipe.resolved_checks(),
         smoke: recipe.smoke.clone(),
         data: recipe.data.as_ref().map(|d| DataPlan {
-            path: d.path.as_ref().map(|p| absolute(&recipe.resolve(p))),
+            path: d.path.as_deref().map(absolute),
             size_mib: d.size_mib,
             mount: d.mount.clone(),
         }),
@@ -231,7 +248,7 @@ pub fn plan(
             .hostfs
             .iter()
             .map(|h| HostfsPlan {
-                host: absolute(&recipe.resolve(&h.host)),
+                host: absolute(&h.host),
                 guest: h.guest.clone(),
             })
             .collect(),
@@ -239,7 +256,7 @@ pub fn plan(
             .disks
             .iter()
             .map(|d| beambake_vm::boot::DiskPlan {
-                path: absolute(&recipe.resolve(&d.path)),
+                path: absolute(&d.path),
                 mount: d.mount.clone(),
                 fstype: d.fstype.clone(),
             })
@@ -281,4 +298,51 @@ pub fn finish(common: Common, made: Made) -> Result<Built, Error> {
         dir,
         plan,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target that mounts no storage and must never get to `make`.
+    struct Plain;
+
+    impl Target for Plain {
+        fn kind(&self) -> beambake_recipe::Target {
+            beambake_recipe::Target::Microvm
+        }
+
+        fn make(
+            &self,
+            _: &Recipe,
+            _: &mut Common,
+            _: &Context,
+            _: &dyn Progress,
+        ) -> Result<Made, Error> {
+            unreachable!("the recipe was refused")
+        }
+    }
+
+    #[test]
+    fn storage_needs_a_target_that_mounts_it_before_anything_is_created() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("x.toml");
+        let text = "name = \"x\"\ntarget = \"microvm\"\n[release]\nsource = \"rel\"\n\
+                    [[hostfs]]\nhost = \"shared\"\nguest = \"/shared\"\n";
+        let recipe = Recipe::parse(text, &file).unwrap();
+        let out = d.path().join("out");
+        let cx = Context {
+            init: b"",
+            cache: d.path(),
+        };
+        let e = build(&Plain, &recipe, &out, &cx, &()).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: [data], [[hostfs]] and [[disk]] are supported by target = \"uml\" only",
+                file.display()
+            )
+        );
+        assert!(!out.exists());
+    }
 }

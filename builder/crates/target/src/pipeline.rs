@@ -33,14 +33,60 @@ pub enum Error {
     RecipeFile(#[from] beambake_recipe::RecipeError),
     #[error(transparent)]
     Tls(#[from] beambake_vm::smoke::tls::TlsError),
-    #[error("{0}")]
-    Recipe(String),
+    /// The recipe `file` asks for something invalid (found once the release or the
+    /// target is known; what the schema alone rules out is a [`Error::RecipeFile`]).
+    #[error("{file}: {message}")]
+    Recipe { file: PathBuf, message: String },
+    /// beambake cannot do this with `path` (a recipe's target not built yet, an image
+    /// built without what booting it needs, ...).
+    #[error("{path}: {message}")]
+    Unsupported { path: PathBuf, message: String },
+    /// A tool or host installation the recipe `file`'s target needs is missing.
+    #[error("{file}: {message}")]
+    Toolchain { file: PathBuf, message: String },
+    /// `program what` ran and failed.
+    #[error("{program} {what} failed: {stderr}")]
+    Tool {
+        program: PathBuf,
+        what: String,
+        stderr: String,
+    },
+    /// A host directory or disk image that the guests mount is missing.
+    #[error("{path}: {message}")]
+    Storage { path: PathBuf, message: String },
+    /// A data disk could not be created.
+    #[error("creating the data disk {path}: {source}")]
+    DataDisk {
+        path: PathBuf,
+        #[source]
+        source: Box<beambake_images::image::ext4::Ext4Error>,
+    },
+    /// The rumprun launch config cannot be made from the recipe `file`, or written.
+    #[error("{file}: {source}")]
+    Launch {
+        file: PathBuf,
+        #[source]
+        source: beambake_vm::rumprun::RumprunError,
+    },
+    /// The smoke run of the image in `dir` ended without a report.
+    #[error("{dir}: the sandbox returned no report")]
+    NoReport { dir: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// [`Error::Recipe`] for `recipe`'s file.
+    pub fn recipe(recipe: &beambake_recipe::Recipe, message: impl Into<String>) -> Error {
+        Error::Recipe {
+            file: recipe.file.clone(),
+            message: message.into(),
+        }
+    }
 }
 
 impl From<beambake_images::image::ImageError> for Error {

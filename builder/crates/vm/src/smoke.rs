@@ -11,10 +11,10 @@
 //! Must not: start or configure guests (it is handed a running [`Guest`]), or touch
 //! any network but the one it is pointed at.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,125 @@ pub struct Report {
     /// The guest's own exit status, when it ended during the run.
     pub guest_exit: Option<i32>,
     pub console_tail: Option<String>,
+}
+
+/// Why a check failed (its report's message).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("not run: a guest ended")]
+    NotRun,
+    #[error(
+        "the guest ended before it was ready: {}the release exited with status {status} \
+         (last attempt: {})",
+        because(.why), attempt(.last)
+    )]
+    GuestEnded {
+        /// What the console says went wrong.
+        why: Option<String>,
+        status: i32,
+        last: Option<Box<CheckError>>,
+    },
+    #[error(
+        "the VM ended before the guest was ready ({}{vm}; last attempt: {})",
+        because(.why), attempt(.last)
+    )]
+    VmEnded {
+        why: Option<String>,
+        vm: ExitStatus,
+        last: Option<Box<CheckError>>,
+    },
+    #[error("not ready after {}s (last attempt: {})", .after.as_secs(), attempt(.last))]
+    NotReady {
+        after: Duration,
+        last: Option<Box<CheckError>>,
+    },
+    #[error("no such VM")]
+    NoSuchVm,
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{addr}: {source}")]
+    Socket {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Sending or reading failed; `why` words the I/O error (see [`tls::explain`]).
+    #[error("{action} {addr}: {why}")]
+    Exchange {
+        /// `send to`, `read from`, `read echo from`.
+        action: &'static str,
+        addr: SocketAddr,
+        why: String,
+    },
+    #[error("{addr} answered {got:?}{over}, expected {want:?}")]
+    Echo {
+        addr: SocketAddr,
+        got: String,
+        want: String,
+        /// `""` or `" over TLS"`.
+        over: &'static str,
+    },
+    #[error("{addr}{path}: not an HTTP response: {start:?}")]
+    NotHttp {
+        addr: SocketAddr,
+        path: String,
+        start: String,
+    },
+    #[error("{addr}{path}: status {got}, expected {want}")]
+    Status {
+        addr: SocketAddr,
+        path: String,
+        got: u16,
+        want: u16,
+    },
+    #[error("{addr}{path}: body does not contain {want:?}: {body:?}")]
+    Body {
+        addr: SocketAddr,
+        path: String,
+        want: String,
+        body: String,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the image has no node name")]
+    NoNodeName,
+    #[error("the image has no cookie")]
+    NoCookie,
+    /// The distribution check's verdict, as the host node printed it.
+    #[error("nodes {nodes}: {result}")]
+    Cluster { nodes: String, result: String },
+    #[error("net_adm:ping('{node}') -> pang")]
+    Pang { node: String },
+    #[error("{node}: {call} -> {got}, expected {expect}")]
+    Mismatch {
+        node: String,
+        call: String,
+        got: String,
+        expect: String,
+    },
+    #[error("writing the checking node's inetrc: {0}")]
+    Inetrc(#[source] io::Error),
+    #[error("starting erl (apt-get install erlang-nox): {0}")]
+    StartErl(#[source] io::Error),
+    #[error("the host node got no answer within {}s", .0.as_secs())]
+    HostNodeTimeout(Duration),
+    #[error("unexpected host node output: {stdout}{stderr}")]
+    HostNodeOutput { stdout: String, stderr: String },
+}
+
+/// `why; ` (or nothing).
+fn because(why: &Option<String>) -> String {
+    why.as_ref().map(|w| format!("{w}; ")).unwrap_or_default()
+}
+
+/// The last attempt's failure, or `no attempt`.
+fn attempt(last: &Option<Box<CheckError>>) -> String {
+    last.as_ref()
+        .map_or_else(|| "no attempt".to_string(), |e| e.to_string())
 }
 
 /// One VM the checks talk to.
@@ -118,7 +237,7 @@ pub fn run(name: &str, accel: &str, guests: &mut [Guest], checks: &[Check], t: &
         for vm in targets {
             let start = Instant::now();
             let outcome = if ended {
-                Err("not run: a guest ended".to_string())
+                Err(CheckError::NotRun)
             } else if i == 0 {
                 wait_ready(guests, vm, check, t)
             } else {
@@ -127,7 +246,7 @@ pub fn run(name: &str, accel: &str, guests: &mut [Guest], checks: &[Check], t: &
             let millis = start.elapsed().as_millis() as u64;
             let (passed, message) = match outcome {
                 Ok(m) => (true, m),
-                Err(m) => (false, m),
+                Err(e) => (false, e.to_string()),
             };
             if i == 0 && passed {
                 report.boot_to_ready_ms = Some(
@@ -195,31 +314,29 @@ fn wait_ready(
     vm: Option<usize>,
     check: &Check,
     t: &Target,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let start = Instant::now();
-    let mut last = String::from("no attempt");
+    let mut last = None;
     loop {
         for g in guests.iter_mut() {
-            if let Some(st) = g.exited() {
-                let why = crate::boot::uml::explain(&g.console_tail(60))
-                    .map(|w| format!("{w}; "))
-                    .unwrap_or_default();
+            if let Some(vm) = g.exited() {
+                let why = crate::boot::uml::explain(&g.console_tail(60)).map(str::to_string);
                 return Err(match g.guest_status() {
-                    Some(s) => format!("the guest ended before it was ready: {why}the release exited with status {s} (last attempt: {last})"),
-                    None => format!("the VM ended before the guest was ready ({why}{st}; last attempt: {last})"),
+                    Some(status) => CheckError::GuestEnded { why, status, last },
+                    None => CheckError::VmEnded { why, vm, last },
                 });
             }
         }
         let left = t.ready_timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
-            return Err(format!(
-                "not ready after {}s (last attempt: {last})",
-                t.ready_timeout.as_secs()
-            ));
+            return Err(CheckError::NotReady {
+                after: t.ready_timeout,
+                last,
+            });
         }
         match run_one(check, t, vm, left.min(Duration::from_secs(5))) {
             Ok(m) => return Ok(m),
-            Err(m) => last = m,
+            Err(e) => last = Some(Box::new(e)),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -230,12 +347,8 @@ fn run_one(
     t: &Target,
     vm: Option<usize>,
     bound: Duration,
-) -> Result<String, String> {
-    let node = |vm: Option<usize>| -> Result<&NodeTarget, String> {
-        t.nodes
-            .get(vm.unwrap_or(0))
-            .ok_or_else(|| "no such VM".to_string())
-    };
+) -> Result<String, CheckError> {
+    let node = |vm: Option<usize>| t.nodes.get(vm.unwrap_or(0)).ok_or(CheckError::NoSuchVm);
     match check {
         Check::TcpEcho { port, payload } => {
             tcp_echo(SocketAddr::new(node(vm)?.addr, *port), payload, bound)
@@ -289,28 +402,36 @@ fn run_one(
     }
 }
 
-fn connect(addr: SocketAddr, bound: Duration) -> Result<TcpStream, String> {
+fn connect(addr: SocketAddr, bound: Duration) -> Result<TcpStream, CheckError> {
     let s = TcpStream::connect_timeout(&addr, bound.max(Duration::from_millis(100)))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+        .map_err(|source| CheckError::Connect { addr, source })?;
+    let socket = |source| CheckError::Socket { addr, source };
     s.set_read_timeout(Some(bound.max(Duration::from_millis(100))))
-        .map_err(|e| e.to_string())?;
+        .map_err(socket)?;
     s.set_write_timeout(Some(bound.max(Duration::from_millis(100))))
-        .map_err(|e| e.to_string())?;
+        .map_err(socket)?;
     Ok(s)
 }
 
-pub fn tcp_echo(addr: SocketAddr, payload: &str, bound: Duration) -> Result<String, String> {
+/// A failed send or read: `action addr: why`.
+fn exchange(action: &'static str, addr: SocketAddr, why: String) -> CheckError {
+    CheckError::Exchange { action, addr, why }
+}
+
+pub fn tcp_echo(addr: SocketAddr, payload: &str, bound: Duration) -> Result<String, CheckError> {
     let mut s = connect(addr, bound)?;
     s.write_all(payload.as_bytes())
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+        .map_err(|e| exchange("send to", addr, e.to_string()))?;
     let mut back = vec![0u8; payload.len()];
     s.read_exact(&mut back)
-        .map_err(|e| format!("read echo from {addr}: {e}"))?;
+        .map_err(|e| exchange("read echo from", addr, e.to_string()))?;
     if back != payload.as_bytes() {
-        return Err(format!(
-            "{addr} answered {:?}, expected {payload:?}",
-            String::from_utf8_lossy(&back)
-        ));
+        return Err(CheckError::Echo {
+            addr,
+            got: String::from_utf8_lossy(&back).into_owned(),
+            want: payload.to_string(),
+            over: "",
+        });
     }
     Ok(format!("{addr} echoed {} bytes", payload.len()))
 }
@@ -321,7 +442,7 @@ pub fn http_get(
     want_status: u16,
     body_contains: &str,
     bound: Duration,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let mut s = connect(addr, bound)?;
     let want = HttpWant {
         path,
@@ -347,23 +468,25 @@ pub fn tls_echo(
     ca: Option<&Path>,
     server_name: Option<&str>,
     bound: Duration,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let deadline = Instant::now() + bound;
     let mut s = tls::connect(addr, ca, server_name, deadline)?;
     let why = |e: &std::io::Error| tls::explain(e, deadline, bound);
     s.stream
         .write_all(payload.as_bytes())
         .and_then(|()| s.stream.flush())
-        .map_err(|e| format!("send to {addr}: {}", why(&e)))?;
+        .map_err(|e| exchange("send to", addr, why(&e)))?;
     let mut back = vec![0u8; payload.len()];
     s.stream
         .read_exact(&mut back)
-        .map_err(|e| format!("read echo from {addr}: {}", why(&e)))?;
+        .map_err(|e| exchange("read echo from", addr, why(&e)))?;
     if back != payload.as_bytes() {
-        return Err(format!(
-            "{addr} answered {:?} over TLS, expected {payload:?}",
-            String::from_utf8_lossy(&back)
-        ));
+        return Err(CheckError::Echo {
+            addr,
+            got: String::from_utf8_lossy(&back).into_owned(),
+            want: payload.to_string(),
+            over: " over TLS",
+        });
     }
     Ok(format!(
         "{addr} echoed {} bytes over {} ({})",
@@ -380,7 +503,7 @@ pub fn https_get(
     ca: Option<&Path>,
     server_name: Option<&str>,
     bound: Duration,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let deadline = Instant::now() + bound;
     let mut s = tls::connect(addr, ca, server_name, deadline)?;
     let host = server_name
@@ -400,20 +523,20 @@ fn http_exchange(
     host: &str,
     want: &HttpWant,
     why: &dyn Fn(&std::io::Error) -> String,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let (path, want_status, body_contains) = (want.path, want.status, want.body_contains);
     write!(
         s,
         "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .and_then(|()| s.flush())
-    .map_err(|e| format!("send to {addr}: {}", why(&e)))?;
+    .map_err(|e| exchange("send to", addr, why(&e)))?;
     let mut resp = Vec::new();
     if let Err(e) = s.take(1 << 20).read_to_end(&mut resp) {
         // A reset (or a TLS peer closing without close_notify) after a complete answer
         // still counts as the answer.
         if resp.is_empty() {
-            return Err(format!("read from {addr}: {}", why(&e)));
+            return Err(exchange("read from", addr, why(&e)));
         }
     }
     let text = String::from_utf8_lossy(&resp);
@@ -421,23 +544,27 @@ fn http_exchange(
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "{addr}{path}: not an HTTP response: {:?}",
-                text.chars().take(80).collect::<String>()
-            )
+        .ok_or_else(|| CheckError::NotHttp {
+            addr,
+            path: path.to_string(),
+            start: text.chars().take(80).collect(),
         })?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     if status != want_status {
-        return Err(format!(
-            "{addr}{path}: status {status}, expected {want_status}"
-        ));
+        return Err(CheckError::Status {
+            addr,
+            path: path.to_string(),
+            got: status,
+            want: want_status,
+        });
     }
     if !body.contains(body_contains) {
-        return Err(format!(
-            "{addr}{path}: body does not contain {body_contains:?}: {:?}",
-            body.chars().take(200).collect::<String>()
-        ));
+        return Err(CheckError::Body {
+            addr,
+            path: path.to_string(),
+            want: body_contains.to_string(),
+            body: body.chars().take(200).collect(),
+        });
     }
     Ok(format!("{addr}{path}: {status}"))
 }
@@ -478,10 +605,10 @@ R = case net_adm:ping(Node) of
 end,
 io:format("BEAMBAKE_RESULT ~0p~n", [R]), halt()."#;
 
-fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
+fn distribution(t: &Target, bound: Duration) -> Result<String, CheckError> {
     let nodes: Vec<&str> = t.nodes.iter().filter_map(|n| n.node.as_deref()).collect();
     if nodes.is_empty() {
-        return Err("the image has no node name".into());
+        return Err(CheckError::NoNodeName);
     }
     let line = host_node(
         t,
@@ -499,7 +626,10 @@ fn distribution(t: &Target, bound: Duration) -> Result<String, String> {
             )
         })
     } else {
-        Err(format!("nodes {}: {line}", nodes.join(", ")))
+        Err(CheckError::Cluster {
+            nodes: nodes.join(", "),
+            result: line,
+        })
     }
 }
 
@@ -509,8 +639,8 @@ fn rpc(
     call: &str,
     expect: &str,
     bound: Duration,
-) -> Result<String, String> {
-    let node = n.node.as_deref().ok_or("the image has no node name")?;
+) -> Result<String, CheckError> {
+    let node = n.node.as_deref().ok_or(CheckError::NoNodeName)?;
     let line = host_node(
         t,
         RPC_EVAL,
@@ -523,8 +653,13 @@ fn rpc(
     )?;
     match line.strip_prefix("{ok,") {
         Some(_) => Ok(format!("{node}: {call} -> {expect}")),
-        None if line == "pang" => Err(format!("net_adm:ping('{node}') -> pang")),
-        None => Err(format!("{node}: {call} -> {line}, expected {expect}")),
+        None if line == "pang" => Err(CheckError::Pang { node: node.into() }),
+        None => Err(CheckError::Mismatch {
+            node: node.into(),
+            call: call.into(),
+            got: line,
+            expect: expect.into(),
+        }),
     }
 }
 
@@ -535,9 +670,9 @@ fn host_node(
     eval: &str,
     env: &[(&str, &str)],
     bound: Duration,
-) -> Result<String, String> {
+) -> Result<String, CheckError> {
     let Some(cookie) = t.cookie else {
-        return Err("the image has no cookie".into());
+        return Err(CheckError::NoCookie);
     };
     // Short names (`-sname` in the release's vm.args): the checking node is short too, and
     // finds the guests' host names through an inetrc file of their addresses (the host's
@@ -556,7 +691,7 @@ fn host_node(
         let mut f = tempfile::Builder::new()
             .prefix("beambake-inetrc-")
             .tempfile()
-            .map_err(|e| format!("writing the checking node's inetrc: {e}"))?;
+            .map_err(CheckError::Inetrc)?;
         let mut text = String::from("{lookup, [file]}.\n");
         for (addr, host) in &short {
             text.push_str(&format!(
@@ -564,8 +699,7 @@ fn host_node(
                 addr.to_string().replace('.', ",")
             ));
         }
-        f.write_all(text.as_bytes())
-            .map_err(|e| format!("writing the checking node's inetrc: {e}"))?;
+        f.write_all(text.as_bytes()).map_err(CheckError::Inetrc)?;
         Some(f)
     };
     let mut cmd = Command::new("erl");
@@ -586,9 +720,7 @@ fn host_node(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     crate::net::dies_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("starting erl (apt-get install erlang-nox): {e}"))?;
+    let mut child = cmd.spawn().map_err(CheckError::StartErl)?;
     let start = Instant::now();
     loop {
         match child.try_wait() {
@@ -597,10 +729,7 @@ fn host_node(
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "the host node got no answer within {}s",
-                    bound.as_secs()
-                ));
+                return Err(CheckError::HostNodeTimeout(bound));
             }
         }
     }
@@ -611,11 +740,14 @@ fn host_node(
     match out.lines().find_map(|l| l.strip_prefix("BEAMBAKE_RESULT ")) {
         Some(line) => Ok(line.to_string()),
         None => {
-            let mut err = String::new();
+            let mut stderr = String::new();
             if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
+                let _ = e.read_to_string(&mut stderr);
             }
-            Err(format!("unexpected host node output: {out}{err}"))
+            Err(CheckError::HostNodeOutput {
+                stdout: out,
+                stderr,
+            })
         }
     }
 }
@@ -712,7 +844,8 @@ mod tests {
             "x",
             Duration::from_secs(2),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("connect"), "{e}");
         assert!(start.elapsed() < Duration::from_secs(10));
     }
@@ -795,7 +928,9 @@ mod tests {
             status: 200,
             body_contains: "something else",
         };
-        let e = https_get(addr, want, None, None, bound).unwrap_err();
+        let e = https_get(addr, want, None, None, bound)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("body does not contain"), "{e}");
         t.join().unwrap();
     }
@@ -811,13 +946,16 @@ mod tests {
             Some("example.org"),
             bound,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("TLS handshake with") && e.contains("not valid for name \"example.org\""),
             "{e}"
         );
         // The server's own certificate is not the CA that issued it.
-        let e = tls_echo(addr, "x", Some(&tls_fixture("server.pem")), None, bound).unwrap_err();
+        let e = tls_echo(addr, "x", Some(&tls_fixture("server.pem")), None, bound)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("UnknownIssuer"), "{e}");
         t.join().unwrap();
     }
@@ -842,7 +980,9 @@ mod tests {
         });
         let ca = tls_fixture("ca.pem");
         let start = Instant::now();
-        let e = tls_echo(addr, "x", Some(&ca), None, Duration::from_secs(5)).unwrap_err();
+        let e = tls_echo(addr, "x", Some(&ca), None, Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(&format!("TLS handshake with {addr} failed"))
                 && e.contains("does not speak TLS"),
@@ -855,7 +995,9 @@ mod tests {
             status: 200,
             body_contains: "",
         };
-        let e = https_get(addr, want, None, None, Duration::from_secs(2)).unwrap_err();
+        let e = https_get(addr, want, None, None, Duration::from_secs(2))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("TLS handshake with") && e.contains("no answer within 2.0s"),
             "{e}"

@@ -515,19 +515,16 @@ fn tail(text: &str, n: usize) -> Vec<String> {
 }
 
 /// The probe's initramfs: beambake's init at `/init`, nothing else.
-fn write_probe_initramfs(path: &Path, init: &[u8]) -> Result<(), String> {
+fn write_probe_initramfs(path: &Path, init: &[u8]) -> std::io::Result<()> {
     let mut tree = beambake_images::rootfs::Tree::new(
         beambake_images::rootfs::Tree::epoch_from_env().unwrap_or(0),
     );
     tree.add_bytes("/init", init.to_vec(), 0o755, "beambake init")
-        .map_err(|e| e.to_string())?;
-    let f = std::fs::File::create(path).map_err(|e| e.to_string())?;
+        .map_err(std::io::Error::other)?;
+    let f = std::fs::File::create(path)?;
     let w = beambake_images::image::cpio::write(&tree, std::io::BufWriter::new(f))
-        .map_err(|e| e.to_string())?;
-    w.into_inner()
-        .map_err(|e| e.error().to_string())?
-        .sync_all()
-        .map_err(|e| e.to_string())
+        .map_err(std::io::Error::other)?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
 /// 32 hex digits from the kernel's CSPRNG.

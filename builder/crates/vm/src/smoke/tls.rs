@@ -40,6 +40,27 @@ pub enum TlsError {
     },
     #[error("TLS client configuration: {0}")]
     Config(String),
+    #[error("server name {name:?}: {source}")]
+    ServerName {
+        name: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("TLS to {addr}: {source}")]
+    Client {
+        addr: SocketAddr,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// `why` words the I/O error ([`explain`]).
+    #[error("TLS handshake with {addr} failed: {why}")]
+    Handshake { addr: SocketAddr, why: String },
 }
 
 /// The trust anchors in a PEM file (one or more certificates).
@@ -206,27 +227,29 @@ pub fn connect(
     ca: Option<&Path>,
     server_name: Option<&str>,
     deadline: Instant,
-) -> Result<Session, String> {
-    let config = client_config(ca).map_err(|e| e.to_string())?;
+) -> Result<Session, TlsError> {
+    let config = client_config(ca)?;
     let name_text = server_name
         .map(str::to_string)
         .unwrap_or_else(|| addr.ip().to_string());
-    let name = ServerName::try_from(name_text.clone())
-        .map_err(|e| format!("server name {name_text:?}: {e}"))?;
+    let name = ServerName::try_from(name_text.clone()).map_err(|source| TlsError::ServerName {
+        name: name_text.clone(),
+        source,
+    })?;
     let mut conn =
-        ClientConnection::new(config, name).map_err(|e| format!("TLS to {addr}: {e}"))?;
+        ClientConnection::new(config, name).map_err(|source| TlsError::Client { addr, source })?;
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
-    let tcp =
-        TcpStream::connect_timeout(&addr, wait).map_err(|e| format!("connect {addr}: {e}"))?;
+    let tcp = TcpStream::connect_timeout(&addr, wait)
+        .map_err(|source| TlsError::Connect { addr, source })?;
     let mut sock = Bounded { tcp, deadline };
     while conn.is_handshaking() {
         if let Err(e) = conn.complete_io(&mut sock) {
-            return Err(format!(
-                "TLS handshake with {addr} failed: {}",
-                explain(&e, deadline, wait)
-            ));
+            return Err(TlsError::Handshake {
+                addr,
+                why: explain(&e, deadline, wait),
+            });
         }
     }
     let version = conn
