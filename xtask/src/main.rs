@@ -454,3 +454,70 @@ mod tests {
         assert!(!skips_fail(Some(""), false));
     }
 }
+
+/// The crate boundaries ARCHITECTURE.md promises, read from the manifests: a new
+/// dependency that breaks one fails here, not in a review.
+#[cfg(test)]
+mod boundaries {
+    use std::collections::BTreeMap;
+
+    /// Crate dir name -> the beambake crates in its `[dependencies]`.
+    fn graph() -> BTreeMap<String, Vec<String>> {
+        let crates = super::root().join("builder/crates");
+        let mut g = BTreeMap::new();
+        for e in std::fs::read_dir(&crates).unwrap() {
+            let dir = e.unwrap().path();
+            let text = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            let deps = text
+                .split("\n[")
+                .find(|s| s.starts_with("dependencies]"))
+                .unwrap_or("")
+                .lines()
+                .filter_map(|l| l.strip_prefix("beambake-"))
+                .filter_map(|l| l.split([' ', '.', '=']).next())
+                .map(str::to_string)
+                .collect();
+            g.insert(
+                dir.file_name().unwrap().to_string_lossy().into_owned(),
+                deps,
+            );
+        }
+        g
+    }
+
+    #[test]
+    fn writers_and_the_contract_depend_on_no_beambake_crate() {
+        let g = graph();
+        for leaf in ["images", "contract", "recipe", "testkit"] {
+            assert_eq!(g[leaf], Vec::<String>::new(), "{leaf} must stay a leaf");
+        }
+    }
+
+    #[test]
+    fn targets_cannot_see_each_other_and_only_the_cli_sees_them() {
+        let g = graph();
+        assert!(g.keys().filter(|k| k.starts_with("target-")).count() >= 3);
+        for (name, deps) in &g {
+            assert!(
+                !deps.iter().any(|d| d.starts_with("target-")),
+                "{name} depends on a target crate: {deps:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_below_the_targets_depends_on_target() {
+        let g = graph();
+        for name in [
+            "images", "release", "patch", "kernel", "recipe", "vm", "contract",
+        ] {
+            assert!(!g[name].contains(&"target".to_string()), "{name} -> target");
+        }
+        for name in ["images", "release", "patch", "kernel"] {
+            assert!(
+                !g[name].contains(&"vm".to_string()),
+                "{name} -> vm (boot, net)"
+            );
+        }
+    }
+}
