@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use beambake::image::iso9660::{write, Entry, FileData, Node, Options, MAX_SYMLINK_LEN};
 use beambake_testkit::tree::{
-    check_dir_tree, expected, host_tree, pattern, reader_tree, run_reader, small_tree, Spec,
-    Wanted, MTIME,
+    check_dir_tree, expected, host_tree, pattern, reader_tree, run_reader, small_tree, stdlib_ebin,
+    Spec, Wanted, MTIME,
 };
 use beambake_testkit::{guard, skip, tempdir_named, vm_lock, which, Guarded};
 use common::pinned_kernel;
@@ -304,29 +304,9 @@ fn large_tree_linux_driver() {
 #[test]
 fn stdlib_ebin_linux_driver() {
     let _vm = vm_lock();
-    let Some(ebin) = std::fs::read_dir("/usr/lib/erlang/lib")
-        .ok()
-        .and_then(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("stdlib-"))
-                })
-                .max()
-        })
-        .map(|p| p.join("ebin"))
-        .filter(|p| p.is_dir())
-    else {
+    let Some((app, ebin)) = stdlib_ebin() else {
         skip!("no /usr/lib/erlang/lib/stdlib-*/ebin here (apt-get install erlang-nox)");
     };
-    let app = ebin
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str())
-        .expect("app dir name")
-        .to_string();
     let mut entries = Vec::new();
     host_tree(&ebin, &format!("/lib/{app}/ebin"), &mut entries);
     kernel_check_entries(&entries, "stdlib");

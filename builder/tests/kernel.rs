@@ -5,20 +5,19 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use beambake::digest::sha256_file;
-use beambake::kernel::{fetch_debian, from_paths, Kernel, KernelError, Module, Pin};
+use beambake::kernel::{
+    fetch_debian, final_dir, from_paths, marker_matches, Kernel, KernelError, Module, Pin,
+    COMPLETE_MARKER,
+};
 use beambake_testkit::kernel::{
     assert_load_order as load_order, REAL_PACKAGE, REAL_RELEASE, REAL_SHA256, REAL_VERSION,
 };
 use beambake_testkit::tempfile::TempDir;
 use beambake_testkit::{skip, tempdir, which};
-
-/// The marker `fetch_debian` leaves in a complete cache entry (the pin, as TOML).
-const COMPLETE_MARKER: &str = ".complete";
 
 fn real_pin() -> Pin {
     Pin {
@@ -26,14 +25,6 @@ fn real_pin() -> Pin {
         version: REAL_VERSION.to_string(),
         sha256: REAL_SHA256.to_string(),
     }
-}
-
-/// Whether `dir` holds a complete fetch of exactly `pin`.
-fn marker_matches(dir: &Path, pin: &Pin) -> bool {
-    fs::read_to_string(dir.join(COMPLETE_MARKER))
-        .ok()
-        .and_then(|text| toml::from_str::<Pin>(&text).ok())
-        .is_some_and(|m| m == *pin)
 }
 
 fn names(mods: &[Module]) -> Vec<&str> {
@@ -48,17 +39,6 @@ fn pos(mods: &[Module], name: &str) -> usize {
 
 fn assert_load_order(mods: &[Module]) {
     load_order(mods.iter().map(|m| (m.name.as_str(), m.depends.as_slice())));
-}
-
-fn not_a_kernel(path: &Path) -> String {
-    match from_paths(path, None) {
-        Err(e @ KernelError::NotAKernel { .. }) => {
-            let msg = e.to_string();
-            assert!(msg.contains(&path.display().to_string()), "{msg}");
-            msg
-        }
-        other => panic!("expected NotAKernel for {}, got {other:?}", path.display()),
-    }
 }
 
 fn have_apt() -> bool {
@@ -95,12 +75,6 @@ fn real() -> Option<&'static Real> {
         })
     })
     .as_ref()
-}
-
-fn final_dir(cache: &Path, pin: &Pin) -> PathBuf {
-    cache
-        .join("kernels")
-        .join(format!("{}_{}", pin.package, pin.version))
 }
 
 #[test]
@@ -376,16 +350,20 @@ fn real_from_paths() {
     let err = k.resolve_modules(&["virtio_net"]).unwrap_err();
     assert!(matches!(err, KernelError::NoModules { .. }), "{err:?}");
 
-    // A truncated copy: the first 0x210 bytes.
+    // Truncated copies: the first 0x210 bytes; cut after the version string but before
+    // the end of the kernel. Not a kernel, said of the file.
     let dir = tempdir();
     let bytes = fs::read(&real.kernel.image).unwrap();
-    let cut = dir.path().join("vmlinuz-cut");
-    fs::write(&cut, &bytes[..0x210]).unwrap();
-    let msg = not_a_kernel(&cut);
-    assert!(msg.contains("outside the file"), "{msg}");
-    // Cut after the version string but before the end of the kernel.
-    let cut2 = dir.path().join("vmlinuz-cut2");
-    fs::write(&cut2, &bytes[..bytes.len() / 2]).unwrap();
-    let msg = not_a_kernel(&cut2);
-    assert!(msg.contains("truncated bzImage"), "{msg}");
+    for (name, len, what) in [
+        ("vmlinuz-cut", 0x210, "outside the file"),
+        ("vmlinuz-cut2", bytes.len() / 2, "truncated bzImage"),
+    ] {
+        let cut = dir.path().join(name);
+        fs::write(&cut, &bytes[..len]).unwrap();
+        let err = from_paths(&cut, None).unwrap_err();
+        assert!(matches!(err, KernelError::NotAKernel { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&cut.display().to_string()), "{msg}");
+        assert!(msg.contains(what), "{msg}");
+    }
 }

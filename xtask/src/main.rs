@@ -197,8 +197,8 @@ impl Tally {
     }
 }
 
-/// The file tests record their skips in (`builder/src/test_skip.rs`), one
-/// `binary::test<TAB>reason` line per skip.
+/// The file tests record their skips in (the testkit's skip module,
+/// `builder/crates/testkit/src/skip.rs`), one `binary::test<TAB>reason` line per skip.
 const SKIP_LOG_ENV: &str = "BEAMBAKE_SKIP_LOG";
 
 /// A test that skipped all or part of its checks, and why.

@@ -240,7 +240,15 @@ pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error
 
 /// Name of the marker written into an unpacked tree once it is complete. It
 /// holds the pin (as TOML) whose sha256 the .deb was verified against.
-const COMPLETE_MARKER: &str = ".complete";
+pub const COMPLETE_MARKER: &str = ".complete";
+
+/// Where [`fetch_debian`] keeps `pin`'s unpacked tree in `cache_dir`:
+/// `<cache_dir>/kernels/<package>_<version>/`.
+pub fn final_dir(cache_dir: &Path, pin: &Pin) -> PathBuf {
+    cache_dir
+        .join("kernels")
+        .join(format!("{}_{}", pin.package, pin.version))
+}
 
 /// Fetch (or reuse from `cache_dir`) the pinned package.
 ///
@@ -256,8 +264,8 @@ pub fn fetch_debian(pin: &Pin, cache_dir: &Path) -> Result<Kernel, KernelError> 
     pin.sha256 = pin.sha256.to_ascii_lowercase();
     pin.validate(None)?;
 
+    let final_dir = final_dir(cache_dir, &pin);
     let kernels = cache_dir.join("kernels");
-    let final_dir = kernels.join(format!("{}_{}", pin.package, pin.version));
 
     if marker_matches(&final_dir, &pin) {
         // A cached tree that cannot be read is treated as stale and refetched.
@@ -332,7 +340,7 @@ pub(crate) fn download_verified(
 }
 
 /// True when `dir/.complete` exists and records this pin.
-fn marker_matches(dir: &Path, pin: &Pin) -> bool {
+pub fn marker_matches(dir: &Path, pin: &Pin) -> bool {
     fs::read_to_string(dir.join(COMPLETE_MARKER))
         .ok()
         .and_then(|text| toml::from_str::<Pin>(&text).ok())
@@ -1268,34 +1276,18 @@ impl Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use beambake_testkit::skip;
+    use beambake_testkit::kernel::{
+        assert_load_order as load_order, fake_bzimage, REAL_PACKAGE, REAL_SHA256, REAL_VERSION,
+    };
+    use beambake_testkit::{skip, status, which};
     use tempfile::TempDir;
-
-    fn real_pin() -> Pin {
-        Pin {
-            package: "linux-image-6.1.0-56-cloud-amd64".to_string(),
-            version: "6.1.192-2".to_string(),
-            sha256: "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee".to_string(),
-        }
-    }
 
     fn names(mods: &[Module]) -> Vec<&str> {
         mods.iter().map(|m| m.name.as_str()).collect()
     }
 
     fn assert_load_order(mods: &[Module]) {
-        for (i, m) in mods.iter().enumerate() {
-            for d in &m.depends {
-                if let Some(j) = mods.iter().position(|x| &x.name == d) {
-                    assert!(
-                        j < i,
-                        "{d} must come before {} in {:?}",
-                        m.name,
-                        names(mods)
-                    );
-                }
-            }
-        }
+        load_order(mods.iter().map(|m| (m.name.as_str(), m.depends.as_slice())));
     }
 
     // --- Pin ---------------------------------------------------------------
@@ -1304,13 +1296,21 @@ mod tests {
     fn pin_load_ok_and_errors_name_file() {
         let dir = TempDir::new().unwrap();
         let good = dir.path().join("kernel.toml");
+        // The sha256 in upper case: loaded in lower case.
         fs::write(
             &good,
-            "package = \"linux-image-6.1.0-56-cloud-amd64\"\nversion = \"6.1.192-2\"\n\
-             sha256 = \"E7D02B943971EDCB8790E256C02CFAB3BCA6C3D37C1BF25392A57C71300615EE\"\n",
+            format!(
+                "package = {REAL_PACKAGE:?}\nversion = {REAL_VERSION:?}\nsha256 = {:?}\n",
+                REAL_SHA256.to_ascii_uppercase()
+            ),
         )
         .unwrap();
-        assert_eq!(Pin::load(&good).unwrap(), real_pin());
+        let real = Pin {
+            package: REAL_PACKAGE.to_string(),
+            version: REAL_VERSION.to_string(),
+            sha256: REAL_SHA256.to_string(),
+        };
+        assert_eq!(Pin::load(&good).unwrap(), real);
 
         let extra = dir.path().join("extra.toml");
         fs::write(
@@ -1342,7 +1342,7 @@ mod tests {
 
         let bad_pkg = Pin {
             package: "-oops".into(),
-            ..real_pin()
+            ..real
         };
         let err = fetch_debian(&bad_pkg, dir.path()).unwrap_err();
         assert!(matches!(err, KernelError::InvalidPin { .. }), "{err:?}");
@@ -1358,18 +1358,6 @@ mod tests {
     }
 
     // --- from_paths on synthetic files ---------------------------------------
-
-    /// A minimal file that passes as a bzImage with the given release.
-    fn fake_bzimage(release: &str) -> Vec<u8> {
-        let mut b = vec![0u8; 1024];
-        b[0x1F1] = 1; // setup_sects: 1 + boot sector = 1024 bytes
-        b[0x202..0x206].copy_from_slice(b"HdrS");
-        b[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-        b[0x20E..0x210].copy_from_slice(&0x100u16.to_le_bytes());
-        let s = format!("{release} (builder@host) #1 SMP");
-        b[0x300..0x300 + s.len()].copy_from_slice(s.as_bytes());
-        b
-    }
 
     fn not_a_kernel(path: &Path) -> String {
         match from_paths(path, None) {
@@ -1503,13 +1491,7 @@ mod tests {
             },
         )
         .unwrap();
-        let st = Command::new("gcc")
-            .arg("-c")
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .unwrap();
+        let st = status(Command::new("gcc").arg("-c").arg("-o").arg(&out).arg(&src));
         assert!(st.success(), "gcc failed for {rel}");
         fs::remove_file(src).unwrap();
     }
@@ -1530,7 +1512,7 @@ mod tests {
 
     #[test]
     fn synthetic_order_and_dash_underscore() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1571,7 +1553,7 @@ mod tests {
 
     #[test]
     fn synthetic_cycle() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1590,7 +1572,7 @@ mod tests {
 
     #[test]
     fn synthetic_missing_dependency() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1615,7 +1597,7 @@ mod tests {
 
     #[test]
     fn synthetic_vermagic_mismatch() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1645,7 +1627,7 @@ mod tests {
 
     #[test]
     fn synthetic_garbage_module() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();
@@ -1678,7 +1660,7 @@ mod tests {
 
     #[test]
     fn synthetic_compressed_module() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc unavailable to build synthetic modules");
         }
         let dir = TempDir::new().unwrap();

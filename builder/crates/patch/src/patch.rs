@@ -2071,7 +2071,7 @@ fn write_temp(path: &Path, data: &FileData) -> Result<PathBuf, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use beambake_testkit::skip;
+    use beambake_testkit::{output, skip, tempdir, which};
     use std::process::Command;
 
     // ---- helpers ------------------------------------------------------------------
@@ -2154,10 +2154,6 @@ mod tests {
                 _ => None,
             })
             .collect()
-    }
-
-    fn tmp() -> tempfile::TempDir {
-        tempfile::tempdir().unwrap()
     }
 
     fn opts() -> Options {
@@ -2454,7 +2450,7 @@ mod tests {
 
     #[test]
     fn applies_exactly() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "f.txt", numbered(1, 20).as_bytes());
         let r = apply(t.path(), &[named("0001-seven.patch", SIMPLE)], &opts()).unwrap();
         assert_eq!(
@@ -2470,7 +2466,7 @@ mod tests {
 
     #[test]
     fn a_changed_context_line_is_not_fuzzed_over() {
-        let t = tmp();
+        let t = tempdir();
         let text = numbered(1, 20).replace("line 4\n", "line four\n");
         write(t.path(), "f.txt", text.as_bytes());
         let e = apply(t.path(), &[named("p.patch", SIMPLE)], &opts()).unwrap_err();
@@ -2483,7 +2479,7 @@ mod tests {
 
     #[test]
     fn refuses_offsets_and_says_where_the_hunk_matches() {
-        let t = tmp();
+        let t = tempdir();
         let text = format!("extra\n{}", numbered(1, 20));
         write(t.path(), "f.txt", text.as_bytes());
         let e = check(t.path(), &[named("p.patch", SIMPLE)], &opts()).unwrap_err();
@@ -2510,7 +2506,7 @@ mod tests {
     fn hunks_short_of_context_stay_at_the_start_or_end() {
         // Leading context shorter than trailing: diff wrote the hunk at the top of the
         // file, and it must not apply below a line that is not in the patch.
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "f.txt", b"x\na\nb\nc\n");
         let p = named(
             "p.patch",
@@ -2555,7 +2551,7 @@ mod tests {
 
     #[test]
     fn creates_deletes_and_handles_missing_newlines() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "gone.txt", b"bye\nbye\n");
         write(t.path(), "noeol.txt", b"a\nb");
         write(t.path(), "eol.txt", b"a\nb\n");
@@ -2598,7 +2594,7 @@ mod tests {
 
     #[test]
     fn deleting_a_file_that_differs_fails() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "gone.txt", b"bye\nbye\nand more\n");
         let p = named(
             "p.patch",
@@ -2614,7 +2610,7 @@ mod tests {
 
     #[test]
     fn creating_an_existing_file_or_patching_a_missing_one_fails() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "new.txt", b"already\n");
         let p = named(
             "p.patch",
@@ -2634,7 +2630,7 @@ mod tests {
 
     #[test]
     fn multiple_files_and_patches_touching_the_same_file() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "f.txt", numbered(1, 20).as_bytes());
         write(t.path(), "dir/g.txt", b"g1\ng2\ng3\n");
         let p1 = named(
@@ -2662,7 +2658,7 @@ mod tests {
 
     #[test]
     fn a_failing_hunk_leaves_the_tree_untouched() {
-        let t = tmp();
+        let t = tempdir();
         let src: String = (1..=500).map(|i| format!("erlexec {i}\n")).collect();
         write(t.path(), "erts/etc/common/erlexec.c", src.as_bytes());
         write(t.path(), "other.c", b"one\ntwo\n");
@@ -2696,7 +2692,7 @@ mod tests {
 
     #[test]
     fn already_applied_patches_are_recognised() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "f.txt", numbered(1, 20).as_bytes());
         let p1 = named("0001.patch", SIMPLE);
         let p2 = named(
@@ -2725,7 +2721,7 @@ mod tests {
 
     #[test]
     fn status_of_a_series() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "f.txt", numbered(1, 20).as_bytes());
         let p1 = named("0001.patch", SIMPLE);
         let p2 = named(
@@ -2770,7 +2766,7 @@ mod tests {
 
     #[test]
     fn apply_then_revert_round_trips_a_real_tree() {
-        let t = tmp();
+        let t = tempdir();
         let root = t.path();
         let big: String = (1..=200).map(|i| format!("int f{i}(void);\n")).collect();
         write(root, "src/a.c", big.as_bytes());
@@ -2877,7 +2873,7 @@ mod tests {
 
     #[test]
     fn dry_run_and_check_write_nothing() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "f.txt", numbered(1, 20).as_bytes());
         let before = snapshot(t.path());
         let p = [named("p.patch", SIMPLE)];
@@ -2897,8 +2893,8 @@ mod tests {
 
     #[test]
     fn refuses_paths_leaving_the_tree_and_symlinks() {
-        let t = tmp();
-        let outside = tmp();
+        let t = tempdir();
+        let outside = tempdir();
         write(outside.path(), "f.txt", numbered(1, 20).as_bytes());
         let escape = SIMPLE
             .replace("a/f.txt", "a/../f.txt")
@@ -2968,7 +2964,7 @@ mod tests {
 
     #[test]
     fn loads_a_series() {
-        let t = tmp();
+        let t = tempdir();
         let dir = t.path().join("patches");
         write(&dir, "0001-a.patch", SIMPLE.as_bytes());
         write(
@@ -3028,7 +3024,7 @@ mod tests {
 
     #[test]
     fn latin1_contents_are_bytes() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "l1.erl", b"%% caf\xe9\nfoo() -> ok.\n");
         let patch = b"--- a/l1.erl\n+++ b/l1.erl\n@@ -1,2 +1,2 @@\n %% caf\xe9\n-foo() -> ok.\n+foo() -> \xe9.\n";
         let p = Patch::parse_bytes("l1.patch", patch).unwrap();
@@ -3041,7 +3037,7 @@ mod tests {
 
     #[test]
     fn diff_u_of_an_orig_file_patches_the_file_that_exists() {
-        let t = tmp();
+        let t = tempdir();
         write(t.path(), "f.txt", numbered(1, 20).as_bytes());
         let p = SIMPLE
             .replace(
@@ -3202,39 +3198,33 @@ mod tests {
     }
 
     fn gnu_patch(dir: &Path, tree: &Path, patch: &Path, strip: usize) -> bool {
-        command("patch", dir)
-            .args(["-f", "-s", "--no-backup-if-mismatch", "-r", "-"])
-            .arg(format!("-p{strip}"))
-            .arg("-d")
-            .arg(tree)
-            .arg("-i")
-            .arg(patch)
-            .output()
-            .unwrap()
-            .status
-            .success()
+        output(
+            command("patch", dir)
+                .args(["-f", "-s", "--no-backup-if-mismatch", "-r", "-"])
+                .arg(format!("-p{strip}"))
+                .arg("-d")
+                .arg(tree)
+                .arg("-i")
+                .arg(patch),
+        )
+        .status
+        .success()
     }
 
     fn diff(dir: &Path, git: bool) -> Vec<u8> {
         let out = if git {
-            command("git", dir)
-                .args([
-                    "-c",
-                    "core.quotepath=false",
-                    "diff",
-                    "--no-index",
-                    "--no-color",
-                    "--no-ext-diff",
-                    "a",
-                    "b",
-                ])
-                .output()
-                .unwrap()
+            output(command("git", dir).args([
+                "-c",
+                "core.quotepath=false",
+                "diff",
+                "--no-index",
+                "--no-color",
+                "--no-ext-diff",
+                "a",
+                "b",
+            ]))
         } else {
-            command("diff", dir)
-                .args(["-ruN", "a", "b"])
-                .output()
-                .unwrap()
+            output(command("diff", dir).args(["-ruN", "a", "b"]))
         };
         assert_eq!(
             out.status.code(),
@@ -3247,19 +3237,17 @@ mod tests {
 
     #[test]
     fn agrees_with_gnu_patch_on_diff_and_git_diff_output() {
-        if beambake_images::host::which("patch").is_none()
-            || beambake_images::host::which("diff").is_none()
-        {
+        if which("patch").is_none() || which("diff").is_none() {
             skip!("needs GNU patch and diff");
         }
-        let formats: &[bool] = if beambake_images::host::which("git").is_some() {
+        let formats: &[bool] = if which("git").is_some() {
             &[false, true]
         } else {
             &[false]
         };
         for seed in 0..6u64 {
             for &git in formats {
-                let t = tmp();
+                let t = tempdir();
                 let dir = t.path();
                 make_pair(dir, seed);
                 let text = diff(dir, git);

@@ -1377,7 +1377,7 @@ fn match_class(pat: &[u8], pi: usize, c: u8) -> Option<(bool, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use beambake_testkit::skip;
+    use beambake_testkit::{output, skip, tempdir_named, which};
     use std::collections::BTreeSet;
     use std::os::unix::fs::symlink;
     use std::process::Command;
@@ -1390,15 +1390,12 @@ mod tests {
     /// A temporary directory (canonical path), removed on drop.
     struct TempDir {
         path: PathBuf,
-        _dir: tempfile::TempDir,
+        _dir: beambake_testkit::tempfile::TempDir,
     }
 
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("beambake-elf-{tag}-"))
-                .tempdir()
-                .expect("create temp dir");
+            let dir = tempdir_named(&format!("beambake-elf-{tag}-"));
             let path = fs::canonicalize(dir.path()).expect("canonicalize temp dir");
             TempDir { path, _dir: dir }
         }
@@ -1425,11 +1422,7 @@ mod tests {
         S: AsRef<OsStr>,
     {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let out = Command::new("gcc")
-            .current_dir(cwd)
-            .args(&args)
-            .output()
-            .expect("run gcc");
+        let out = output(Command::new("gcc").current_dir(cwd).args(&args));
         assert!(
             out.status.success(),
             "gcc {args:?} failed:\n{}",
@@ -1439,11 +1432,11 @@ mod tests {
 
     /// Runs a program the way a user would (no loader environment).
     fn run(prog: &Path) -> (bool, String, String) {
-        let out = Command::new(prog)
-            .env_remove("LD_LIBRARY_PATH")
-            .env_remove("LD_PRELOAD")
-            .output()
-            .expect("run program");
+        let out = output(
+            Command::new(prog)
+                .env_remove("LD_LIBRARY_PATH")
+                .env_remove("LD_PRELOAD"),
+        );
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1453,12 +1446,14 @@ mod tests {
 
     /// `ldd` as name -> path (vDSO dropped; the interpreter maps to itself).
     fn ldd(path: &Path) -> Option<BTreeMap<String, PathBuf>> {
-        let out = Command::new("ldd")
-            .arg(path)
-            .env_remove("LD_LIBRARY_PATH")
-            .env_remove("LD_PRELOAD")
-            .output()
-            .ok()?;
+        let out = beambake_testkit::guard(
+            Command::new("ldd")
+                .arg(path)
+                .env_remove("LD_LIBRARY_PATH")
+                .env_remove("LD_PRELOAD"),
+        )
+        .output()
+        .ok()?;
         let strip_addr = |s: &str| match s.rsplit_once(" (") {
             Some((a, _)) => a.trim().to_string(),
             None => s.trim().to_string(),
@@ -1501,9 +1496,7 @@ mod tests {
     fn assert_matches_ldd(root: &Path, c: &Closure) {
         match ldd(root) {
             Some(expected) => assert_eq!(by_name(c), expected, "closure vs ldd for {root:?}"),
-            None => beambake_testkit::skip::record(&format!(
-                "ldd not available; not cross-checking {root:?}"
-            )),
+            None => skip::record(&format!("ldd not available; not cross-checking {root:?}")),
         }
     }
 
@@ -1721,7 +1714,7 @@ mod tests {
 
     #[test]
     fn runpath_binary_resolves_like_the_real_loader() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("runpath");
@@ -1767,7 +1760,7 @@ mod tests {
 
     #[test]
     fn runpath_is_not_inherited() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("noinherit");
@@ -1816,7 +1809,7 @@ mod tests {
 
     #[test]
     fn rpath_of_the_program_is_inherited() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("inherit");
@@ -1846,7 +1839,7 @@ mod tests {
 
     #[test]
     fn a_runpath_in_the_requester_disables_inherited_rpath() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("runpath-stops-rpath");
@@ -1883,7 +1876,7 @@ mod tests {
 
     #[test]
     fn missing_library_is_reported_with_its_requester() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("missing");
@@ -1917,7 +1910,7 @@ mod tests {
 
     #[test]
     fn an_already_loaded_library_satisfies_later_requests_by_name() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("loaded");
@@ -1943,7 +1936,7 @@ mod tests {
 
     #[test]
     fn candidates_of_another_class_or_machine_are_skipped() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("decoy");
@@ -2000,7 +1993,7 @@ mod tests {
 
     #[test]
     fn unusable_candidates_are_fatal_as_in_ld_so() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("fatal");
@@ -2054,7 +2047,7 @@ mod tests {
 
     #[test]
     fn absolute_needed_is_used_as_is_and_relative_is_refused() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("slash");
@@ -2145,7 +2138,7 @@ mod tests {
 
     #[test]
     fn nodeflib_skips_the_trusted_directories() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("nodeflib");
@@ -2181,7 +2174,7 @@ mod tests {
 
     #[test]
     fn dlopened_root_gets_the_running_loader_not_another_copy() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let ld = Path::new("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
@@ -2226,16 +2219,16 @@ mod tests {
 
     #[test]
     fn static_root_needs_nothing() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let t = TempDir::new("static");
         write(&t.join("s.c"), "int main(void) { return 0; }\n");
-        let out = Command::new("gcc")
-            .current_dir(t.path())
-            .args(["-static", "-o", "s", "s.c"])
-            .output()
-            .expect("gcc");
+        let out = output(
+            Command::new("gcc")
+                .current_dir(t.path())
+                .args(["-static", "-o", "s", "s.c"]),
+        );
         if !out.status.success() {
             skip!("gcc -static does not work here");
         }
@@ -2251,7 +2244,7 @@ mod tests {
 
     #[test]
     fn sysroot_reads_its_own_configuration_and_files() {
-        if beambake_images::host::which("gcc").is_none() {
+        if which("gcc").is_none() {
             skip!("gcc is not available");
         }
         let host_libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");

@@ -1079,7 +1079,8 @@ enum Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use beambake_testkit::skip;
+    use beambake_testkit::tempfile::TempDir;
+    use beambake_testkit::{skip, tempdir_named, which};
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::collections::BTreeMap;
@@ -1088,20 +1089,8 @@ mod tests {
 
     // ---------- scratch directories ----------
 
-    struct TempDir(tempfile::TempDir);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let d = tempfile::Builder::new()
-                .prefix(&format!("beambake-tarball-test-{tag}-"))
-                .tempdir()
-                .unwrap();
-            TempDir(d)
-        }
-
-        fn path(&self) -> &Path {
-            self.0.path()
-        }
+    fn scratch(tag: &str) -> TempDir {
+        tempdir_named(&format!("beambake-tarball-test-{tag}-"))
     }
 
     /// `root/archive` holds the tarball, `root/dest` is the (empty) destination.
@@ -1113,7 +1102,7 @@ mod tests {
 
     impl Case {
         fn new(tag: &str, bytes: &[u8]) -> Case {
-            let root = TempDir::new(tag);
+            let root = scratch(tag);
             let archive = root.path().join("archive");
             fs::write(&archive, bytes).unwrap();
             let dest = root.path().join("dest");
@@ -1413,7 +1402,7 @@ mod tests {
     #[test]
     fn looks_like_tarball_detects_formats() {
         let (tar, _) = release_tar();
-        let dir = TempDir::new("looks");
+        let dir = scratch("looks");
         let cases: [(&str, Vec<u8>, bool); 5] = [
             ("gz", gzip(b"anything"), true),
             ("tar", tar, true),
@@ -1838,7 +1827,7 @@ mod tests {
         let gz = gzip(&tar);
         let mut cuts: Vec<usize> = (0..gz.len()).step_by(97).collect();
         cuts.extend((1..=10).map(|k| gz.len() - k));
-        let root = TempDir::new("trunc");
+        let root = scratch("trunc");
         let archive = root.path().join("t.tar.gz");
         for (i, cut) in cuts.iter().enumerate() {
             fs::write(&archive, &gz[..*cut]).unwrap();
@@ -1861,7 +1850,7 @@ mod tests {
     #[test]
     fn truncated_plain_tar_is_always_an_error() {
         let (tar, _) = release_tar();
-        let root = TempDir::new("trunc-plain");
+        let root = scratch("trunc-plain");
         let archive = root.path().join("t.tar");
         // Every block boundary (including "entries complete, end marker missing")
         // and some offsets inside blocks.
@@ -1944,7 +1933,7 @@ mod tests {
 
     #[test]
     fn unreadable_tarball_is_an_io_error() {
-        let root = TempDir::new("unreadable");
+        let root = scratch("unreadable");
         let dest = root.path().join("dest");
         fs::create_dir(&dest).unwrap();
 
@@ -2051,12 +2040,10 @@ mod tests {
 
     #[test]
     fn real_rebar3_tarball() {
-        if beambake_images::host::which("rebar3").is_none()
-            || beambake_images::host::which("erl").is_none()
-        {
+        if which("rebar3").is_none() || which("erl").is_none() {
             skip!("rebar3 and/or erl not found on PATH");
         }
-        let root = TempDir::new("rebar3");
+        let root = scratch("rebar3");
         let app = root.path().join("tt");
         fs::create_dir_all(app.join("src")).unwrap();
         fs::write(
@@ -2076,12 +2063,12 @@ mod tests {
             "-module(tt).\n-export([hello/0]).\nhello() -> world.\n",
         )
         .unwrap();
-        let out = Command::new("rebar3")
-            .arg("tar")
-            .current_dir(&app)
-            .env("HOME", root.path())
-            .output()
-            .unwrap();
+        let out = beambake_testkit::output(
+            Command::new("rebar3")
+                .arg("tar")
+                .current_dir(&app)
+                .env("HOME", root.path()),
+        );
         assert!(
             out.status.success(),
             "rebar3 tar failed:\n{}\n{}",

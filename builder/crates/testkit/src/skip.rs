@@ -3,9 +3,8 @@
 //! `binary::test<TAB>reason` to it. libtest still counts the test as passed; xtask
 //! subtracts the skips, lists them, and fails the run on CI.
 //!
-//! The same API as the library's `test_skip` module (`SKIP_LOG_ENV`, [`record`], `skip!`):
-//! `use beambake_testkit::skip;` brings both the module and the macro; `skip_if!(reason)`
-//! skips when an `Option` of a reason is `Some`.
+//! `SKIP_LOG_ENV`, [`record`], `skip!`: `use beambake_testkit::skip;` brings both the
+//! module and the macro; `skip_if!(reason)` skips when an `Option` of a reason is `Some`.
 
 use std::io::Write;
 use std::path::Path;

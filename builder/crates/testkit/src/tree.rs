@@ -234,6 +234,19 @@ pub fn reader_tree(host_file: &Path, max_symlink_len: usize) -> Vec<Spec> {
     e
 }
 
+/// The host Erlang's newest `stdlib` application (`/usr/lib/erlang/lib/stdlib-*`): its
+/// directory name and its `ebin`, if there is one.
+pub fn stdlib_ebin() -> Option<(String, PathBuf)> {
+    let app = std::fs::read_dir("/usr/lib/erlang/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("stdlib-"))
+        .max()?;
+    let ebin = Path::new("/usr/lib/erlang/lib").join(&app).join("ebin");
+    ebin.is_dir().then_some((app, ebin))
+}
+
 /// Entries for the host directory tree `root` under `prefix`, with host modes (files as
 /// host files); returns the bytes of its files.
 pub fn host_tree(root: &Path, prefix: &str, out: &mut Vec<Spec>) -> u64 {

@@ -1240,6 +1240,7 @@ mod tests {
     use std::process::Command;
 
     use beambake_testkit::golden::check as golden;
+    use beambake_testkit::output;
 
     /// The seed's echo server, as a relx-style OTP release on app.iso.
     fn echo() -> LaunchParams {
@@ -1760,11 +1761,7 @@ mod tests {
 
     fn sh_roundtrip(args: &[String]) -> Vec<String> {
         let script = format!("printf '%s\\0' {}", shell_line(args));
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
+        let out = output(Command::new("/bin/sh").arg("-c").arg(&script));
         assert!(out.status.success(), "{script}: {out:?}");
         let text = String::from_utf8(out.stdout).unwrap();
         let mut words: Vec<String> = text.split('\0').map(str::to_string).collect();
@@ -1833,12 +1830,7 @@ mod tests {
             for (name, contents, _) in render(&l) {
                 if name.ends_with(".sh") {
                     assert!(contents.starts_with("#!/bin/sh\n"));
-                    let out = Command::new("/bin/sh")
-                        .arg("-n")
-                        .arg("-c")
-                        .arg(&contents)
-                        .output()
-                        .unwrap();
+                    let out = output(Command::new("/bin/sh").arg("-n").arg("-c").arg(&contents));
                     assert!(out.status.success(), "{name}: {out:?}");
                 }
             }
@@ -1858,11 +1850,7 @@ mod tests {
             let body = contents
                 .replacen("cd \"$(dirname \"$0\")\" || exit 1\n", "", 1)
                 .replacen("exec ", "printf '%s\\0' ", 1);
-            let out = Command::new("/bin/sh")
-                .arg("-c")
-                .arg(&body)
-                .output()
-                .unwrap();
+            let out = output(Command::new("/bin/sh").arg("-c").arg(&body));
             assert!(out.status.success(), "{name}: {out:?}");
             let text = String::from_utf8(out.stdout).unwrap();
             let got: Vec<&str> = text.strip_suffix('\0').unwrap().split('\0').collect();

@@ -744,7 +744,7 @@ mod tests {
 
     /// Runs a command, returning (success, stdout, stderr).
     fn output(cmd: &mut Command) -> (bool, Vec<u8>, String) {
-        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let out = beambake_testkit::output(cmd);
         (
             out.status.success(),
             out.stdout,

@@ -1455,61 +1455,36 @@ fn copy_host<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use beambake_testkit::tree::{
+        self, check_dir_tree, dir, expected, file, host_file, host_tree, link, long_name, pattern,
+        reader_tree, run_reader, small_tree, stdlib_ebin, Spec, Want, Wanted, MTIME,
+    };
+    use beambake_testkit::{skip, tempdir_named, which};
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::path::Path;
     use std::process::Command;
 
-    /// 2020-09-13 12:26:40 UTC.
-    const MTIME: u64 = 1_600_000_000;
+    // ----- fixtures: the trees are beambake_testkit::tree's ----------------
 
-    // ----- fixtures -----------------------------------------------------
-
-    /// A `tempfile` dir, kept for a look afterwards when `ISO9660_KEEP_TMP` is set.
-    struct TempDir(tempfile::TempDir);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let keep = std::env::var_os("ISO9660_KEEP_TMP").is_some();
-            let d = tempfile::Builder::new()
-                .prefix(&format!("iso9660-test-{tag}-"))
-                .disable_cleanup(keep)
-                .tempdir()
-                .expect("create temp dir");
-            if keep {
-                eprintln!("keeping {}", d.path().display());
-            }
-            TempDir(d)
-        }
-
-        fn path(&self) -> &Path {
-            self.0.path()
-        }
+    /// The writer's entries for a fixture tree.
+    fn to_entries(specs: &[Spec]) -> Vec<Entry> {
+        let entry = |s: &Spec| Entry {
+            path: s.path.clone(),
+            mode: s.mode,
+            node: match &s.node {
+                tree::Node::Dir => Node::Dir,
+                tree::Node::Bytes(b) => Node::File(FileData::Bytes(b.clone())),
+                tree::Node::Host(p) => Node::File(FileData::Host(p.clone())),
+                tree::Node::Symlink(t) => Node::Symlink(t.clone()),
+            },
+        };
+        specs.iter().map(entry).collect()
     }
 
-    fn dir(path: &str, mode: u32) -> Entry {
-        Entry {
-            path: path.to_string(),
-            node: Node::Dir,
-            mode,
-        }
-    }
-
-    fn file(path: &str, data: &[u8], mode: u32) -> Entry {
-        Entry {
-            path: path.to_string(),
-            node: Node::File(FileData::Bytes(data.to_vec())),
-            mode,
-        }
-    }
-
-    fn link(path: &str, target: &str) -> Entry {
-        Entry {
-            path: path.to_string(),
-            node: Node::Symlink(target.to_string()),
-            mode: 0o777,
-        }
+    /// A temp dir for one test's files.
+    fn scratch(tag: &str) -> beambake_testkit::tempfile::TempDir {
+        tempdir_named(&format!("iso9660-test-{tag}-"))
     }
 
     fn opts() -> Options {
@@ -1520,20 +1495,8 @@ mod tests {
         }
     }
 
-    fn pattern(len: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
-
-    fn shuffled(entries: &[Entry], seed: u64) -> Vec<Entry> {
-        let mut v = entries.to_vec();
+    fn shuffled(specs: &[Spec], seed: u64) -> Vec<Spec> {
+        let mut v = specs.to_vec();
         let mut x = seed | 1;
         for i in (1..v.len()).rev() {
             x ^= x << 13;
@@ -1544,200 +1507,11 @@ mod tests {
         v
     }
 
-    fn image(entries: &[Entry], opts: &Options) -> Vec<u8> {
-        match write(entries, opts, Vec::new()) {
+    fn image(specs: &[Spec], opts: &Options) -> Vec<u8> {
+        match write(&to_entries(specs), opts, Vec::new()) {
             Ok(v) => v,
             Err(e) => panic!("write failed: {e}"),
         }
-    }
-
-    fn long_name(len: usize, tag: &str, ext: &str) -> String {
-        let mut s = format!("{tag}_");
-        while s.len() + ext.len() < len {
-            s.push((b'a' + (s.len() % 26) as u8) as char);
-        }
-        s.push_str(ext);
-        assert_eq!(s.len(), len);
-        s
-    }
-
-    /// The small tree behind the golden file.
-    fn small_tree() -> Vec<Entry> {
-        let long = format!(
-            "/lib/stdlib-6.0/ebin/{}.beam",
-            "application_controller_sup_with_a_very_long_name_".repeat(4)
-        );
-        vec![
-            dir("/", 0o755),
-            file("/bin/start", b"#!/bin/sh\nexec erl \"$@\"\n", 0o755),
-            link("/bin/erl", "../lib/erts-15.0/bin/erlexec"),
-            file("/lib/erts-15.0/bin/erlexec", &pattern(100, 1), 0o755),
-            file("/lib/stdlib-6.0/ebin/lists.beam", &pattern(3000, 2), 0o644),
-            file(&long, &pattern(10, 3), 0o644),
-            file("/lib/stdlib-6.0/ebin/Lists.beam", b"upper", 0o644),
-            file("/releases/1/sys.config", b"[].\n", 0o644),
-            file("/empty.txt", b"", 0o644),
-            dir("/var/empty", 0o700),
-            link("/etc/hosts", "/etc/hosts.real"),
-        ]
-    }
-
-    /// The large tree the external readers check.
-    fn reader_tree(host_file: &Path) -> Vec<Entry> {
-        let mut e = vec![dir("/", 0o755)];
-        // Names of many lengths, up to the 255-byte limit.
-        for (i, len) in [
-            1usize, 8, 12, 30, 31, 32, 33, 64, 100, 128, 150, 180, 200, 220, 240, 250, 253, 254,
-            255,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let name = if len < 6 {
-                "x".repeat(len)
-            } else {
-                long_name(len, &format!("n{len}"), ".beam")
-            };
-            e.push(file(
-                &format!("/names/{name}"),
-                &pattern(len * 7, i as u32),
-                0o644,
-            ));
-            let dname = if len < 6 {
-                "y".repeat(len)
-            } else {
-                long_name(len, &format!("d{len}"), "")
-            };
-            e.push(file(
-                &format!("/dirnames/{dname}/inside.txt"),
-                name.as_bytes(),
-                0o644,
-            ));
-        }
-        // Collisions after mapping to d-characters / truncation.
-        for n in [
-            "Foo.beam",
-            "foo.beam",
-            "FOO.BEAM",
-            "foo.Beam",
-            "foo-beam",
-            "foo_beam",
-            "foo beam",
-            "foo.b.c.beam",
-            ".hidden",
-            "q'uote \"x\"",
-            "möbius-ü.erl",
-            "no_ext",
-            "trailing.",
-        ] {
-            e.push(file(&format!("/collide/{n}"), n.as_bytes(), 0o644));
-        }
-        for i in 0..60 {
-            e.push(file(
-                &format!("/collide/application_controller_sup_with_a_very_long_name_{i}.beam"),
-                format!("{i}").as_bytes(),
-                0o644,
-            ));
-        }
-        // 13 levels of directories.
-        let mut deep = String::from("/deep");
-        for i in 1..=12 {
-            deep.push_str(&format!("/level{i:02}"));
-        }
-        e.push(file(&format!("{deep}/leaf.txt"), b"deep leaf\n", 0o600));
-        e.push(link(
-            &format!("{deep}/up"),
-            "../../../../../../../../../../../../names",
-        ));
-        // 2000 files in one directory, of sizes around sector boundaries.
-        for i in 0..2000u32 {
-            let size = match i % 7 {
-                0 => 0,
-                1 => 2047,
-                2 => 2048,
-                3 => 2049,
-                _ => (i as usize * 13) % 600,
-            };
-            let mode = if i.is_multiple_of(2) { 0o644 } else { 0o755 };
-            e.push(file(
-                &format!("/many/file_{i:04}.beam"),
-                &pattern(size, i),
-                mode,
-            ));
-        }
-        e.push(file("/empty.file", b"", 0o644));
-        e.push(dir("/emptydir", 0o755));
-        e.push(dir("/private", 0o700));
-        e.push(file("/private/secret", b"s", 0o400));
-        e.push(dir("/readonly", 0o555));
-        e.push(file("/readonly/ro.txt", b"ro", 0o444));
-        e.push(file("/bin/tool", b"#!/bin/sh\n", 0o755));
-        e.push(file("/big.bin", &pattern(65_536 * 3 + 5, 99), 0o644));
-        e.push(Entry {
-            path: "/host/from_host.txt".to_string(),
-            node: Node::File(FileData::Host(host_file.to_path_buf())),
-            mode: 0o640,
-        });
-        // Symlinks.
-        e.push(link("/links/up", "../names/x"));
-        e.push(link("/links/abs", "/usr/lib/erlang"));
-        e.push(link("/links/dots", "./a/../b/."));
-        e.push(link("/links/root", "/"));
-        e.push(link("/links/dangling", "does/not/exist"));
-        let medium: Vec<String> = (0..30).map(|i| format!("component{i:02}")).collect();
-        e.push(link("/links/medium", &medium.join("/")));
-        e.push(link("/links/longcomp", &format!("../{}", "c".repeat(255))));
-        // A target of exactly MAX_SYMLINK_LEN bytes: several SL entries, in a
-        // continuation area, with components split across entries.
-        let mut huge = String::from("/..");
-        let mut i = 0;
-        while huge.len() < MAX_SYMLINK_LEN {
-            let left = MAX_SYMLINK_LEN - huge.len() - 1;
-            huge.push('/');
-            huge.extend(std::iter::repeat_n((b'a' + i) as char, left.min(255)));
-            i += 1;
-        }
-        assert_eq!(huge.len(), MAX_SYMLINK_LEN);
-        e.push(link("/links/huge", &huge));
-        e.push(link(
-            &format!("/links/{}", long_name(255, "longlinkname", "")),
-            &"t".repeat(200),
-        ));
-        e
-    }
-
-    // ----- expected tree --------------------------------------------------
-
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Want {
-        Dir,
-        File(Vec<u8>),
-        Link(String),
-    }
-
-    fn expected(entries: &[Entry]) -> BTreeMap<String, (Want, u32)> {
-        let mut m = BTreeMap::new();
-        m.insert("/".to_string(), (Want::Dir, 0o755));
-        for e in entries {
-            let want = match &e.node {
-                Node::Dir => Want::Dir,
-                Node::File(FileData::Bytes(b)) => Want::File(b.clone()),
-                Node::File(FileData::Host(p)) => {
-                    Want::File(std::fs::read(p).expect("read host file"))
-                }
-                Node::Symlink(t) => Want::Link(t.clone()),
-            };
-            m.insert(e.path.clone(), (want, e.mode & 0o7777));
-        }
-        for e in entries {
-            let mut p = e.path.as_str();
-            while let Some(i) = p.rfind('/') {
-                p = &p[..i];
-                let key = if p.is_empty() { "/" } else { p };
-                m.entry(key.to_string()).or_insert((Want::Dir, 0o755));
-            }
-        }
-        m
     }
 
     // ----- our own strict reader (structure checks + golden summary) ------
@@ -2253,7 +2027,7 @@ mod tests {
         out
     }
 
-    fn check_self(iso: &[u8], want: &BTreeMap<String, (Want, u32)>) {
+    fn check_self(iso: &[u8], want: &Wanted) {
         let walked = walk(iso, true);
         let got: BTreeMap<String, (Want, u32)> = walked
             .tree
@@ -2357,19 +2131,9 @@ mod tests {
 
     fn require_xorriso() {
         assert!(
-            crate::host::which("xorriso").is_some(),
+            which("xorriso").is_some(),
             "xorriso is the reference reader for these tests: apt-get install -y xorriso"
         );
-    }
-
-    fn run(cmd: &mut Command) -> String {
-        let out = cmd.env("LC_ALL", "C.UTF-8").output().expect("spawn");
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{cmd:?} failed: {stderr}");
-        for bad in ["FAILURE", "SORRY", "MISHAP", "FATAL", "WARNING"] {
-            assert!(!stderr.contains(bad), "{cmd:?} complained: {stderr}");
-        }
-        String::from_utf8(out.stdout).expect("utf-8 output")
     }
 
     fn perm_bits(s: &str) -> u32 {
@@ -2416,10 +2180,12 @@ mod tests {
 
     /// `xorriso -find / -exec lsdl`: path -> (type, permissions, size, target).
     fn xorriso_list(iso: &Path) -> BTreeMap<String, (char, u32, u64, Option<String>)> {
-        let out = run(Command::new("xorriso")
-            .arg("-indev")
-            .arg(iso)
-            .args(["-find", "/", "-exec", "lsdl"]));
+        let out = run_reader(
+            Command::new("xorriso")
+                .arg("-indev")
+                .arg(iso)
+                .args(["-find", "/", "-exec", "lsdl"]),
+        );
         let mut m = BTreeMap::new();
         for line in out.lines() {
             let mut rest = line;
@@ -2439,7 +2205,7 @@ mod tests {
         m
     }
 
-    fn check_xorriso_list(iso: &Path, want: &BTreeMap<String, (Want, u32)>) {
+    fn check_xorriso_list(iso: &Path, want: &Wanted) {
         let got = xorriso_list(iso);
         let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
         let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
@@ -2466,85 +2232,37 @@ mod tests {
         }
     }
 
-    /// Compares an extracted or mounted tree with what was put in.
-    fn check_dir_tree(root: &Path, want: &BTreeMap<String, (Want, u32)>, reader: &str) {
-        fn walk_fs(dir: &Path, rel: &str, out: &mut BTreeMap<String, PathBuf>) {
-            for entry in std::fs::read_dir(dir).expect("read_dir") {
-                let entry = entry.expect("dir entry");
-                let name = entry.file_name().into_string().expect("utf-8 name");
-                let rel = format!("{}/{name}", if rel == "/" { "" } else { rel });
-                let p = entry.path();
-                out.insert(rel.clone(), p.clone());
-                if entry.file_type().expect("file type").is_dir() {
-                    walk_fs(&p, &rel, out);
-                }
-            }
-        }
-        let mut got = BTreeMap::new();
-        got.insert("/".to_string(), root.to_path_buf());
-        walk_fs(root, "/", &mut got);
-        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-        let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "{reader}: missing {missing:?} extra {extra:?}"
-        );
-        for (path, (w, mode)) in want {
-            let p = &got[path];
-            let meta = std::fs::symlink_metadata(p).expect("metadata");
-            match w {
-                Want::Dir => assert!(meta.is_dir(), "{reader}: {path}"),
-                Want::File(data) => {
-                    assert!(meta.is_file(), "{reader}: {path}");
-                    assert!(
-                        std::fs::read(p).expect("read") == *data,
-                        "{reader}: {path}: content differs"
-                    );
-                }
-                Want::Link(t) => {
-                    assert!(meta.file_type().is_symlink(), "{reader}: {path}");
-                    let got = std::fs::read_link(p).expect("readlink");
-                    assert_eq!(got.to_str(), Some(t.as_str()), "{reader}: {path}: target");
-                }
-            }
-            if path != "/" && !matches!(w, Want::Link(_)) {
-                assert_eq!(
-                    meta.permissions().mode() & 0o7777,
-                    *mode,
-                    "{reader}: {path}: mode"
-                );
-                assert_eq!(meta.mtime(), MTIME as i64, "{reader}: {path}: mtime");
-            }
-        }
-    }
-
-    fn check_with_readers(iso_bytes: &[u8], want: &BTreeMap<String, (Want, u32)>, tag: &str) {
+    fn check_with_readers(iso_bytes: &[u8], want: &Wanted, tag: &str) {
         require_xorriso();
-        let tmp = TempDir::new(tag);
+        let tmp = scratch(tag);
         let iso = tmp.path().join("image.iso");
         std::fs::write(&iso, iso_bytes).expect("write iso");
 
         check_xorriso_list(&iso, want);
 
         let x = tmp.path().join("osirrox");
-        run(Command::new("osirrox")
-            .arg("-indev")
-            .arg(&iso)
-            .args(["-extract", "/"])
-            .arg(&x));
+        run_reader(
+            Command::new("osirrox")
+                .arg("-indev")
+                .arg(&iso)
+                .args(["-extract", "/"])
+                .arg(&x),
+        );
         check_dir_tree(&x, want, "osirrox");
 
-        if crate::host::which("bsdtar").is_some() {
+        if which("bsdtar").is_some() {
             let b = tmp.path().join("bsdtar");
             std::fs::create_dir(&b).expect("mkdir");
-            run(Command::new("bsdtar")
-                .arg("-xpf")
-                .arg(&iso)
-                .arg("-C")
-                .arg(&b));
+            run_reader(
+                Command::new("bsdtar")
+                    .arg("-xpf")
+                    .arg(&iso)
+                    .arg("-C")
+                    .arg(&b),
+            );
             check_dir_tree(&b, want, "bsdtar (libarchive)");
         } else {
-            beambake_testkit::skip::record(&format!(
+            skip::record(&format!(
                 "{tag}: bsdtar not installed (apt-get install libarchive-tools): no libarchive check"
             ));
         }
@@ -2572,13 +2290,13 @@ mod tests {
 
     /// cdrkit's isovfy checks directory records and path tables.
     fn check_isovfy(iso: &Path, tag: &str) {
-        if crate::host::which("isovfy").is_none() {
-            beambake_testkit::skip::record(&format!(
+        if which("isovfy").is_none() {
+            skip::record(&format!(
                 "{tag}: isovfy not installed (apt-get install genisoimage): no structure check"
             ));
             return;
         }
-        let out = Command::new("isovfy").arg(iso).output().expect("isovfy");
+        let out = beambake_testkit::output(Command::new("isovfy").arg(iso));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("No errors found"),
@@ -2623,10 +2341,10 @@ mod tests {
 
     #[test]
     fn large_tree_real_readers() {
-        let tmp = TempDir::new("host");
+        let tmp = scratch("host");
         let host = tmp.path().join("host.txt");
         std::fs::write(&host, pattern(5000, 7)).expect("write host file");
-        let entries = reader_tree(&host);
+        let entries = reader_tree(&host, MAX_SYMLINK_LEN);
         let want = expected(&entries);
         let iso = image(&entries, &opts());
         assert!(
@@ -2637,11 +2355,11 @@ mod tests {
         check_with_readers(&iso, &want, "large");
         // Without the long symlink targets (and within Linux's names, as before), for
         // isovfy; Linux's driver reads this tree in tests/iso9660_kernel.rs.
-        let tmp = TempDir::new("large-linux");
-        let short: Vec<Entry> = entries
+        let tmp = scratch("large-linux");
+        let short: Vec<Spec> = entries
             .into_iter()
             .filter(|e| e.path.split('/').all(|c| c.len() <= 253))
-            .filter(|e| !matches!(&e.node, Node::Symlink(t) if t.len() > 255))
+            .filter(|e| !matches!(&e.node, tree::Node::Symlink(t) if t.len() > 255))
             .collect();
         let path = tmp.path().join("short.iso");
         std::fs::write(&path, image(&short, &opts())).expect("write");
@@ -2650,39 +2368,20 @@ mod tests {
 
     #[test]
     fn stdlib_ebin_real_readers() {
-        let Some(ebin) = std::fs::read_dir("/usr/lib/erlang/lib")
-            .ok()
-            .and_then(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("stdlib-"))
-                    })
-                    .max()
-            })
-            .map(|p| p.join("ebin"))
-            .filter(|p| p.is_dir())
-        else {
-            beambake_testkit::skip!("no /usr/lib/erlang/lib/stdlib-*/ebin here");
+        let Some((app, ebin)) = stdlib_ebin() else {
+            skip!("no /usr/lib/erlang/lib/stdlib-*/ebin here");
         };
-        let app = ebin
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str())
-            .expect("app dir name");
         let mut entries = Vec::new();
         let mut total = 0u64;
         for e in std::fs::read_dir(&ebin).expect("read ebin") {
             let e = e.expect("entry");
             let name = e.file_name().into_string().expect("utf-8");
             total += e.metadata().expect("meta").len();
-            entries.push(Entry {
-                path: format!("/lib/{app}/ebin/{name}"),
-                node: Node::File(FileData::Host(e.path())),
-                mode: 0o644,
-            });
+            entries.push(host_file(
+                &format!("/lib/{app}/ebin/{name}"),
+                &e.path(),
+                0o644,
+            ));
         }
         let iso = image(&entries, &opts());
         eprintln!(
@@ -2697,48 +2396,11 @@ mod tests {
         check_with_readers(&iso, &want, "stdlib");
     }
 
-    /// Entries for a host directory tree under `prefix`, with host modes.
-    fn host_tree(root: &Path, prefix: &str, out: &mut Vec<Entry>) -> u64 {
-        let mut total = 0;
-        for e in std::fs::read_dir(root).expect("read_dir") {
-            let e = e.expect("entry");
-            let name = e.file_name().into_string().expect("utf-8 name");
-            let path = format!("{prefix}/{name}");
-            let meta = std::fs::symlink_metadata(e.path()).expect("metadata");
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.file_type().is_symlink() {
-                let target = std::fs::read_link(e.path()).expect("readlink");
-                out.push(Entry {
-                    path,
-                    node: Node::Symlink(
-                        target.into_os_string().into_string().expect("utf-8 target"),
-                    ),
-                    mode,
-                });
-            } else if meta.is_dir() {
-                out.push(Entry {
-                    path: path.clone(),
-                    node: Node::Dir,
-                    mode,
-                });
-                total += host_tree(&e.path(), &path, out);
-            } else if meta.is_file() {
-                total += meta.len();
-                out.push(Entry {
-                    path,
-                    node: Node::File(FileData::Host(e.path())),
-                    mode,
-                });
-            }
-        }
-        total
-    }
-
     #[test]
     fn whole_erlang_install_real_readers() {
         let root = Path::new("/usr/lib/erlang");
         if !root.join("lib").is_dir() {
-            beambake_testkit::skip!("no /usr/lib/erlang here");
+            skip!("no /usr/lib/erlang here");
         }
         let mut entries = Vec::new();
         let total = host_tree(root, "/erlang", &mut entries);
@@ -2758,9 +2420,9 @@ mod tests {
 
     #[test]
     fn without_rock_ridge() {
-        let entries: Vec<Entry> = small_tree()
+        let entries: Vec<Spec> = small_tree()
             .into_iter()
-            .filter(|e| !matches!(e.node, Node::Symlink(_)))
+            .filter(|e| !matches!(e.node, tree::Node::Symlink(_)))
             .collect();
         let mut o = opts();
         o.rock_ridge = false;
@@ -2773,14 +2435,14 @@ mod tests {
         let got = &walked.tree["/LIB/STDLIB_6_0/EBIN/LISTS_1.BEAM"];
         assert!(got.want == Want::File(pattern(3000, 2)));
         require_xorriso();
-        let tmp = TempDir::new("norr");
+        let tmp = scratch("norr");
         let path = tmp.path().join("norr.iso");
         std::fs::write(&path, &iso).expect("write");
         let listed = xorriso_list(&path);
         assert_eq!(listed.len(), walked.tree.len(), "{listed:?}");
         assert_eq!(listed["/LIB/STDLIB_6_0/EBIN/LISTS_1.BEAM"].2, 3000);
         assert!(matches!(
-            write(&small_tree(), &o, Vec::new()),
+            write(&to_entries(&small_tree()), &o, Vec::new()),
             Err(IsoError::SymlinkWithoutRockRidge { path }) if path == "/bin/erl"
         ));
     }
@@ -2789,7 +2451,12 @@ mod tests {
     fn name_of_256_bytes_is_rejected() {
         let name = "a".repeat(256);
         let path = format!("/lib/{name}");
-        let err = write(&[file(&path, b"x", 0o644)], &opts(), Vec::new()).expect_err("must fail");
+        let err = write(
+            &to_entries(&[file(&path, b"x", 0o644)]),
+            &opts(),
+            Vec::new(),
+        )
+        .expect_err("must fail");
         assert!(
             matches!(&err, IsoError::NameTooLong { path: p, len: 256 } if *p == path),
             "{err}"
@@ -2797,7 +2464,7 @@ mod tests {
         assert!(err.to_string().contains(&path));
         // A 256-byte directory name too.
         let err = write(
-            &[file(&format!("/{name}/x"), b"x", 0o644)],
+            &to_entries(&[file(&format!("/{name}/x"), b"x", 0o644)]),
             &opts(),
             Vec::new(),
         )
@@ -2805,7 +2472,7 @@ mod tests {
         assert!(matches!(err, IsoError::NameTooLong { len: 256, .. }));
         // 255 is fine.
         write(
-            &[file(&format!("/{}", "a".repeat(255)), b"x", 0o644)],
+            &to_entries(&[file(&format!("/{}", "a".repeat(255)), b"x", 0o644)]),
             &opts(),
             Vec::new(),
         )
@@ -2814,15 +2481,11 @@ mod tests {
 
     #[test]
     fn file_over_4_gib_is_rejected() {
-        let tmp = TempDir::new("big");
+        let tmp = scratch("big");
         let host = tmp.path().join("sparse");
         let f = File::create(&host).expect("create");
         f.set_len(MAX_FILE_SIZE + 1).expect("sparse file");
-        let entries = [Entry {
-            path: "/big/huge.bin".to_string(),
-            node: Node::File(FileData::Host(host.clone())),
-            mode: 0o644,
-        }];
+        let entries = to_entries(&[host_file("/big/huge.bin", &host, 0o644)]);
         let err = write(&entries, &opts(), Vec::new()).expect_err("must fail");
         assert!(
             matches!(&err, IsoError::FileTooLarge { path, size } if path == "/big/huge.bin" && *size == MAX_FILE_SIZE + 1),
@@ -2854,17 +2517,13 @@ mod tests {
 
     #[test]
     fn file_of_4_gib_minus_1_fits() {
-        let tmp = TempDir::new("max");
+        let tmp = scratch("max");
         let host = tmp.path().join("sparse");
         File::create(&host)
             .expect("create")
             .set_len(MAX_FILE_SIZE)
             .expect("sparse file");
-        let entries = [Entry {
-            path: "/max.bin".to_string(),
-            node: Node::File(FileData::Host(host)),
-            mode: 0o644,
-        }];
+        let entries = to_entries(&[host_file("/max.bin", &host, 0o644)]);
         let head = write(
             &entries,
             &opts(),
@@ -2892,14 +2551,10 @@ mod tests {
 
     #[test]
     fn host_file_that_changes_size_is_an_error() {
-        let tmp = TempDir::new("shrink");
+        let tmp = scratch("shrink");
         let host = tmp.path().join("f");
         std::fs::write(&host, b"12345").expect("write");
-        let entries = [Entry {
-            path: "/f".to_string(),
-            node: Node::File(FileData::Host(host.clone())),
-            mode: 0o644,
-        }];
+        let entries = to_entries(&[host_file("/f", &host, 0o644)]);
         #[derive(Debug)]
         struct Truncating(PathBuf, bool);
         impl Write for Truncating {
@@ -2919,11 +2574,7 @@ mod tests {
             matches!(&err, IsoError::HostFileChanged { path, .. } if path == "/f"),
             "{err}"
         );
-        let missing = [Entry {
-            path: "/g".to_string(),
-            node: Node::File(FileData::Host(tmp.path().join("missing"))),
-            mode: 0o644,
-        }];
+        let missing = to_entries(&[host_file("/g", &tmp.path().join("missing"), 0o644)]);
         let err = write(&missing, &opts(), Vec::new()).expect_err("must fail");
         assert!(
             matches!(&err, IsoError::HostIo { path, .. } if path == "/g"),
@@ -2965,7 +2616,7 @@ mod tests {
 
     #[test]
     fn bad_paths_and_trees_are_rejected() {
-        let cases: Vec<(Vec<Entry>, &str)> = vec![
+        let cases: Vec<(Vec<Spec>, &str)> = vec![
             (vec![file("relative", b"", 0o644)], "relative"),
             (vec![file("/a//b", b"", 0o644)], "/a//b"),
             (vec![file("/a/", b"", 0o644)], "/a/"),
@@ -2982,8 +2633,8 @@ mod tests {
             (vec![link("/l", "")], "/l"),
             (vec![link("/l", &"x/".repeat(2048))], "/l"),
         ];
-        for (entries, path) in cases {
-            let err = write(&entries, &opts(), Vec::new()).expect_err(path);
+        for (specs, path) in cases {
+            let err = write(&to_entries(&specs), &opts(), Vec::new()).expect_err(path);
             assert!(
                 err.to_string().contains(&format!("{path:?}")),
                 "{path:?}: {err}"

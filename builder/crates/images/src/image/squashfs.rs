@@ -362,7 +362,7 @@ mod tests {
     const MTIME: u64 = 1_700_000_000;
 
     fn run_bytes(cmd: &mut Command) -> Vec<u8> {
-        let out = cmd
+        let out = beambake_testkit::guard(cmd)
             .output()
             .unwrap_or_else(|e| panic!("{cmd:?}: {e} (apt-get install squashfs-tools)"));
         assert!(
@@ -616,7 +616,7 @@ mod tests {
         let mut cmd = Command::new("unsquashfs");
         cmd.args(["-no-progress", "-q", "-d"]).arg(&out).arg(&img);
         run(&mut cmd);
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = beambake_testkit::is_root();
         for (path, e) in tree.iter() {
             let p = out.join(path.trim_start_matches('/'));
             let meta = fs::symlink_metadata(&p).unwrap_or_else(|err| panic!("{path}: {err}"));
