@@ -13,35 +13,15 @@ fn main() {
         return;
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let init = manifest.parent().expect("workspace root").join("init");
-    // Every file, not the directory: a directory path here made cargo miss edits of the
-    // files in it (the embedded init stayed stale after init/src/*.rs changed).
-    println!("cargo:rerun-if-changed={}", init.join("src").display());
-    for file in files_under(&init.join("src")) {
-        println!("cargo:rerun-if-changed={}", file.display());
-    }
+    let root = manifest.parent().expect("workspace root");
+    let init = root.join("init");
+    // The init's crate and the host/guest contract it depends on; the workspace manifest
+    // holds the init's release profile (opt-level, codegen units).
+    watch_crate(&init);
+    watch_crate(&manifest.join("crates").join("contract"));
     println!(
         "cargo:rerun-if-changed={}",
-        init.join("Cargo.toml").display()
-    );
-    // The init's part of the host/guest contract (a path dependency of the init).
-    let contract = manifest.join("crates").join("contract");
-    println!("cargo:rerun-if-changed={}", contract.join("src").display());
-    for file in files_under(&contract.join("src")) {
-        println!("cargo:rerun-if-changed={}", file.display());
-    }
-    println!(
-        "cargo:rerun-if-changed={}",
-        contract.join("Cargo.toml").display()
-    );
-    // The workspace manifest holds the init's release profile (opt-level, codegen units).
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest
-            .parent()
-            .expect("workspace root")
-            .join("Cargo.toml")
-            .display()
+        root.join("Cargo.toml").display()
     );
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("init-target");
@@ -65,6 +45,20 @@ fn main() {
     assert!(status.success(), "building the static init failed");
     let bin = target_dir.join(triple).join("release/beambake-init");
     println!("cargo:rustc-env=BEAMBAKE_INIT_BIN={}", bin.display());
+}
+
+/// Reruns this script when a file of the crate at `dir` changes. Every file, not the
+/// directory: a directory path here made cargo miss edits of the files in it (the
+/// embedded init stayed stale after init/src/*.rs changed).
+fn watch_crate(dir: &std::path::Path) {
+    println!("cargo:rerun-if-changed={}", dir.join("src").display());
+    for file in files_under(&dir.join("src")) {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        dir.join("Cargo.toml").display()
+    );
 }
 
 /// Every file below `dir`, sorted (none when it cannot be read: cargo then says why).
