@@ -168,6 +168,19 @@ pub enum KernelError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "source snapshot {} does not match the pin in {pin_file}: expected sha256 {expected}, \
+         got {actual} (another snapshot, or a damaged copy)",
+        file.display()
+    )]
+    SnapshotMismatch {
+        file: PathBuf,
+        pin_file: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("no source snapshot for {what}: {reason}")]
+    NoSnapshot { what: String, reason: String },
     #[error("unpacked package {} in {}: {reason}", pin_spec, dir.display())]
     BadPackage {
         pin_spec: String,

@@ -16,6 +16,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use crate::build_cache;
 use crate::kernel::{self, KernelError, Pin};
 
 /// The pinned source package.
@@ -69,8 +70,7 @@ pub fn key() -> String {
         h.update(text.as_bytes());
     }
     h.update(CONFIG.as_bytes());
-    let d = h.finalize();
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    build_cache::key_hex(h)
 }
 
 /// The wanted options: `(NAME, Some(value))` for `CONFIG_NAME=value`, `(NAME, None)` for
@@ -135,48 +135,23 @@ pub fn get(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<UmlKernel, Kerne
         pin: pin.clone(),
         key: key.clone(),
     };
-    if image.is_file() {
-        return Ok(done(image));
-    }
-    fs::create_dir_all(&base).map_err(kernel::io_err("creating cache dir", &base))?;
-    let _lock = Lock::take(&base.join(".build.lock"))?;
-    if image.is_file() {
-        return Ok(done(image)); // built by another process while we waited
-    }
-    check_tools()?;
-    progress(&format!(
-        "building the UML kernel from {} {} (first use only; a few minutes)",
-        pin.package, pin.version
-    ));
-    let work = tempfile::Builder::new()
-        .prefix(".tmp-build-")
-        .tempdir_in(&base)
-        .map_err(kernel::io_err("creating temp dir in", &base))?;
-    let built = build(&pin, work.path(), &base)?;
-    let staged = work.path().join("result");
-    fs::create_dir(&staged).map_err(kernel::io_err("creating dir", &staged))?;
-    fs::copy(&built, staged.join("linux")).map_err(kernel::io_err("copying", &built))?;
-    kernel::write_synced(&staged.join("key"), key.as_bytes())?;
-    match fs::rename(&staged, &final_dir) {
-        Ok(()) => {}
-        Err(_) if image.is_file() => {}
-        Err(e) => {
-            return Err(KernelError::Io {
-                action: "moving the built kernel into place at",
-                path: final_dir,
-                source: e,
-            })
-        }
-    }
+    // The kernel file is the whole result (it appears by a rename of its dir).
+    let complete = |dir: &Path| dir.join("linux").is_file();
+    build_cache::get_or_build(&base, &final_dir, &complete, &mut |work, staged| {
+        check_tools()?;
+        progress(&format!(
+            "building the UML kernel from {} {} (first use only; a few minutes)",
+            pin.package, pin.version
+        ));
+        let built = build(&pin, work, &base)?;
+        build_cache::copy(&built, &staged.join("linux"))?;
+        kernel::write_synced(&staged.join("key"), key.as_bytes())
+    })?;
     Ok(done(image))
 }
 
 fn check_tools() -> Result<(), KernelError> {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .filter(|(tool, _)| beambake_images::host::which(tool).is_none())
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let missing = build_cache::missing_tools(TOOLS);
     if missing.is_empty() {
         return Ok(());
     }
@@ -211,16 +186,8 @@ fn build(pin: &Pin, work: &Path, cache: &Path) -> Result<PathBuf, KernelError> {
             dir: srcdir.clone(),
             reason: "no linux-source-*.tar.xz in usr/src".into(),
         })?;
-    kernel::run(
-        Command::new("tar")
-            .arg("-xJf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(work),
-        "tar -xJf linux-source",
-        work,
-        "",
-    )?;
+    // Verified: the .deb's sha256 matched the pin (download_verified).
+    build_cache::unpack_tar_xz(&tarball, work, "")?;
     let _ = fs::remove_dir_all(&pkg);
     let stem = tarball
         .file_name()
@@ -281,22 +248,6 @@ fn build(pin: &Pin, work: &Path, cache: &Path) -> Result<PathBuf, KernelError> {
         .unwrap_or(1);
     make(&[&format!("-j{jobs}"), "linux"], "make ARCH=um linux")?;
     Ok(src.join("linux"))
-}
-
-/// An exclusive lock ([`beambake_images::output::lock_file`]) held until dropped.
-struct Lock(#[allow(dead_code)] fs::File);
-
-impl Lock {
-    fn take(path: &Path) -> Result<Lock, KernelError> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(kernel::io_err("opening lock", path))?;
-        beambake_images::output::lock_file(&f).map_err(kernel::io_err("locking", path))?;
-        Ok(Lock(f))
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,334 @@
+//! What every kernel beambake builds from source shares ([`crate::uml_kernel`],
+//! [`crate::osv_kernel`]): the cache key's form, the one-build-at-a-time lock, the
+//! build-in-a-temp-dir-then-rename skeleton ([`get_or_build`]), unpacking a verified
+//! source tarball ([`unpack_tar_xz`]) and running a long build with its output in a log
+//! file and a heartbeat to the caller's progress ([`run_logged`]).
+//!
+//! Cache layout: `CACHE/<kind>/<name>-<key>/` appears whole (a rename of a staged dir from
+//! `CACHE/<kind>/.tmp-build-*/`), so a reader never sees a half-built result; the caller
+//! says what makes a dir complete (its result file, or a marker written last).
+//! Must not: know what is being built.
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::kernel::{self, KernelError};
+
+/// The lock file in `CACHE/<kind>/` that serialises builds of that kind.
+pub const LOCK_FILE: &str = ".build.lock";
+
+/// A cache key: the first 8 bytes of the hash, in hex (16 characters).
+pub fn key_hex(h: Sha256) -> String {
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An exclusive lock ([`beambake_images::output::lock_file`]) held until dropped.
+pub struct Lock(#[allow(dead_code)] fs::File);
+
+impl Lock {
+    /// Takes the lock at `path` (created if absent), waiting while another process holds it.
+    pub fn take(path: &Path) -> Result<Lock, KernelError> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(kernel::io_err("opening lock", path))?;
+        beambake_images::output::lock_file(&f).map_err(kernel::io_err("locking", path))?;
+        Ok(Lock(f))
+    }
+}
+
+/// Where a result came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Found complete in the cache.
+    Hit,
+    /// Built by this call.
+    Built,
+}
+
+/// `final_dir` (inside `base`) when `complete(final_dir)` holds; otherwise, under
+/// `base/.build.lock`, checks again (another process may have built it while this one
+/// waited), then calls `build(work, staged)` — `work` a fresh temp dir in `base`, removed
+/// afterwards on every path; `staged` an empty dir in it to fill with the result — and
+/// renames `staged` to `final_dir`. An incomplete `final_dir` left by something else is
+/// moved aside and removed first.
+pub fn get_or_build(
+    base: &Path,
+    final_dir: &Path,
+    complete: &dyn Fn(&Path) -> bool,
+    build: &mut dyn FnMut(&Path, &Path) -> Result<(), KernelError>,
+) -> Result<Outcome, KernelError> {
+    if complete(final_dir) {
+        return Ok(Outcome::Hit);
+    }
+    fs::create_dir_all(base).map_err(kernel::io_err("creating cache dir", base))?;
+    let _lock = Lock::take(&base.join(LOCK_FILE))?;
+    if complete(final_dir) {
+        return Ok(Outcome::Hit);
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".tmp-build-")
+        .tempdir_in(base)
+        .map_err(kernel::io_err("creating temp dir in", base))?;
+    let staged = work.path().join("result");
+    fs::create_dir(&staged).map_err(kernel::io_err("creating dir", &staged))?;
+    build(work.path(), &staged)?;
+    if final_dir.exists() {
+        // Incomplete (we hold the lock, so nobody is writing it): into the temp dir,
+        // which is removed when dropped.
+        fs::rename(final_dir, work.path().join("stale"))
+            .map_err(kernel::io_err("moving aside incomplete cache dir", final_dir))?;
+    }
+    fs::rename(&staged, final_dir).map_err(kernel::io_err(
+        "moving the build result into place at",
+        final_dir,
+    ))?;
+    Ok(Outcome::Built)
+}
+
+/// Unpacks `tarball` (xz tar) into `dest` with GNU tar. Only for a file whose sha256 the
+/// caller has checked against a pin: the content is then the reviewed snapshot, and GNU
+/// tar still refuses members that leave `dest` (`..`, absolute names are made relative);
+/// owners are not restored.
+pub fn unpack_tar_xz(tarball: &Path, dest: &Path, what: &str) -> Result<(), KernelError> {
+    fs::create_dir_all(dest).map_err(kernel::io_err("creating dir", dest))?;
+    kernel::run(
+        Command::new("tar")
+            .arg("--no-same-owner")
+            .arg("-xJf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(dest),
+        &format!("tar -xJf {}", tarball.display()),
+        dest,
+        what,
+    )
+}
+
+/// How often [`run_logged`] tells `progress` the build still runs.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` (stdin null) with stdout and stderr appended to `log`, telling `progress`
+/// every [`HEARTBEAT`] the elapsed time and the log's last line. On failure the error
+/// names `display`, the exit status, the log's last lines and the log's path.
+pub fn run_logged(
+    cmd: &mut Command,
+    display: &str,
+    log: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<(), KernelError> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(kernel::io_err("opening log", log))?;
+    let f2 = f.try_clone().map_err(kernel::io_err("opening log", log))?;
+    cmd.env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(f2);
+    let dir = log.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut child = cmd.spawn().map_err(|source| KernelError::CommandNotRun {
+        command: display.to_string(),
+        dir: dir.clone(),
+        hint: String::new(),
+        source,
+    })?;
+    let start = Instant::now();
+    let mut next = HEARTBEAT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(kernel::io_err("waiting for the build of", log)(e));
+            }
+        }
+        if start.elapsed() >= next {
+            next += HEARTBEAT;
+            progress(&format!(
+                "{display}: {} s, {}",
+                start.elapsed().as_secs(),
+                last_line(log)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let status = match status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => status.to_string(),
+    };
+    Err(KernelError::CommandFailed {
+        command: display.to_string(),
+        dir,
+        status,
+        stderr_tail: tail(log, 4096)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("; "),
+        hint: format!(" (whole log: {})", log.display()),
+    })
+}
+
+/// The last `max` bytes of `path` (lossy UTF-8; empty when unreadable).
+fn tail(path: &Path, max: u64) -> String {
+    let read = || -> io::Result<String> {
+        let mut f = fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    read().unwrap_or_default()
+}
+
+/// The last non-empty line of `path`, at most 160 characters.
+fn last_line(path: &Path) -> String {
+    let t = tail(path, 1024);
+    let line = t.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    line.trim().chars().take(160).collect()
+}
+
+/// The Debian packages providing the tools of `tools` ((program, package) pairs) that are
+/// not on `PATH`.
+pub fn missing_tools<'a>(tools: &[(&str, &'a str)]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = tools
+        .iter()
+        .filter(|(tool, _)| beambake_images::host::which(tool).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// Copies `from` to `to`, naming `from` in the error.
+pub fn copy(from: &Path, to: &Path) -> Result<(), KernelError> {
+    fs::copy(from, to)
+        .map(drop)
+        .map_err(kernel::io_err("copying", from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn key_is_16_hex_of_the_hash() {
+        let mut h = Sha256::new();
+        h.update(b"abc");
+        // sha256("abc") = ba7816bf8f01cfea...
+        assert_eq!(key_hex(h), "ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn builds_once_then_hits() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("kind");
+        let fin = base.join("x-key");
+        let complete = |p: &Path| p.join(".complete").is_file();
+        let calls = Cell::new(0);
+        let mut build = |work: &Path, staged: &Path| {
+            calls.set(calls.get() + 1);
+            assert!(work.starts_with(&base));
+            fs::write(staged.join("out"), "x").unwrap();
+            fs::write(staged.join(".complete"), "k").unwrap();
+            Ok(())
+        };
+        assert_eq!(
+            get_or_build(&base, &fin, &complete, &mut build).unwrap(),
+            Outcome::Built
+        );
+        assert_eq!(
+            get_or_build(&base, &fin, &complete, &mut build).unwrap(),
+            Outcome::Hit
+        );
+        assert_eq!(calls.get(), 1);
+        assert_eq!(fs::read_to_string(fin.join("out")).unwrap(), "x");
+        // No temp dir left behind.
+        let left: Vec<_> = fs::read_dir(&base)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn an_incomplete_dir_is_rebuilt_and_a_failed_build_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("kind");
+        let fin = base.join("x-key");
+        fs::create_dir_all(&fin).unwrap();
+        fs::write(fin.join("half"), "").unwrap();
+        let complete = |p: &Path| p.join(".complete").is_file();
+        let err = get_or_build(&base, &fin, &complete, &mut |_, _| {
+            Err(KernelError::BadPackage {
+                pin_spec: "p".into(),
+                dir: PathBuf::from("d"),
+                reason: "boom".into(),
+            })
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("boom"));
+        assert!(fin.join("half").exists(), "a failed build touches nothing");
+        let out = get_or_build(&base, &fin, &complete, &mut |_, staged| {
+            fs::write(staged.join(".complete"), "").unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out, Outcome::Built);
+        assert!(!fin.join("half").exists());
+    }
+
+    #[test]
+    fn run_logged_keeps_the_log_and_names_it_on_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("build.log");
+        run_logged(
+            Command::new("sh").args(["-c", "echo hello; echo err >&2"]),
+            "sh ok",
+            &log,
+            &|_| {},
+        )
+        .unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(text.contains("hello") && text.contains("err"), "{text}");
+        let e = run_logged(
+            Command::new("sh").args(["-c", "echo the-reason; exit 3"]),
+            "sh fails",
+            &log,
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sh fails") && e.contains("exit status 3"), "{e}");
+        assert!(e.contains("the-reason"), "{e}");
+        assert!(e.contains(&log.display().to_string()), "{e}");
+    }
+}

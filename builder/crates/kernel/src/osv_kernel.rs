@@ -1,0 +1,458 @@
+//! The osv target's kernel: OSv built from a pinned source snapshot, once, into the cache.
+//!
+//! Owns: the pin (`images/osv.toml`: the snapshot's file name and sha256, the build
+//! arguments), finding the snapshot ([`locate`]: the caller's path, else
+//! `BEAMBAKE_OSV_SRC`), checking it against the pin, and the build
+//! (`./scripts/build -jN fs=rofs image=native-example` in an unpacked copy, its output in
+//! `build.log`), cached by [`key`] (snapshot sha256, build arguments, compiler versions) in
+//! `CACHE/osv/KEY/` ([`crate::build_cache`]: one build at a time, a dir that appears
+//! whole, a `.complete` marker holding the key written last).
+//!
+//! `CACHE/osv/KEY/` holds: `loader.img` (the boot loader and OSv kernel alone: boot sector,
+//! command line at byte 512, `lzloader.elf` at sector 128; the image a filesystem partition
+//! is joined to), `loader-stripped.elf` (the kernel ELF), `usr.img` (qcow2: `loader.img` +
+//! the ROFS partition OSv's build wrote, command line `--rootfs=rofs /hello`), `rofs.img`,
+//! `usr.manifest` and `cmdline` (what OSv's build put in it), `build.log`, `osv/` (the
+//! built tree: `scripts/` (imgedit.py, gen-rofs-img.py), `build/release.x64/` with the
+//! modules and tools later steps link against or copy), and `.complete`.
+//! Must not: boot anything or write images of releases.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::build_cache::{self, Outcome};
+use crate::kernel::{self, KernelError};
+
+/// The pin, compiled into the binary.
+pub const PIN: &str = include_str!("../../../../images/osv.toml");
+/// The pin's path in the repository, for messages.
+pub const PIN_FILE: &str = "images/osv.toml";
+/// The environment variable naming the snapshot (a path to the xz tar).
+pub const ENV: &str = "BEAMBAKE_OSV_SRC";
+/// Where the repository's tests and CI find the snapshot: relative to the repository
+/// root (from `/work/main`, `/work/shared/sources/osv-src.tar.xz`). Not looked up at run
+/// time: a test joins it to the repository root and passes it to [`get`].
+pub const DEV_SNAPSHOT: &str = "../shared/sources/osv-src.tar.xz";
+/// The cache's subdir.
+pub const CACHE_SUBDIR: &str = "osv";
+/// The marker written last into a complete build; it holds the key.
+pub const COMPLETE_MARKER: &str = ".complete";
+/// Files copied from OSv's `build/last/` to the top of the result dir.
+pub const ARTEFACTS: &[&str] = &[
+    "loader.img",
+    "loader-stripped.elf",
+    "usr.img",
+    "rofs.img",
+    "usr.manifest",
+    "cmdline",
+];
+
+/// Tools OSv's build runs, and the Debian packages that provide them. Libraries (boost,
+/// libedit, yaml-cpp, ncurses, ssl) are checked by the build itself; xtask's deps list and
+/// `.ci/run` install them.
+const TOOLS: &[(&str, &str)] = &[
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("g++", "g++"),
+    ("python3", "python3"),
+    ("genromfs", "genromfs"),
+    ("qemu-img", "qemu-utils"),
+    ("autoconf", "autoconf"),
+    ("automake", "automake"),
+    ("libtool", "libtool"),
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("gawk", "gawk"),
+    ("xz", "xz-utils"),
+    ("tar", "tar"),
+];
+
+/// The pin: what snapshot, and how it is built.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsvPin {
+    /// The snapshot's usual file name (the file may be named otherwise; the sha256 decides).
+    pub file: String,
+    pub sha256: String,
+    /// What the snapshot holds (for messages).
+    pub upstream: String,
+    /// Arguments of `scripts/build` after `-jN`.
+    pub build_args: Vec<String>,
+}
+
+/// A built OSv.
+#[derive(Debug, Clone)]
+pub struct OsvBuild {
+    /// `CACHE/osv/KEY/`.
+    pub dir: PathBuf,
+    pub key: String,
+    /// Found in the cache, or built by this call.
+    pub outcome: Outcome,
+}
+
+impl OsvBuild {
+    /// The loader alone (raw): the base a filesystem partition is joined to.
+    pub fn loader_img(&self) -> PathBuf {
+        self.dir.join("loader.img")
+    }
+    /// The kernel ELF (stripped).
+    pub fn loader_elf(&self) -> PathBuf {
+        self.dir.join("loader-stripped.elf")
+    }
+    /// OSv's own image of the build's app (qcow2: loader + ROFS partition).
+    pub fn usr_img(&self) -> PathBuf {
+        self.dir.join("usr.img")
+    }
+    /// The built source tree (`scripts/`, `build/release.x64/`).
+    pub fn tree(&self) -> PathBuf {
+        self.dir.join("osv")
+    }
+    /// OSv's build output.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("build.log")
+    }
+}
+
+/// The pin compiled into the binary.
+pub fn pin() -> Result<OsvPin, KernelError> {
+    parse_pin(PIN)
+}
+
+/// Parses and checks a pin's text.
+pub fn parse_pin(text: &str) -> Result<OsvPin, KernelError> {
+    let p: OsvPin = toml::from_str(text).map_err(|e| KernelError::PinParse {
+        path: PathBuf::from(PIN_FILE),
+        message: e.to_string(),
+    })?;
+    let bad = |reason: String| KernelError::InvalidPin {
+        file: Some(PathBuf::from(PIN_FILE)),
+        reason,
+    };
+    if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad(format!(
+            "sha256 must be 64 hex digits, got {:?}",
+            p.sha256
+        )));
+    }
+    if let Some(a) = p
+        .build_args
+        .iter()
+        .find(|a| a.starts_with("-j") || a.trim().is_empty())
+    {
+        return Err(bad(format!(
+            "build_args must not hold {a:?} (jobs are the host's)"
+        )));
+    }
+    Ok(OsvPin {
+        sha256: p.sha256.to_ascii_lowercase(),
+        ..p
+    })
+}
+
+/// The compiler versions the key depends on: the first line of `gcc --version` and
+/// `g++ --version` (OSv's build uses both), or "missing".
+pub fn compiler_version() -> String {
+    ["gcc", "g++"]
+        .iter()
+        .map(|cc| {
+            Command::new(cc)
+                .arg("--version")
+                .env("LC_ALL", "C")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| format!("{cc}: missing"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The cache key: sha256 over the snapshot's sha256, the build arguments and the
+/// compiler versions, each part length-prefixed; 16 hex digits.
+pub fn key(pin: &OsvPin, compiler: &str) -> String {
+    let mut h = Sha256::new();
+    let mut part = |tag: &str, bytes: &[u8]| {
+        h.update(tag.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    part("osv-snapshot-sha256", pin.sha256.as_bytes());
+    for a in &pin.build_args {
+        part("build-arg", a.as_bytes());
+    }
+    part("compiler", compiler.as_bytes());
+    build_cache::key_hex(h)
+}
+
+/// The snapshot to build: `explicit` when given, else `$BEAMBAKE_OSV_SRC`; an error says
+/// how to name one. The file must exist (its hash is checked by [`verify`]).
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
+    let (path, from) = match explicit {
+        Some(p) => (p.to_path_buf(), "the path given".to_string()),
+        None => match std::env::var_os(ENV).filter(|v| !v.is_empty()) {
+            Some(v) => (PathBuf::from(v), format!("${ENV}")),
+            None => {
+                let pin = pin()?;
+                return Err(KernelError::NoSnapshot {
+                    what: "OSv".into(),
+                    reason: format!(
+                        "set {ENV} to the path of {} (sha256 {}, {}; pinned in {PIN_FILE})",
+                        pin.file, pin.sha256, pin.upstream
+                    ),
+                });
+            }
+        },
+    };
+    if !path.is_file() {
+        return Err(KernelError::NoSnapshot {
+            what: "OSv".into(),
+            reason: format!("{} ({from}) is not a file", path.display()),
+        });
+    }
+    Ok(path)
+}
+
+/// Checks `snapshot`'s sha256 against `pin`.
+pub fn verify(snapshot: &Path, pin: &OsvPin) -> Result<(), KernelError> {
+    let actual = beambake_images::digest::sha256_file(snapshot)
+        .map_err(kernel::io_err("reading", snapshot))?;
+    if actual != pin.sha256 {
+        return Err(KernelError::SnapshotMismatch {
+            file: snapshot.to_path_buf(),
+            pin_file: PIN_FILE.into(),
+            expected: pin.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Where a build with `key` lives in `cache_dir`, built or not.
+pub fn final_dir(cache_dir: &Path, key: &str) -> PathBuf {
+    cache_dir.join(CACHE_SUBDIR).join(key)
+}
+
+/// True when `dir` holds a complete build with `key` (its marker, written last, says so).
+pub fn is_complete(dir: &Path, key: &str) -> bool {
+    fs::read_to_string(dir.join(COMPLETE_MARKER)).is_ok_and(|k| k.trim() == key)
+        && ARTEFACTS.iter().all(|a| dir.join(a).is_file())
+}
+
+/// OSv from the cache, building it first when absent. `snapshot`: the xz tar to build
+/// (else [`ENV`]); its sha256 must match the pin (checked before anything is unpacked;
+/// not re-read on a cache hit, whose key already holds the pinned hash). `progress` is told
+/// when a build starts and every half minute while it runs.
+pub fn get(
+    snapshot: Option<&Path>,
+    cache_dir: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<OsvBuild, KernelError> {
+    let pin = pin()?;
+    let key = key(&pin, &compiler_version());
+    let base = cache_dir.join(CACHE_SUBDIR);
+    let dir = final_dir(cache_dir, &key);
+    let complete = |d: &Path| is_complete(d, &key);
+    let outcome = build_cache::get_or_build(&base, &dir, &complete, &mut |work, staged| {
+        let snapshot = locate(snapshot)?;
+        verify(&snapshot, &pin)?;
+        check_tools()?;
+        progress(&format!(
+            "building OSv from {} ({}; first use only; about 7 minutes on 2 cores)",
+            snapshot.display(),
+            pin.build_args.join(" ")
+        ));
+        build(&snapshot, &pin, work, staged, progress)?;
+        kernel::write_synced(&staged.join(COMPLETE_MARKER), key.as_bytes())
+    })?;
+    Ok(OsvBuild { dir, key, outcome })
+}
+
+fn check_tools() -> Result<(), KernelError> {
+    let missing = build_cache::missing_tools(TOOLS);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(KernelError::NoSnapshot {
+        what: "OSv".into(),
+        reason: format!(
+            "building OSv needs tools that are not installed: run `cargo xtask deps` or \
+             `apt-get install {}`",
+            missing.join(" ")
+        ),
+    })
+}
+
+/// Unpacks `snapshot` into `work`, runs OSv's build there and fills `staged`.
+fn build(
+    snapshot: &Path,
+    pin: &OsvPin,
+    work: &Path,
+    staged: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<(), KernelError> {
+    let src = work.join("src");
+    // Verified against the pin just before (see build_cache::unpack_tar_xz).
+    build_cache::unpack_tar_xz(snapshot, &src, "")?;
+    let osv = src.join("osv");
+    if !osv.join("scripts/build").is_file() {
+        return Err(KernelError::BadPackage {
+            pin_spec: PIN_FILE.into(),
+            dir: src.clone(),
+            reason: "the snapshot has no osv/scripts/build".into(),
+        });
+    }
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let log = staged.join("build.log");
+    let mut cmd = Command::new("./scripts/build");
+    cmd.arg(format!("-j{jobs}"))
+        .args(&pin.build_args)
+        .current_dir(&osv);
+    build_cache::run_logged(
+        &mut cmd,
+        &format!("OSv ./scripts/build {}", pin.build_args.join(" ")),
+        &log,
+        progress,
+    )?;
+    let out = osv.join("build/last");
+    for a in ARTEFACTS {
+        let from = out.join(a);
+        if !from.is_file() {
+            return Err(KernelError::BadPackage {
+                pin_spec: PIN_FILE.into(),
+                dir: out.clone(),
+                reason: format!(
+                    "OSv's build finished but left no {a} (log: {})",
+                    log.display()
+                ),
+            });
+        }
+        build_cache::copy(&from, &staged.join(a))?;
+    }
+    fs::rename(&osv, staged.join("osv")).map_err(kernel::io_err("moving the built tree", &osv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pin_parses_and_names_the_snapshot() {
+        let p = pin().unwrap();
+        assert_eq!(p.file, "osv-src.tar.xz");
+        assert_eq!(
+            p.sha256,
+            "b99f6caaef1b1739f62520794d1344a398c5e90d265286e0902a0c9c99c3bb29"
+        );
+        assert!(p.build_args.contains(&"fs=rofs".to_string()));
+        assert!(!p.build_args.iter().any(|a| a.contains("java")));
+    }
+
+    #[test]
+    fn bad_pins_are_refused() {
+        let good = "file = \"a\"\nsha256 = \"%\"\nupstream = \"u\"\nbuild_args = [\"fs=rofs\"]\n";
+        let hex = "AB".repeat(32);
+        let p = parse_pin(&good.replace('%', &hex)).unwrap();
+        assert_eq!(p.sha256, hex.to_ascii_lowercase());
+        let e = parse_pin(&good.replace('%', "abc")).unwrap_err().to_string();
+        assert!(e.contains("images/osv.toml") && e.contains("64 hex"), "{e}");
+        let e = parse_pin(&good.replace('%', &hex).replace("fs=rofs", "-j8"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-j8"), "{e}");
+        let e = parse_pin(&format!("{}extra = 1\n", good.replace('%', &hex)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn the_key_follows_snapshot_options_and_compiler() {
+        let p = pin().unwrap();
+        let k = key(&p, "gcc 12");
+        assert_eq!(k.len(), 16);
+        assert_eq!(k, key(&p, "gcc 12"));
+        assert_ne!(k, key(&p, "gcc 13"));
+        let mut other = p.clone();
+        other.sha256 = "0".repeat(64);
+        assert_ne!(k, key(&other, "gcc 12"));
+        let mut opts = p.clone();
+        opts.build_args.push("mode=debug".into());
+        assert_ne!(k, key(&opts, "gcc 12"));
+        // Parts cannot run into each other.
+        let mut a = p.clone();
+        a.build_args = vec!["ab".into(), "c".into()];
+        let mut b = p.clone();
+        b.build_args = vec!["a".into(), "bc".into()];
+        assert_ne!(key(&a, "x"), key(&b, "x"));
+        assert!(compiler_version().contains('\n'));
+    }
+
+    #[test]
+    fn a_snapshot_with_another_sha256_is_refused_naming_file_and_both_hashes() {
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("osv-src.tar.xz");
+        fs::write(&fake, b"not the snapshot").unwrap();
+        let p = pin().unwrap();
+        let e = verify(&fake, &p).unwrap_err();
+        let actual = beambake_images::digest::sha256_file(&fake).unwrap();
+        let text = e.to_string();
+        assert!(matches!(e, KernelError::SnapshotMismatch { .. }));
+        let fake_name = fake.display().to_string();
+        for want in [
+            fake_name.as_str(),
+            p.sha256.as_str(),
+            actual.as_str(),
+            "images/osv.toml",
+        ] {
+            assert!(text.contains(want), "{want} not in: {text}");
+        }
+        // Through get: the mismatch is found before anything is unpacked or built, and
+        // nothing is left in the cache.
+        let cache = d.path().join("cache");
+        let e = get(Some(&fake), &cache, &|_| {}).unwrap_err().to_string();
+        assert!(e.contains(&actual) && e.contains(&p.sha256), "{e}");
+        let left: Vec<_> = fs::read_dir(cache.join(CACHE_SUBDIR))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != build_cache::LOCK_FILE)
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_missing_snapshot_says_how_to_name_one() {
+        let d = tempfile::tempdir().unwrap();
+        let e = locate(Some(&d.path().join("nope.tar.xz")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.tar.xz") && e.contains("not a file"), "{e}");
+    }
+
+    #[test]
+    fn completeness_needs_the_marker_with_this_key_and_every_artefact() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        for a in ARTEFACTS {
+            fs::write(dir.join(a), "").unwrap();
+        }
+        assert!(!is_complete(dir, "k1"), "no marker");
+        fs::write(dir.join(COMPLETE_MARKER), "k2").unwrap();
+        assert!(!is_complete(dir, "k1"), "another key");
+        fs::write(dir.join(COMPLETE_MARKER), "k1").unwrap();
+        assert!(is_complete(dir, "k1"));
+        fs::remove_file(dir.join("loader.img")).unwrap();
+        assert!(!is_complete(dir, "k1"), "an artefact missing");
+    }
+}
