@@ -49,6 +49,14 @@ const TOOLS: &[(&str, &str)] = &[
     ("unsquashfs", "squashfs-tools"),
     // OTP source for the patch-set tests (`cargo xtask otp-src`).
     ("dpkg-source", "dpkg-dev"),
+    // Building OSv from its source snapshot (osv target; images/osv.toml).
+    ("g++", "g++"),
+    ("genromfs", "genromfs"),
+    ("autoconf", "autoconf"),
+    ("automake", "automake"),
+    ("libtool", "libtool"),
+    ("gawk", "gawk"),
+    ("qemu-img", "qemu-utils"),
 ];
 
 /// Recipes whose target this machine can boot (the others are built in tests only as far
@@ -126,7 +134,15 @@ fn have(sh: &Shell, tool: &str) -> bool {
 }
 
 /// Library packages (no command to look for): building the patched OTP's erts.
-const LIBS: &[&str] = &["libncurses-dev", "libssl-dev"];
+const LIBS: &[&str] = &[
+    "libncurses-dev",
+    "libssl-dev",
+    // OSv's build (osv target).
+    "libboost-all-dev",
+    "libedit-dev",
+    "libyaml-cpp-dev",
+    "python3-requests",
+];
 
 fn deps(sh: &Shell) -> Result<()> {
     let fmt = "${Status}";
