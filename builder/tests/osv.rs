@@ -41,7 +41,11 @@ fn osv_builds_from_the_snapshot_once_and_its_image_boots_under_tcg() {
     assert!(built.tree().join("scripts/imgedit.py").is_file());
     // The loader carries OSv's boot sector.
     let loader = std::fs::read(built.loader_img()).unwrap();
-    assert_eq!(&loader[510..512], &[0x55, 0xaa], "loader.img boot signature");
+    assert_eq!(
+        &loader[510..512],
+        &[0x55, 0xaa],
+        "loader.img boot signature"
+    );
 
     // A second call: found in the cache, same dir, nothing rebuilt.
     let t = Instant::now();
@@ -105,7 +109,10 @@ fn boot(image: &Path) {
         guest.log_text()
     );
     assert!(log.contains("OSv v"), "no OSv banner:\n{log}");
-    assert!(log.contains("/hello"), "not the native-example's command line:\n{log}");
+    assert!(
+        log.contains("/hello"),
+        "not the native-example's command line:\n{log}"
+    );
     assert!(
         log.contains("Hello from C code"),
         "the app's output is missing:\n{log}"

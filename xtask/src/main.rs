@@ -54,7 +54,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("genromfs", "genromfs"),
     ("autoconf", "autoconf"),
     ("automake", "automake"),
-    ("libtool", "libtool"),
+    ("libtoolize", "libtool"),
     ("gawk", "gawk"),
     ("qemu-img", "qemu-utils"),
 ];

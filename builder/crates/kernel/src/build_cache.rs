@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,8 +87,10 @@ pub fn get_or_build(
     if final_dir.exists() {
         // Incomplete (we hold the lock, so nobody is writing it): into the temp dir,
         // which is removed when dropped.
-        fs::rename(final_dir, work.path().join("stale"))
-            .map_err(kernel::io_err("moving aside incomplete cache dir", final_dir))?;
+        fs::rename(final_dir, work.path().join("stale")).map_err(kernel::io_err(
+            "moving aside incomplete cache dir",
+            final_dir,
+        ))?;
     }
     fs::rename(&staged, final_dir).map_err(kernel::io_err(
         "moving the build result into place at",
@@ -236,6 +238,7 @@ pub fn copy(from: &Path, to: &Path) -> Result<(), KernelError> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+    use std::path::PathBuf;
 
     #[test]
     fn key_is_16_hex_of_the_hash() {

@@ -179,6 +179,11 @@ pub enum KernelError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "building {what} needs tools that are not installed: run `cargo xtask deps` or \
+         `apt-get install {packages}`"
+    )]
+    MissingTools { what: String, packages: String },
     #[error("no source snapshot for {what}: {reason}")]
     NoSnapshot { what: String, reason: String },
     #[error("unpacked package {} in {}: {reason}", pin_spec, dir.display())]

@@ -62,7 +62,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
     ("autoconf", "autoconf"),
     ("automake", "automake"),
-    ("libtool", "libtool"),
+    ("libtoolize", "libtool"),
     ("flex", "flex"),
     ("bison", "bison"),
     ("gawk", "gawk"),
@@ -281,13 +281,9 @@ fn check_tools() -> Result<(), KernelError> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(KernelError::NoSnapshot {
+    Err(KernelError::MissingTools {
         what: "OSv".into(),
-        reason: format!(
-            "building OSv needs tools that are not installed: run `cargo xtask deps` or \
-             `apt-get install {}`",
-            missing.join(" ")
-        ),
+        packages: missing.join(" "),
     })
 }
 
@@ -364,7 +360,9 @@ mod tests {
         let hex = "AB".repeat(32);
         let p = parse_pin(&good.replace('%', &hex)).unwrap();
         assert_eq!(p.sha256, hex.to_ascii_lowercase());
-        let e = parse_pin(&good.replace('%', "abc")).unwrap_err().to_string();
+        let e = parse_pin(&good.replace('%', "abc"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("images/osv.toml") && e.contains("64 hex"), "{e}");
         let e = parse_pin(&good.replace('%', &hex).replace("fs=rofs", "-j8"))
             .unwrap_err()
