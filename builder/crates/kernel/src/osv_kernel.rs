@@ -270,7 +270,14 @@ pub fn get(
             snapshot.display(),
             pin.build_args.join(" ")
         ));
-        build(&snapshot, &pin, work, staged, progress)?;
+        // The log lives beside the temp dir while OSv builds (to follow it; kept when the
+        // build fails, the error names it), then moves into the result.
+        let log = base.join(format!("{key}.build.log"));
+        let _ = fs::remove_file(&log);
+        build(&snapshot, &pin, work, &log, progress)?;
+        stage(&work.join("src/osv"), staged, &log)?;
+        build_cache::copy(&log, &staged.join("build.log"))?;
+        fs::remove_file(&log).map_err(kernel::io_err("removing", &log))?;
         kernel::write_synced(&staged.join(COMPLETE_MARKER), key.as_bytes())
     })?;
     Ok(OsvBuild { dir, key, outcome })
@@ -287,12 +294,13 @@ fn check_tools() -> Result<(), KernelError> {
     })
 }
 
-/// Unpacks `snapshot` into `work`, runs OSv's build there and fills `staged`.
+/// Unpacks `snapshot` into `work/src` and runs OSv's build in `work/src/osv`, its output
+/// in `log`.
 fn build(
     snapshot: &Path,
     pin: &OsvPin,
     work: &Path,
-    staged: &Path,
+    log: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<(), KernelError> {
     let src = work.join("src");
@@ -309,7 +317,6 @@ fn build(
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let log = staged.join("build.log");
     let mut cmd = Command::new("./scripts/build");
     cmd.arg(format!("-j{jobs}"))
         .args(&pin.build_args)
@@ -317,9 +324,13 @@ fn build(
     build_cache::run_logged(
         &mut cmd,
         &format!("OSv ./scripts/build {}", pin.build_args.join(" ")),
-        &log,
+        log,
         progress,
-    )?;
+    )
+}
+
+/// Copies OSv's artefacts from `osv/build/last/` to `staged` and moves the tree there.
+fn stage(osv: &Path, staged: &Path, log: &Path) -> Result<(), KernelError> {
     let out = osv.join("build/last");
     for a in ARTEFACTS {
         let from = out.join(a);
@@ -335,7 +346,7 @@ fn build(
         }
         build_cache::copy(&from, &staged.join(a))?;
     }
-    fs::rename(&osv, staged.join("osv")).map_err(kernel::io_err("moving the built tree", &osv))
+    fs::rename(osv, staged.join("osv")).map_err(kernel::io_err("moving the built tree", osv))
 }
 
 #[cfg(test)]
