@@ -47,15 +47,14 @@ fn osv_builds_from_the_snapshot_once_and_its_image_boots_under_tcg() {
         "loader.img boot signature"
     );
 
-    // A second call: found in the cache, same dir, nothing rebuilt.
-    let t = Instant::now();
+    // A second call: found in the cache, same dir, nothing rebuilt (the progress callback
+    // would panic on any build step).
     let again = osv_kernel::get(Some(&snapshot), &cache, &|m| {
         panic!("a cache hit must not build: {m}")
     })
     .unwrap();
     assert_eq!(again.outcome, Outcome::Hit);
     assert_eq!(again.dir, built.dir);
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
     let _vm = vm_lock();
     boot(&built.usr_img());
