@@ -120,7 +120,7 @@ impl Target for Microvm {
         let kernel_out =
             beambake_images::output::copy_file(&kernel.image, &dir.join("vmlinuz"), 0o644)?;
         let mut plan =
-            beambake_target::plan(recipe, common, "vmlinuz", qemu::FAST_CMDLINE.to_string())?;
+            beambake_target::plan(recipe, common, "vmlinuz", qemu::FAST_CMDLINE.to_string());
         plan.initrd = Some(PathBuf::from(&initrd_name));
         plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::Qemu);
         let mut kernel_inputs = vec![HostFile {

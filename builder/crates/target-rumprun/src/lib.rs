@@ -419,7 +419,7 @@ impl Target for Rumprun {
             common,
             &kernel,
             beambake_vm::rumprun::flat_json(&launch),
-        )?;
+        );
         plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::QemuRumprun);
         plan.disks = launch
             .params()

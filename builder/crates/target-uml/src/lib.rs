@@ -115,7 +115,7 @@ impl Target for Uml {
             common,
             "linux",
             beambake_vm::boot::uml::uml_cmdline(),
-        )?;
+        );
         plan.root_image = image.path.file_name().map(PathBuf::from);
         plan.root_fs = Some(format.label().to_string());
         plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::Uml);

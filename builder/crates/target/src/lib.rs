@@ -202,18 +202,13 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
 }
 
 /// The plan's parts that do not depend on the target.
-pub fn plan(
-    recipe: &Recipe,
-    common: &Common,
-    kernel: &str,
-    cmdline: String,
-) -> Result<BootPlan, Error> {
+pub fn plan(recipe: &Recipe, common: &Common, kernel: &str, cmdline: String) -> BootPlan {
     let mut cmdline = cmdline;
     if !recipe.kernel.cmdline.is_empty() {
         cmdline.push(' ');
         cmdline.push_str(&recipe.kernel.cmdline);
     }
-    Ok(BootPlan {
+    BootPlan {
         name: recipe.name.clone(),
         target: recipe.target,
         vmm: None,
@@ -261,7 +256,7 @@ pub fn plan(
                 fstype: d.fstype.clone(),
             })
             .collect(),
-    })
+    }
 }
 
 /// `p` made absolute (as given when that fails).
