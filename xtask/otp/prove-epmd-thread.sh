@@ -104,13 +104,17 @@ erlc -o "$ROOT"/lib/kernel-*/ebin "$TREE/lib/kernel/src/inet_gethost_native.erl"
     die "compiling $TREE/lib/kernel/src/inet_gethost_native.erl failed"
 
 # The emulator's link command, as make would run it, relinked with -shared.
-LINK=$(cd "$TREE/erts/emulator" && ERL_TOP=$TREE make -s -f $ARCH/Makefile TYPE=opt FLAVOR=jit \
-         -n V=1 -W obj/$ARCH/opt/jit/erl_main.o 2>/dev/null |
-       awk -v out="$TREE/bin/$ARCH/beam.jit" '
+# The flavour the tree was built with: jit, or emu for an OSv build (--disable-jit).
+FLAVOR=jit
+[ -d "$TREE/erts/emulator/obj/$ARCH/opt/jit" ] || FLAVOR=emu
+BEAM_OUT=$TREE/bin/$ARCH/beam
+LINK=$(cd "$TREE/erts/emulator" && ERL_TOP=$TREE make -s -f $ARCH/Makefile TYPE=opt FLAVOR=$FLAVOR \
+         -n V=1 -W obj/$ARCH/opt/$FLAVOR/erl_main.o 2>/dev/null |
+       awk -v out="$BEAM_OUT" '
            index($0, "-o " out) { on = 1 }
            on { line = $0; cont = sub(/\\$/, "", line); printf "%s ", line; if (!cont) exit }')
 [ -n "$LINK" ] || die "could not get the emulator link command from make"
-LINK=${LINK/"-o $TREE/bin/$ARCH/beam.jit"/-o $BIN/beam.smp}
+LINK=$(printf '%s' "$LINK" | sed "s#-o $BEAM_OUT[^ ]*#-o $BIN/beam.smp#")
 LINK=${LINK/ -pie / -shared }
 (cd "$TREE/erts/emulator" && eval "$LINK") >"$SCR/link-beam.log" 2>&1 ||
     die "linking beam.smp as a shared object failed (objects not -fPIC?): see $SCR/link-beam.log"

@@ -135,9 +135,11 @@ fn build_flags(set: &str) -> Result<(&'static str, &'static [&'static str])> {
     Ok(match set {
         // -fPIC rather than the -fPIE of a real OSv build: the proof relinks beam.smp and
         // erlexec as shared objects, and glibc will not dlopen a PIE (OSv does).
+        // No JIT: its signal-stack code calls dlsym(RTLD_NEXT, "__sigaction"), which OSv
+        // cannot resolve. No termcap: OSv's libc lacks what libtinfo needs (tdelete, twalk).
         "osv" => (
             "-O2 -fPIC -DBEAMBAKE_NO_FORK -DBEAMBAKE_ERLEXEC_IN_PROCESS -DBEAMBAKE_EPMD_THREAD",
-            &[],
+            &["--disable-jit", "--without-termcap"],
         ),
         "rumprun" => (
             "-O2 -DBEAMBAKE_NO_FORK",
