@@ -12,6 +12,7 @@ pub const ALL: &[&dyn Target] = &[
     &beambake_target_microvm::Microvm,
     &beambake_target_uml::Uml,
     &beambake_target_rumprun::Rumprun,
+    &beambake_target_osv::Osv,
 ];
 
 /// The target a recipe's `target` names, when beambake can build it.

@@ -61,7 +61,7 @@ const TOOLS: &[(&str, &str)] = &[
 
 /// Recipes whose target this machine can boot (the others are built in tests only as far
 /// as their toolchains allow; see the README support matrix).
-const RUNNABLE_TARGETS: &[&str] = &["microvm", "uml"];
+const RUNNABLE_TARGETS: &[&str] = &["microvm", "uml", "osv"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +73,7 @@ fn main() -> Result<()> {
         Some("build-image") => beambake(&sh, "build", &args[1..]),
         Some("smoke") => beambake(&sh, "smoke", &args[1..]),
         Some("otp-src") => otp::otp_src(&sh).map(|_| ()),
+        Some("osv-erts") => otp::osv_erts(&sh, &root()).map(|_| ()),
         Some("otp-build") => {
             let set = match args.get(1).map(String::as_str) {
                 Some("--set") => args.get(2).cloned(),
@@ -110,7 +111,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
             );
             std::process::exit(2);
         }
@@ -301,6 +302,8 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
     deps(sh)?;
     // Debian's OTP source, for the patch-set tests.
     let otp_src = otp::otp_src(sh)?;
+    // The ERTS built for OSv (cached): the osv recipes and tests name it.
+    let osv_erts = otp::osv_erts(sh, &root())?;
     let no_skips = extra.iter().any(|a| a == "--no-skips");
     let extra: Vec<&String> = extra.iter().filter(|a| *a != "--no-skips").collect();
     let skip_log = root().join("target/xtask-skips.log");
@@ -313,6 +316,7 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("BEAMBAKE_OTP_SRC", &otp_src)
+        .env("BEAMBAKE_OSV_ERTS", &osv_erts)
         .env(SKIP_LOG_ENV, &skip_log)
         .current_dir(root());
     ok &= tally.run(cargo, cargo_counts)?;
@@ -394,6 +398,11 @@ fn beambake(sh: &Shell, command: &str, args: &[String]) -> Result<()> {
     deps(sh)?;
     if args.is_empty() {
         bail!("usage: cargo xtask {command} RECIPE [beambake {command} options]");
+    }
+    // An osv recipe names the OSv ERTS at target/otp-osv: build (or reuse) and link it.
+    let recipe_text = std::fs::read_to_string(&args[0]).unwrap_or_default();
+    if recipe_text.contains("target = \"osv\"") {
+        otp::osv_erts(sh, &root())?;
     }
     cmd!(sh, "cargo build --release -q -p beambake").run()?;
     cmd!(

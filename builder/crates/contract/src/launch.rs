@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ContractError;
 
-pub use crate::paths::LAUNCH_PATH;
+pub use crate::paths::{LAUNCH_LINES_PATH, LAUNCH_PATH};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchSpec {
@@ -98,6 +98,36 @@ impl LaunchSpec {
     /// [`from_json`](Self::from_json) of raw bytes (as read from the image).
     pub fn from_json_bytes(bytes: &[u8]) -> Result<LaunchSpec, ContractError> {
         serde_json::from_slice(bytes).map_err(|e| ContractError::LaunchJson(e.to_string()))
+    }
+
+    /// The spec as lines, for the OSv loader (`start-otp.so`, C, no JSON parser), written
+    /// to [`LAUNCH_LINES_PATH`]: `cwd DIR`, then `env NAME=VALUE` per variable (sorted),
+    /// then `arg VALUE` per argv entry, each ending in a newline. A loader runs one program:
+    /// a spec with services cannot be written this way, nor values holding a newline.
+    pub fn to_lines(&self) -> Result<String, ContractError> {
+        self.validate()?;
+        if let Some(s) = self.services.first() {
+            return Err(ContractError::LaunchInvalid(format!(
+                "service {:?}: the OSv loader starts no services (epmd runs as a thread of erlexec)",
+                s.name
+            )));
+        }
+        let mut out = format!("cwd {}\n", self.cwd);
+        let lines = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("env {k}={v}"))
+            .chain(self.argv.iter().map(|a| format!("arg {a}")));
+        for l in lines {
+            if l.contains('\n') {
+                return Err(ContractError::LaunchInvalid(format!(
+                    "{l:?} holds a newline: the loader reads one entry per line"
+                )));
+            }
+            out.push_str(&l);
+            out.push('\n');
+        }
+        Ok(out)
     }
 
     /// Whether the init can run this spec; the error says what is wrong.
@@ -204,6 +234,23 @@ mod tests {
             services: vec![epmd, other],
             writable: strings(&["/opt/echo/log", "/opt/echo/tmp"]),
         }
+    }
+
+    #[test]
+    fn lines_are_pinned_and_refuse_what_a_loader_cannot_run() {
+        let mut spec = sample();
+        let e = spec.to_lines().unwrap_err().to_string();
+        assert!(e.contains("service \"epmd\": the OSv loader starts no services"), "{e}");
+        spec.services.clear();
+        assert_eq!(
+            spec.to_lines().unwrap(),
+            "cwd /opt/echo\nenv BINDIR=/opt/echo/erts-13.1.5/bin\nenv HOME=/tmp\n\
+             arg /opt/echo/erts-13.1.5/bin/erlexec\narg -noinput\narg -boot\n\
+             arg /opt/echo/releases/0.1.0/start\narg --\n"
+        );
+        spec.argv.push("a\nb".into());
+        let e = spec.to_lines().unwrap_err().to_string();
+        assert!(e.contains("holds a newline"), "{e}");
     }
 
     /// The bytes written into every image: field order, env order, `"env": {}` of a

@@ -3,6 +3,9 @@
 
 /// The launch spec (JSON, see [`crate::launch`]).
 pub const LAUNCH_PATH: &str = "/etc/beambake/launch.json";
+/// The launch spec as lines, for the OSv loader `start-otp.so` (see
+/// [`crate::launch::LaunchSpec::to_lines`]).
+pub const LAUNCH_LINES_PATH: &str = "/etc/beambake/launch.lines";
 
 /// The kernel modules the init loads: one absolute `.ko` path per line, in dependency
 /// order (empty when the kernel needs none).

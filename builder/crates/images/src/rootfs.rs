@@ -295,6 +295,19 @@ impl Tree {
         Ok(total)
     }
 
+    /// Removes `path` and everything under it; how many entries went (0: none was there).
+    /// The root cannot be removed.
+    pub fn remove(&mut self, path: &str) -> usize {
+        if path == "/" || !self.entries.contains_key(path) {
+            return 0;
+        }
+        let under = format!("{path}/");
+        let before = self.entries.len();
+        self.entries
+            .retain(|k, _| k != path && !k.starts_with(&under));
+        before - self.entries.len()
+    }
+
     /// Creates `path` and any missing parents as directories (mode 0755).
     pub fn mkdir_p(&mut self, path: &str, origin: &str) -> Result<(), TreeError> {
         check_path(path)?;

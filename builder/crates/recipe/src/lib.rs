@@ -164,6 +164,9 @@ pub struct Recipe {
     /// The rumprun target's toolchain settings.
     #[serde(default)]
     pub rumprun: RumprunCfg,
+    /// The osv target's settings.
+    #[serde(default)]
+    pub osv: OsvCfg,
     /// Directory of the recipe file; relative paths are resolved against it.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -245,6 +248,28 @@ pub struct RumprunCfg {
     /// Set by `--no-bake`: write the ISOs and the launch config only.
     #[serde(skip)]
     pub no_bake: bool,
+}
+
+/// osv: where OSv comes from and how the release goes in.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsvCfg {
+    /// The OSv source snapshot (xz tar, sha256 pinned in `images/osv.toml`) beambake builds
+    /// OSv from. Default: `$BEAMBAKE_OSV_SRC`.
+    pub source: Option<RecipePath>,
+    /// How the release goes into the image: `rofs` (default: beambake writes OSv's
+    /// read-only filesystem, no boot at build time) or `upload` (rebar3_osv's way: a ZFS
+    /// base image booted with OSv's cpio receiver, the tree streamed in).
+    #[serde(default)]
+    pub fill: OsvFill,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsvFill {
+    #[default]
+    Rofs,
+    Upload,
 }
 
 /// The read-only root filesystem format of the uml target.
@@ -725,6 +750,7 @@ impl Recipe {
             &mut k.path,
             &mut k.modules,
             &mut self.rumprun.beam,
+            &mut self.osv.source,
         ];
         let paths = optional
             .into_iter()

@@ -39,6 +39,10 @@ pub trait LaunchSpecExt: Sized {
     /// (e.g. `-echo port 18080` to override an application parameter).
     fn with_args(self, args: &[&str]) -> Self;
 
+    /// For an erlexec that runs epmd itself (the osv patch set: epmd as a thread of
+    /// erlexec; nothing can be spawned): no epmd service and no `-start_epmd false`.
+    fn with_epmd_in_erlexec(self) -> Self;
+
     /// A `std::process::Command` for this spec (environment cleared, then set).
     fn command(&self) -> std::process::Command;
 }
@@ -147,6 +151,18 @@ impl LaunchSpecExt for LaunchSpec {
             ..Service::new("epmd", vec![epmd])
         });
         spec
+    }
+
+    fn with_epmd_in_erlexec(mut self) -> LaunchSpec {
+        self.services.retain(|s| s.name != "epmd");
+        if let Some(i) = self
+            .argv
+            .windows(2)
+            .position(|w| w[0] == "-start_epmd" && w[1] == "false")
+        {
+            self.argv.drain(i..i + 2);
+        }
+        self
     }
 
     fn with_args(mut self, args: &[&str]) -> LaunchSpec {

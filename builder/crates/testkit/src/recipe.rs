@@ -38,6 +38,7 @@ pub const PATH_KEYS: &[&str] = &[
     "disk.*.path",
     "check.*.ca",
     "rumprun.beam",
+    "osv.source",
 ];
 
 /// A value a recipe key can be set to: strings, integers, booleans, paths (as strings),

@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod guest;
+pub mod osv;
 pub mod qemu;
 pub mod uml;
 pub mod vmm;
@@ -239,7 +240,10 @@ impl BootPlan {
                 .and_then(|s| s.strip_suffix(suffix))
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         };
-        name == "console.log" || numbered("console-", ".log") || numbered("data-", ".ext4")
+        name == "console.log"
+            || numbered("console-", ".log")
+            || numbered("data-", ".ext4")
+            || osv::is_instance_image(name)
     }
 
     /// Starts `count` VMs instead: addresses from the first one upwards.

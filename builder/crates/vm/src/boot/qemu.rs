@@ -64,10 +64,18 @@ pub enum Qemu {
     Linux,
     /// A baked rumprun kernel: [`rumprun_command`].
     Rumprun,
+    /// OSv from its own disk image: [`super::osv::command`].
+    Osv,
 }
 
 impl Vmm for Qemu {
     fn check(&self, plan: &BootPlan, dir: &Path) -> Result<(), BootError> {
+        if *self == Qemu::Osv && !dir.join(&plan.kernel).is_file() {
+            return Err(BootError::Plan {
+                path: dir.join(&plan.kernel),
+                message: "the OSv disk image is missing: build again".into(),
+            });
+        }
         if *self == Qemu::Rumprun && !dir.join(&plan.kernel).is_file() {
             return Err(BootError::Plan {
                 path: dir.join(&plan.kernel),
@@ -94,6 +102,7 @@ impl Vmm for Qemu {
         Ok(match self {
             Qemu::Linux => command(plan, dir, inst, accel, console),
             Qemu::Rumprun => rumprun_command(plan, dir, accel, console),
+            Qemu::Osv => return super::osv::command(plan, dir, inst, accel, console),
         })
     }
 
@@ -102,7 +111,17 @@ impl Vmm for Qemu {
     }
 
     fn guest_status(&self, exit: ExitStatus, _console_log: &Path) -> Option<i32> {
-        guest_status(exit.code())
+        match self {
+            // OSv powers off through ACPI when its program ends: no status reaches qemu.
+            Qemu::Osv => None,
+            _ => guest_status(exit.code()),
+        }
+    }
+
+    fn clean_up(&self, dir: &Path) {
+        if *self == Qemu::Osv {
+            super::osv::clean_up(dir);
+        }
     }
 
     fn spawn_error(&self, program: String, source: std::io::Error) -> BootError {
@@ -245,7 +264,7 @@ pub fn rumprun_command(
 }
 
 /// The serial console: to a log file, or to the terminal and a log file.
-fn serial_console(c: &mut Command, console: Console) {
+pub(super) fn serial_console(c: &mut Command, console: Console) {
     match console {
         Console::File(log) => {
             c.arg("-chardev")

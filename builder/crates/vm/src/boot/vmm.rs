@@ -103,6 +103,8 @@ pub enum VmmKind {
     QemuRumprun,
     /// User Mode Linux ([`Uml`]).
     Uml,
+    /// qemu booting an OSv disk image ([`Qemu::Osv`]).
+    QemuOsv,
 }
 
 /// The VMM that boots `plan`: the one it names, or for a plan written before `boot.json`
@@ -113,6 +115,7 @@ pub fn vmm_for(plan: &BootPlan) -> Result<Arc<dyn Vmm>, BootError> {
         (None, Target::Microvm) => VmmKind::Qemu,
         (None, Target::Uml) => VmmKind::Uml,
         (None, Target::Rumprun) => VmmKind::QemuRumprun,
+        (None, Target::Osv) => VmmKind::QemuOsv,
         (None, target) => {
             return Err(BootError::Plan {
                 path: PathBuf::from(PLAN_FILE),
@@ -124,6 +127,7 @@ pub fn vmm_for(plan: &BootPlan) -> Result<Arc<dyn Vmm>, BootError> {
         VmmKind::Qemu => Arc::new(Qemu::Linux),
         VmmKind::QemuRumprun => Arc::new(Qemu::Rumprun),
         VmmKind::Uml => Arc::new(Uml),
+        VmmKind::QemuOsv => Arc::new(Qemu::Osv),
     })
 }
 
@@ -161,11 +165,8 @@ mod tests {
             assert_eq!(vmm_for(&p).unwrap().vnet_hdr(), vnet_hdr, "{target}");
             assert_eq!(plan(target, Some(name)).unwrap().vmm, Some(kind));
         }
-        let e = vmm_for(&plan("osv", None).unwrap())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("no VMM boots target Osv"), "{e}");
+        let p = plan("osv", None).unwrap();
+        assert_eq!(vmm_for(&p).unwrap().accelerator(), AccelUse::KvmOrTcg);
     }
 
     #[test]
