@@ -124,7 +124,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             EntryKind::Dir => "a directory".into(),
             EntryKind::File(FileSource::Host(p)) => format!("a file from {}", p.display()),

@@ -7,6 +7,8 @@ pub mod compress;
 pub mod cpio;
 pub mod ext4;
 pub mod iso9660;
+pub mod osv_disk;
+pub mod rofs;
 pub mod squashfs;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,9 @@ pub enum Format {
     Squashfs(squashfs::Options),
     /// ext4 (`mkfs.ext4 -d`, fixed UUID, hash seed and times).
     Ext4,
+    /// OSv's read-only file system (its `--rootfs=rofs`); [`osv_disk::join`] makes it a
+    /// bootable disk with OSv's loader.
+    Rofs,
 }
 
 impl Format {
@@ -42,6 +47,7 @@ impl Format {
             Format::Iso9660 { .. } => "iso9660+rockridge",
             Format::Squashfs(_) => "squashfs",
             Format::Ext4 => "ext4",
+            Format::Rofs => "osv-rofs",
         }
     }
 }
@@ -69,6 +75,12 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Ext4(#[from] ext4::Ext4Error),
+    #[error("{path}: {source}")]
+    Rofs {
+        path: PathBuf,
+        #[source]
+        source: rofs::RofsError,
+    },
     #[error(transparent)]
     Output(#[from] OutputError),
     #[error("{path}: {source}")]
@@ -125,6 +137,14 @@ pub fn write(tree: &Tree, format: &Format, dest: &Path) -> Result<Written, Image
             })
         }
         Format::Ext4 => Ok(ext4::write(tree, dest)?),
+        Format::Rofs => {
+            let mut file = AtomicFile::create(dest)?;
+            rofs::write(tree, file.writer()).map_err(|source| ImageError::Rofs {
+                path: dest.to_path_buf(),
+                source,
+            })?;
+            Ok(file.commit()?)
+        }
     }
 }
 
