@@ -54,7 +54,10 @@ fn needs_osv_host(boot: bool) -> Option<String> {
 /// echo-osv with the test's OSv ERTS and a fixed cookie (reproducible bytes).
 fn osv_recipe() -> RecipeEdit {
     RecipeEdit::copy("echo-osv")
-        .set("release.erts_from", osv_erts().unwrap().display().to_string())
+        .set(
+            "release.erts_from",
+            osv_erts().unwrap().display().to_string(),
+        )
         .set("distribution.cookie", "osv-test-cookie")
 }
 
@@ -113,14 +116,35 @@ fn echo_on_osv_passes_its_smoke_and_its_image_boots_on_its_own() {
     let port = 18080 + (std::process::id() % 1000) as u16;
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-M", "pc", "-accel", "tcg", "-m", "512M", "-smp", "1"])
-        .args(["-display", "none", "-vga", "none", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", copy.display()))
-        .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8080")])
+        .args([
+            "-netdev",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:8080"),
+        ])
         .args(["-device", "virtio-net-pci,netdev=n0"]);
     let mut g = Guarded::spawn(qemu, d.path().join("alone.log"));
-    echo_round_trip(&mut g, port, Duration::from_secs(120));
-    assert!(g.log_text().contains("Echo server started"), "{}", g.log_text());
+    // qemu's user network accepts before the guest listens: wait for the release first.
+    let start = std::time::Instant::now();
+    while !g.log_text().contains("Echo server started") {
+        g.check_alive();
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{}",
+            g.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    echo_round_trip(&mut g, port, Duration::from_secs(30));
 }
 
 /// A copy of the echo release with `file` added at `rel_path`.
@@ -158,8 +182,14 @@ fn what_osv_cannot_run_is_refused_before_anything_is_built() {
     let nif = gcc(
         d.path(),
         "nopic.so",
-        "int counter; int bump(void) { return ++counter; }\n",
-        &["-shared", "-fno-PIC", "-O0", "-Wl,-z,notext"],
+        "int counter; int *addr(void) { return &counter; }\n",
+        &[
+            "-shared",
+            "-fno-PIC",
+            "-mcmodel=large",
+            "-O0",
+            "-Wl,-z,notext",
+        ],
     );
     let rel = release_with(d.path(), "lib/echo-0.1.0/priv/nopic.so", &nif);
     let recipe = osv_recipe()
@@ -171,7 +201,12 @@ fn what_osv_cannot_run_is_refused_before_anything_is_built() {
 
     // A port program of the release's own: OSv cannot spawn it.
     let d2 = tempdir();
-    let port = gcc(d2.path(), "port", "int main(void) { return 0; }\n", &["-O2"]);
+    let port = gcc(
+        d2.path(),
+        "port",
+        "int main(void) { return 0; }\n",
+        &["-O2"],
+    );
     let rel = release_with(d2.path(), "lib/echo-0.1.0/priv/bin/port", &port);
     let recipe = osv_recipe()
         .set("release.source", rel.display().to_string())

@@ -232,7 +232,14 @@ pub fn otp_build(sh: &Shell, root: &Path, set: &str) -> Result<PathBuf> {
 
 /// The programs of an OSv ERTS (`erts-VSN/bin`): erlexec (which runs epmd as a thread and
 /// the emulator in-process), the emulator, and the rest a release's ERTS carries.
-const OSV_ERTS_PROGRAMS: &[&str] = &["erlexec", "beam.smp", "epmd", "inet_gethost", "erl_child_setup", "heart"];
+const OSV_ERTS_PROGRAMS: &[&str] = &[
+    "erlexec",
+    "beam.smp",
+    "epmd",
+    "inet_gethost",
+    "erl_child_setup",
+    "heart",
+];
 
 /// The osv build (`otp-build --set osv`) installed as a release's ERTS:
 /// `BUILD/beambake-erts/erts-VSN/bin`, the tree a recipe's `release.erts_from` names.
@@ -243,7 +250,10 @@ pub fn osv_erts(sh: &Shell, root: &Path) -> Result<PathBuf> {
     let text = fs::read_to_string(&vsn_mk).with_context(|| vsn_mk.display().to_string())?;
     let vsn = text
         .lines()
-        .find_map(|l| l.strip_prefix("VSN").map(|v| v.trim_start_matches([' ', '=']).trim()))
+        .find_map(|l| {
+            l.strip_prefix("VSN")
+                .map(|v| v.trim_start_matches([' ', '=']).trim())
+        })
         .filter(|v| !v.is_empty())
         .with_context(|| format!("{}: no VSN", vsn_mk.display()))?;
     let install = tree.join("beambake-erts");
@@ -252,13 +262,18 @@ pub fn osv_erts(sh: &Shell, root: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&bin)?;
     let built = tree.join("bin/x86_64-pc-linux-gnu");
     for p in OSV_ERTS_PROGRAMS {
-        fs::copy(built.join(p), bin.join(p)).with_context(|| built.join(p).display().to_string())?;
+        fs::copy(built.join(p), bin.join(p))
+            .with_context(|| built.join(p).display().to_string())?;
     }
     let link = root.join("target/otp-osv");
     fs::create_dir_all(root.join("target"))?;
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink(&install, &link).with_context(|| link.display().to_string())?;
-    println!("xtask: OSv ERTS erts-{vsn} at {} (linked as {})", install.display(), link.display());
+    println!(
+        "xtask: OSv ERTS erts-{vsn} at {} (linked as {})",
+        install.display(),
+        link.display()
+    );
     Ok(install)
 }
 

@@ -240,7 +240,10 @@ mod tests {
     fn lines_are_pinned_and_refuse_what_a_loader_cannot_run() {
         let mut spec = sample();
         let e = spec.to_lines().unwrap_err().to_string();
-        assert!(e.contains("service \"epmd\": the OSv loader starts no services"), "{e}");
+        assert!(
+            e.contains("service \"epmd\": the OSv loader starts no services"),
+            "{e}"
+        );
         spec.services.clear();
         assert_eq!(
             spec.to_lines().unwrap(),

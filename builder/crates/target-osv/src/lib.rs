@@ -116,10 +116,30 @@ impl Target for Osv {
         let libs: Vec<PathBuf> = assembly.host_libs.iter().map(|l| l.path.clone()).collect();
         osv_layout(tree, &osv, &libs, &spec.writable)?;
         tree.remove(paths::LAUNCH_PATH);
-        tree.add_bytes(paths::LAUNCH_PATH, spec.to_json().into_bytes(), 0o644, "beambake")?;
-        tree.add_bytes(paths::LAUNCH_LINES_PATH, lines.into_bytes(), 0o644, "beambake")?;
-        tree.add_bytes(INETRC_PATH, INETRC.as_bytes().to_vec(), 0o644, "beambake (osv)")?;
-        tree.add_bytes(START_OTP_PATH, START_OTP.to_vec(), 0o755, "beambake (start-otp.so)")?;
+        tree.add_bytes(
+            paths::LAUNCH_PATH,
+            spec.to_json().into_bytes(),
+            0o644,
+            "beambake",
+        )?;
+        tree.add_bytes(
+            paths::LAUNCH_LINES_PATH,
+            lines.into_bytes(),
+            0o644,
+            "beambake",
+        )?;
+        tree.add_bytes(
+            INETRC_PATH,
+            INETRC.as_bytes().to_vec(),
+            0o644,
+            "beambake (osv)",
+        )?;
+        tree.add_bytes(
+            START_OTP_PATH,
+            START_OTP.to_vec(),
+            0o755,
+            "beambake (start-otp.so)",
+        )?;
 
         let dir = common.dir.clone();
         progress.step("writing the ROFS filesystem");
@@ -179,11 +199,18 @@ pub fn osv_cmdline(recipe: &Recipe, spec: &LaunchSpec) -> Result<String, Error> 
             .find(|w| w[0] == flag)
             .map(|w| w[1].clone())
     };
-    let boot = value("-boot").ok_or_else(|| Error::recipe(recipe, "the release's launch spec has no -boot"))?;
+    let boot = value("-boot")
+        .ok_or_else(|| Error::recipe(recipe, "the release's launch spec has no -boot"))?;
     let rel_dir = boot.rsplit_once('/').map_or("/", |(d, _)| d).to_string();
     let vm_args = value("-args_file").unwrap_or_else(|| format!("{rel_dir}/vm.args"));
     let sys_config = value("-config")
-        .map(|c| if c.ends_with(".config") { c } else { format!("{c}.config") })
+        .map(|c| {
+            if c.ends_with(".config") {
+                c
+            } else {
+                format!("{c}.config")
+            }
+        })
         .unwrap_or_else(|| format!("{rel_dir}/sys.config"));
     let mut c = String::from("--rootfs=rofs");
     if !recipe.kernel.cmdline.is_empty() {
@@ -224,17 +251,25 @@ pub fn osv_layout(
         }
     }
     let static_etc = osv.tree().join("static/etc");
-    let read = |p: PathBuf| {
-        std::fs::read(&p).map_err(|source| Error::Io { path: p, source })
-    };
+    let read = |p: PathBuf| std::fs::read(&p).map_err(|source| Error::Io { path: p, source });
     let mut fstab = read(static_etc.join("fstab_rofs"))?;
     for w in writable.iter().filter(|w| tree.contains(w)) {
         fstab.extend_from_slice(format!("none {w} ramfs defaults 0 0\n").as_bytes());
     }
     tree.remove("/etc/fstab");
-    tree.add_bytes("/etc/fstab", fstab, 0o644, "osv (static/etc/fstab_rofs + the release's writable dirs)")?;
+    tree.add_bytes(
+        "/etc/fstab",
+        fstab,
+        0o644,
+        "osv (static/etc/fstab_rofs + the release's writable dirs)",
+    )?;
     if !tree.contains("/etc/hosts") {
-        tree.add_bytes("/etc/hosts", read(static_etc.join("hosts"))?, 0o644, "osv (static/etc/hosts)")?;
+        tree.add_bytes(
+            "/etc/hosts",
+            read(static_etc.join("hosts"))?,
+            0o644,
+            "osv (static/etc/hosts)",
+        )?;
     }
     tree.remove("/etc/mnttab");
     tree.add_symlink("/etc/mnttab", "/proc/mounts", "osv")?;
@@ -245,12 +280,19 @@ pub fn osv_layout(
     }
     let environ = osv.tree().join("build/last/libenviron.so");
     tree.remove("/libenviron.so");
-    tree.add_file("/libenviron.so", FileSource::Host(environ), 0o755, "osv (libenviron.so)")?;
+    tree.add_file(
+        "/libenviron.so",
+        FileSource::Host(environ),
+        0o755,
+        "osv (libenviron.so)",
+    )?;
     Ok(())
 }
 
 /// The osv build a recipe would use, for tests and tools.
 pub fn osv_for(recipe: &Recipe, cache: &Path, progress: &dyn Progress) -> Result<OsvBuild, Error> {
     let snapshot = osv_kernel::locate(recipe.osv.source.as_deref())?;
-    Ok(osv_kernel::get(Some(&snapshot), cache, &|m| progress.step(m))?)
+    Ok(osv_kernel::get(Some(&snapshot), cache, &|m| {
+        progress.step(m)
+    })?)
 }

@@ -44,9 +44,9 @@ fn facts(path: &Path) -> Option<ElfFacts> {
     }
     let elf = Elf::parse(&bytes).ok()?;
     let textrel = elf.dynamic.as_ref().is_some_and(|d| {
-        d.dyns.iter().any(|e| {
-            e.d_tag == DT_TEXTREL || (e.d_tag == DT_FLAGS && e.d_val & DF_TEXTREL != 0)
-        })
+        d.dyns
+            .iter()
+            .any(|e| e.d_tag == DT_TEXTREL || (e.d_tag == DT_FLAGS && e.d_val & DF_TEXTREL != 0))
     });
     let exports = elf
         .dynsyms
@@ -107,17 +107,21 @@ pub fn check_pic(host: &Path, what: &str) -> Result<(), Refusal> {
     let Some(f) = facts(host) else {
         return Ok(());
     };
-    let refuse = |why: &str| Refusal {
+    let refuse = |why: &str| {
+        Refusal {
         path: host.to_path_buf(),
         message: format!(
             "{what} is {why}: OSv loads every object position-independent into one address space; rebuild it with -fPIC (libraries) or -fPIE -pie (programs)"
         ),
+    }
     };
     if f.e_type == ET_EXEC {
         return Err(refuse("not position-independent (ET_EXEC)"));
     }
     if f.e_type == ET_DYN && f.textrel {
-        return Err(refuse("not position-independent code (it has text relocations)"));
+        return Err(refuse(
+            "not position-independent code (it has text relocations)",
+        ));
     }
     Ok(())
 }
@@ -179,7 +183,7 @@ mod tests {
         out
     }
 
-    const NIF: &str = "int counter; int bump(void) { return ++counter; }\n";
+    const NIF: &str = "int counter; int *addr(void) { return &counter; }\n";
 
     #[test]
     fn nifs_must_be_position_independent_and_port_programs_are_refused() {
@@ -189,7 +193,13 @@ mod tests {
             d.path(),
             "nopic.so",
             NIF,
-            &["-shared", "-fno-PIC", "-O0", "-Wl,-z,notext"],
+            &[
+                "-shared",
+                "-fno-PIC",
+                "-mcmodel=large",
+                "-O0",
+                "-Wl,-z,notext",
+            ],
         );
         let port = cc(
             d.path(),
@@ -200,7 +210,8 @@ mod tests {
         let mut tree = Tree::new(0);
         let add = |t: &mut Tree, g: &str, h: &Path| {
             t.mkdir_p(g.rsplit_once('/').unwrap().0, "t").unwrap();
-            t.add_file(g, FileSource::Host(h.to_path_buf()), 0o755, "t").unwrap();
+            t.add_file(g, FileSource::Host(h.to_path_buf()), 0o755, "t")
+                .unwrap();
         };
         add(&mut tree, "/opt/x/lib/good-1.0/priv/good.so", &pic);
         assert_eq!(check_release_objects(&tree, "/opt/x"), Ok(()));
@@ -210,7 +221,11 @@ mod tests {
         let e = check_release_objects(&t, "/opt/x").unwrap_err();
         assert_eq!(e.path, nopic);
         assert!(e.message.contains("text relocations"), "{}", e.message);
-        assert!(e.message.contains("/opt/x/lib/bad-1.0/priv/bad.so"), "{}", e.message);
+        assert!(
+            e.message.contains("/opt/x/lib/bad-1.0/priv/bad.so"),
+            "{}",
+            e.message
+        );
 
         let mut t = tree.clone();
         add(&mut t, "/opt/x/lib/mine-2.0/priv/bin/port", &port);
@@ -226,7 +241,12 @@ mod tests {
     #[test]
     fn an_erts_not_built_for_osv_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        let plain = cc(d.path(), "erlexec", "int main(void) { return 0; }\n", &["-O2", "-fPIE", "-pie"]);
+        let plain = cc(
+            d.path(),
+            "erlexec",
+            "int main(void) { return 0; }\n",
+            &["-O2", "-fPIE", "-pie"],
+        );
         let osv = cc(
             d.path(),
             "erlexec-osv",
@@ -237,13 +257,25 @@ mod tests {
         tree.mkdir_p("/opt/x/erts-1/bin", "t").unwrap();
         let e = check_erts(&tree, "/opt/x/erts-1/bin").unwrap_err();
         assert!(e.message.contains("has no erlexec"), "{}", e.message);
-        tree.add_file("/opt/x/erts-1/bin/erlexec", FileSource::Host(plain.clone()), 0o755, "t").unwrap();
+        tree.add_file(
+            "/opt/x/erts-1/bin/erlexec",
+            FileSource::Host(plain.clone()),
+            0o755,
+            "t",
+        )
+        .unwrap();
         let e = check_erts(&tree, "/opt/x/erts-1/bin").unwrap_err();
         assert_eq!(e.path, plain);
         assert!(e.message.contains("not built for OSv"), "{}", e.message);
         let mut tree = Tree::new(0);
         tree.mkdir_p("/opt/x/erts-1/bin", "t").unwrap();
-        tree.add_file("/opt/x/erts-1/bin/erlexec", FileSource::Host(osv.clone()), 0o755, "t").unwrap();
+        tree.add_file(
+            "/opt/x/erts-1/bin/erlexec",
+            FileSource::Host(osv.clone()),
+            0o755,
+            "t",
+        )
+        .unwrap();
         assert_eq!(check_erts(&tree, "/opt/x/erts-1/bin"), Ok(()));
     }
 }

@@ -22,6 +22,8 @@ pub enum Error {
     #[error(transparent)]
     Image(Box<beambake_images::image::ImageError>),
     #[error(transparent)]
+    OsvDisk(Box<beambake_images::image::osv_disk::OsvDiskError>),
+    #[error(transparent)]
     Output(#[from] output::OutputError),
     #[error(transparent)]
     Tree(Box<beambake_images::rootfs::TreeError>),
@@ -92,6 +94,12 @@ impl Error {
 impl From<beambake_images::image::ImageError> for Error {
     fn from(e: beambake_images::image::ImageError) -> Self {
         Error::Image(Box::new(e))
+    }
+}
+
+impl From<beambake_images::image::osv_disk::OsvDiskError> for Error {
+    fn from(e: beambake_images::image::osv_disk::OsvDiskError) -> Self {
+        Error::OsvDisk(Box::new(e))
     }
 }
 

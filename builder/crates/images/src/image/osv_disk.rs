@@ -181,6 +181,36 @@ pub fn join(
     Ok(out.commit()?)
 }
 
+/// Rewrites the command line of the OSv disk image `image` in place (imgedit's
+/// `setargs`; the whole area zero filled, as [`join`] leaves it). For a copy of an image
+/// (one per VM): the length is checked before anything is written.
+pub fn set_cmdline(image: &Path, cmdline: &str) -> Result<(), OsvDiskError> {
+    use std::io::{Seek, SeekFrom};
+    check_cmdline(cmdline)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(io_err(image))?;
+    let mut sector = [0u8; 512];
+    f.read_exact(&mut sector).map_err(io_err(image))?;
+    if sector[510..512] != [0x55, 0xaa] {
+        return Err(OsvDiskError::NotALoader {
+            path: image.to_path_buf(),
+            why: "no 0x55 0xAA boot signature at 510".into(),
+        });
+    }
+    let mut area = vec![0u8; MAX_CMDLINE];
+    area[..cmdline.len()].copy_from_slice(cmdline.as_bytes());
+    f.seek(SeekFrom::Start(CMDLINE_OFFSET as u64))
+        .and_then(|_| f.write_all(&area))
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(image))
+}
+
+/// The manifest label of a joined OSv disk image.
+pub const LABEL: &str = "osv-disk-raw";
+
 /// The command line of an OSv disk image (imgedit's `getargs`).
 pub fn read_cmdline(image: &Path) -> Result<String, OsvDiskError> {
     let f = File::open(image).map_err(io_err(image))?;
@@ -216,6 +246,48 @@ mod tests {
         let p = dir.join("loader.img");
         std::fs::write(&p, b).unwrap();
         p
+    }
+
+    #[test]
+    fn set_cmdline_rewrites_the_area_and_refuses_what_does_not_fit() {
+        let d = tempfile::tempdir().unwrap();
+        let loader = fake_loader(d.path(), 128 * 1024);
+        let fs = d.path().join("fs.img");
+        std::fs::write(&fs, vec![1u8; 1024]).unwrap();
+        let img = d.path().join("disk.raw");
+        join(
+            &loader,
+            &fs,
+            "--rootfs=rofs /a-long-first-line /x /y /z",
+            &img,
+        )
+        .unwrap();
+        set_cmdline(&img, "--ip=eth0,10.0.0.2,255.255.255.0 /b").unwrap();
+        assert_eq!(
+            read_cmdline(&img).unwrap(),
+            "--ip=eth0,10.0.0.2,255.255.255.0 /b"
+        );
+        set_cmdline(&img, "/c").unwrap();
+        assert_eq!(read_cmdline(&img).unwrap(), "/c");
+        let bytes = std::fs::read(&img).unwrap();
+        assert!(bytes[CMDLINE_OFFSET + 2..CMDLINE_OFFSET + MAX_CMDLINE]
+            .iter()
+            .all(|b| *b == 0));
+        let before = std::fs::read(&img).unwrap();
+        let e = set_cmdline(&img, &"y".repeat(MAX_CMDLINE)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OsvDiskError::CmdlineTooLong {
+                    len: 1024,
+                    max: 1024
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&img).unwrap(), before, "unchanged");
+        let e = set_cmdline(&fs, "/c").unwrap_err();
+        assert!(matches!(e, OsvDiskError::NotALoader { .. }), "{e}");
     }
 
     /// OSv's own native-example build: loader.img of 3,801,088 bytes and rofs.img of

@@ -56,24 +56,49 @@ pub fn command(
 ) -> Result<Command, BootError> {
     let image = dir.join(&plan.kernel);
     let copy = instance_image(dir, inst);
+    let line = instance_cmdline(plan, inst);
+    let refuse = |path: &Path, e: osv_disk::OsvDiskError| BootError::Plan {
+        path: path.to_path_buf(),
+        message: format!("VM {}: {e}", inst.index + 1),
+    };
+    osv_disk::check_cmdline(&line).map_err(|e| refuse(&image, e))?;
     std::fs::copy(&image, &copy).map_err(|source| BootError::Io {
         path: image.clone(),
         source,
     })?;
-    osv_disk::set_cmdline(&copy, &instance_cmdline(plan, inst)).map_err(|e| BootError::Plan {
-        path: copy.clone(),
-        message: e.to_string(),
-    })?;
+    if let Err(e) = osv_disk::set_cmdline(&copy, &line) {
+        let _ = std::fs::remove_file(&copy);
+        return Err(refuse(&copy, e));
+    }
     let mut c = Command::new(program());
-    c.args(["-name", &format!("beambake-{}-{}", plan.name, inst.index + 1)]);
+    c.args([
+        "-name",
+        &format!("beambake-{}-{}", plan.name, inst.index + 1),
+    ]);
     c.args(["-M", "pc"]);
     match accel {
-        Accelerator::Kvm => c.args(["-accel", "kvm", "-cpu", plan.cpu.as_deref().unwrap_or("host")]),
-        Accelerator::Tcg => c.args(["-accel", "tcg", "-cpu", plan.cpu.as_deref().unwrap_or("qemu64")]),
+        Accelerator::Kvm => c.args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            plan.cpu.as_deref().unwrap_or("host"),
+        ]),
+        Accelerator::Tcg => c.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            plan.cpu.as_deref().unwrap_or("qemu64"),
+        ]),
     };
     c.args(["-m", &plan.memory_mib.to_string()]);
     c.args(["-smp", &plan.cpus.to_string()]);
-    c.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     c.arg("-drive").arg(format!(
         "file={},if=none,id=hd0,format=raw,cache=unsafe",
         copy.display()
@@ -115,5 +140,88 @@ pub fn clean_up(dir: &Path) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(mode: &str, node: bool) -> BootPlan {
+        let node = if node { "\"echo\"" } else { "null" };
+        serde_json::from_str(&format!(
+            r#"{{"name": "e", "target": "osv", "vmm": "qemu-osv", "kernel": "e.img",
+                "cmdline": "--rootfs=rofs /start-otp.so /opt/echo/releases/0.1.0/start /v /s",
+                "memory_mib": 512, "cpus": 1, "machine": "pc", "accel": "auto",
+                "net": {{"mode": "{mode}", "guests": ["10.0.122.101", "10.0.122.102"],
+                        "prefix": 24, "host": "10.0.122.100", "hostname": "echo"}},
+                "node": {node}, "cookie_file": null, "checks": [],
+                "smoke": {{"ready_timeout_s": 1, "check_timeout_s": 1}}}}"#
+        ))
+        .unwrap()
+    }
+
+    /// What each VM is told, pinned: OSv's own network options, the node for
+    /// start-otp.so, then the image's line.
+    #[test]
+    fn each_vm_gets_its_address_and_node_before_the_images_line() {
+        let p = plan("tap", true);
+        let vms = p.instances(Path::new("/out"));
+        assert_eq!(
+            instance_cmdline(&p, &vms[1]),
+            "--ip=eth0,10.0.122.102,255.255.255.0 --defaultgw=10.0.122.100 \
+             --nameserver=10.0.122.100 --env=BEAMBAKE_NODE=echo@10.0.122.102 \
+             --rootfs=rofs /start-otp.so /opt/echo/releases/0.1.0/start /v /s"
+        );
+        let p = plan("none", false);
+        let vms = p.instances(Path::new("/out"));
+        assert_eq!(
+            instance_cmdline(&p, &vms[0]),
+            "--rootfs=rofs /start-otp.so /opt/echo/releases/0.1.0/start /v /s"
+        );
+        assert_eq!(
+            instance_image(Path::new("/out"), &vms[1]),
+            Path::new("/out/osv-vm-2.img")
+        );
+        assert!(is_instance_image("osv-vm-12.img"));
+        for n in ["osv-vm-.img", "osv-vm-1.img.tmp", "e.img", "osv-vm-x.img"] {
+            assert!(!is_instance_image(n), "{n}");
+        }
+        assert!(BootPlan::is_run_file("osv-vm-1.img"));
+    }
+
+    /// A VM's line that does not fit OSv's area is refused before anything is copied;
+    /// clean_up removes the copies and nothing else.
+    #[test]
+    fn an_overlong_vm_line_is_refused_and_copies_are_cleaned_up() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = plan("tap", true);
+        let mut img = vec![0u8; 4096];
+        img[510] = 0x55;
+        img[511] = 0xaa;
+        std::fs::write(d.path().join("e.img"), &img).unwrap();
+        p.cmdline = format!("--rootfs=rofs /start-otp.so {}", "x".repeat(1000));
+        let vms = p.instances(d.path());
+        let e = command(
+            &p,
+            d.path(),
+            &vms[0],
+            Accelerator::Tcg,
+            Console::File(Path::new("/dev/null")),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("max_cmdline is 1024 bytes") && e.contains("VM 1"),
+            "{e}"
+        );
+        std::fs::write(d.path().join("osv-vm-3.img"), b"x").unwrap();
+        clean_up(d.path());
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["e.img"]);
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::qemu::{Accelerator, Console, Qemu};
 use super::uml::Uml;
-use super::{BootError, BootPlan, Instance, PLAN_FILE};
+use super::{BootError, BootPlan, Instance};
 use beambake_recipe::Target;
 
 /// A hypervisor (virtual machine monitor) booting the VMs of a plan.
@@ -116,12 +116,6 @@ pub fn vmm_for(plan: &BootPlan) -> Result<Arc<dyn Vmm>, BootError> {
         (None, Target::Uml) => VmmKind::Uml,
         (None, Target::Rumprun) => VmmKind::QemuRumprun,
         (None, Target::Osv) => VmmKind::QemuOsv,
-        (None, target) => {
-            return Err(BootError::Plan {
-                path: PathBuf::from(PLAN_FILE),
-                message: format!("no VMM boots target {target:?} (the plan names none)"),
-            })
-        }
     };
     Ok(match kind {
         VmmKind::Qemu => Arc::new(Qemu::Linux),
