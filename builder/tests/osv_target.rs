@@ -147,6 +147,28 @@ fn echo_on_osv_passes_its_smoke_and_its_image_boots_on_its_own() {
     echo_round_trip(&mut g, port, Duration::from_secs(30));
 }
 
+/// The seeds' cluster session on OSv: three VMs from one image on one bridge, each with
+/// its own address, MAC and node name; every node answers the host and every other node,
+/// `rpc:multicall` reaches all three.
+#[test]
+fn three_osv_vms_from_one_image_form_a_cluster() {
+    skip_if!(needs_osv_host(true));
+    let d = tempdir();
+    let recipe = osv_recipe().set("vm.count", 3).write(d.path());
+    let out = d.path().join("out");
+    let _vm = vm_lock();
+    let o = smoke(&recipe, &out, &["--json"]);
+    let r = stdout_json(&o);
+    assert_eq!(r["passed"], true, "{r:#}");
+    let checks = r["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 3 + 3 + 1 + 3, "{r:#}");
+    let dist = checks.iter().find(|c| c["name"] == "distribution").unwrap();
+    assert!(
+        dist["message"].as_str().unwrap().contains("3 nodes"),
+        "{dist:#}"
+    );
+}
+
 /// A copy of the echo release with `file` added at `rel_path`.
 fn release_with(d: &Path, rel_path: &str, file: &Path) -> PathBuf {
     let rel = d.join("rel");

@@ -7,7 +7,7 @@
 //! to target/bench.md).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -292,10 +292,62 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
     let erlang_iso = fs::metadata(rr_dir.join("erlang.iso"))?.len();
     let app_iso = fs::metadata(rr_dir.join("app.iso"))?.len();
 
+    // osv: the same release on OSv (ERTS built for OSv, ROFS image), one VM, echo check.
+    let osv_erts = crate::otp::osv_erts(sh, root)?;
+    let osv_recipe = work.join("bench-osv.toml");
+    let text = fs::read_to_string(root.join("recipes/echo-osv.toml"))?
+        .replace(
+            "source = \"../examples/echo\"",
+            &format!("source = {:?}", release.display().to_string()),
+        )
+        .replace(
+            "erts_from = \"../target/otp-osv\"",
+            &format!("erts_from = {:?}", osv_erts.display().to_string()),
+        )
+        .replace(
+            "source = \"../../shared/sources/osv-src.tar.xz\"",
+            &format!(
+                "source = {:?}",
+                root.join("../shared/sources/osv-src.tar.xz")
+                    .display()
+                    .to_string()
+            ),
+        )
+        .replace("accel = \"auto\"", "accel = \"tcg\"");
+    let cut = text
+        .find("[distribution]")
+        .context("recipe layout changed")?;
+    fs::write(
+        &osv_recipe,
+        format!(
+            "{}[[check]]\ntype = \"tcp_echo\"\nport = 8080\n",
+            &text[..cut]
+        ),
+    )?;
+    let osv_out = work.join("out-osv");
+    let osv_build = || {
+        measured(
+            Command::new(&bb)
+                .arg("build")
+                .arg(&osv_recipe)
+                .arg("--out")
+                .arg(&osv_out),
+        )
+    };
+    osv_build()?; // builds OSv into the cache on first use
+    let mut osv_builds = vec![];
+    for _ in 0..RUNS {
+        osv_builds.push(osv_build()?.secs);
+    }
+    let osv_dir = osv_out.join("echo-osv");
+    let osv_size = fs::metadata(osv_dir.join("echo-osv.img"))?.len();
+
     let mut ours = vec![];
     let mut theirs = vec![];
     let mut embedded = vec![];
+    let mut osv_boots = vec![];
     for _ in 0..RUNS {
+        osv_boots.push(smoke_ms(&bb, &osv_dir)?);
         ours.push(smoke_ms(&bb, &dir)?);
         theirs.push(smoke_ms(&bb, &base_dir)?);
         embedded.push(smoke_ms(&bb, &emb_dir)?);
@@ -347,6 +399,34 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
         mib(app_iso),
         mib(erlang_iso + app_iso),
         rr_build.secs
+    ));
+    let osv_cold = |file: &Path| {
+        fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .map_or("not recorded".to_string(), |s| {
+                format!("{:.1} min", s / 60.0)
+            })
+    };
+    let osv_kernel_dir = fs::read_to_string(osv_dir.join("manifest.json"))
+        .ok()
+        .and_then(|m| {
+            m.split('"')
+                .find(|p| p.contains("/osv/") && p.ends_with("loader.img"))
+                .map(|p| PathBuf::from(p).with_file_name(""))
+        });
+    report.push_str(&format!(
+        "\n| osv (median of {RUNS}) | build (warm) | disk image (loader + ROFS) | boot to first TCP echo reply, TCG |\n|---|---|---|---|\n\
+         | echo on OSv, 2 vCPUs | {:.2} s | {:.2} MiB | {:.2} s |\n\n\
+         all osv boots (ms): {osv_boots:?}\n\n\
+         cold builds, recorded when they ran: OSv kernel + base image {}; the ERTS for OSv (PIE, no JIT) {}\n",
+        median(osv_builds),
+        mib(osv_size),
+        median(osv_boots.clone()) / 1000.0,
+        osv_kernel_dir
+            .map(|d| osv_cold(&d.join("build.seconds")))
+            .unwrap_or_else(|| "not recorded".into()),
+        osv_cold(&osv_erts.with_file_name(".beambake-build-seconds")),
     ));
     fs::write(root.join("target/bench.md"), &report)?;
     println!("{report}");

@@ -225,6 +225,10 @@ pub fn otp_build(sh: &Shell, root: &Path, set: &str) -> Result<PathBuf> {
         t.elapsed().as_secs_f64(),
         work.display()
     );
+    fs::write(
+        work.join(".beambake-build-seconds"),
+        format!("{:.1}\n", configure_s + t.elapsed().as_secs_f64()),
+    )?;
     fs::write(&stamp, stamp_text)?;
     println!("{}", work.display());
     Ok(work)

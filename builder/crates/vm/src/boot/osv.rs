@@ -30,6 +30,13 @@ pub fn is_instance_image(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// VM `inst`'s MAC address: its own, so several VMs can share one bridge (qemu gives
+/// every NIC 52:54:00:12:34:56 otherwise).
+pub fn instance_mac(inst: &Instance) -> String {
+    let n = inst.index + 1;
+    format!("52:54:00:bb:{:02x}:{:02x}", (n >> 8) & 0xff, n & 0xff)
+}
+
 /// VM `inst`'s OSv command line: its network and node name, then the image's line.
 pub fn instance_cmdline(plan: &BootPlan, inst: &Instance) -> String {
     let mut opts = Vec::new();
@@ -109,7 +116,10 @@ pub fn command(
     match plan.net.mode {
         NetMode::Tap => {
             c.args(["-netdev", "tap,id=n0,fd=3"]);
-            c.args(["-device", "virtio-net-pci,netdev=n0"]);
+            c.args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={}", instance_mac(inst)),
+            ]);
         }
         NetMode::User => {
             let mut fwd = String::new();
@@ -125,7 +135,10 @@ pub fn command(
                     plan.net.prefix, plan.net.host
                 ),
             ]);
-            c.args(["-device", "virtio-net-pci,netdev=n0"]);
+            c.args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={}", instance_mac(inst)),
+            ]);
         }
         NetMode::None => {}
     }
@@ -184,6 +197,7 @@ mod tests {
             Path::new("/out/osv-vm-2.img")
         );
         assert!(is_instance_image("osv-vm-12.img"));
+        assert_eq!(instance_mac(&vms[0]), "52:54:00:bb:00:01");
         for n in ["osv-vm-.img", "osv-vm-1.img.tmp", "e.img", "osv-vm-x.img"] {
             assert!(!is_instance_image(n), "{n}");
         }
