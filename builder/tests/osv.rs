@@ -1,8 +1,9 @@
 //! OSv built from source through `beambake::osv_kernel` (the pinned snapshot
-//! `../shared/sources/osv-src.tar.xz`, `fs=rofs image=native-example`) into the user's
-//! cache, then booted under qemu TCG (`-M pc`: OSv's microvm mode prints nothing under
-//! TCG): OSv's banner and the app's output on the serial console, the guest powering off
-//! by itself; a second call is a cache hit.
+//! `../shared/sources/osv-src.tar.xz`, `fs=zfs image=zfs-tools` then `fs=rofs
+//! image=native-example`; the ZFS base is exercised by `tests/osv_upload.rs`) into the
+//! user's cache, then the ROFS image booted under qemu TCG (`-M pc`: OSv's microvm mode
+//! prints nothing under TCG): OSv's banner and the app's output on the serial console,
+//! the guest powering off by itself; a second call is a cache hit.
 
 use std::path::Path;
 use std::process::Command;
@@ -35,7 +36,13 @@ fn osv_builds_from_the_snapshot_once_and_its_image_boots_under_tcg() {
         start.elapsed().as_secs_f64(),
         built.dir.display()
     );
-    for f in [built.loader_img(), built.loader_elf(), built.usr_img()] {
+    for f in [
+        built.loader_img(),
+        built.loader_elf(),
+        built.usr_img(),
+        built.zfs_loader_img(),
+        built.zfs_base_img(),
+    ] {
         assert!(f.is_file(), "{} missing", f.display());
     }
     assert!(built.tree().join("scripts/imgedit.py").is_file());

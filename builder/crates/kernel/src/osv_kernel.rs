@@ -1,21 +1,40 @@
 //! The osv target's kernel: OSv built from a pinned source snapshot, once, into the cache.
 //!
 //! Owns: the pin (`images/osv.toml`: the snapshot's file name and sha256, the build
-//! arguments), finding the snapshot ([`locate`]: the caller's path, else
-//! `BEAMBAKE_OSV_SRC`), checking it against the pin, and the build
-//! (`./scripts/build -jN fs=rofs image=native-example` in an unpacked copy, its output in
-//! `build.log`), cached by [`key`] (snapshot sha256, build arguments, compiler versions) in
-//! `CACHE/osv/KEY/` ([`crate::build_cache`]: one build at a time, a dir that appears
-//! whole, a `.complete` marker holding the key written last).
+//! arguments), beambake's OSv patches (`patches/osv/`, [`PATCHES`], applied strictly to
+//! the unpacked copy), finding the snapshot ([`locate`]: the caller's path, else
+//! `BEAMBAKE_OSV_SRC`), checking it against the pin, and the build, in one unpacked copy
+//! and its output in `build.log`: first `./scripts/build -jN fs=zfs image=zfs-tools` (the
+//! pin's `zfs_build_args`: the writable base image), its products copied to `zfs/`, then
+//! `./scripts/build -jN fs=rofs image=native-example` (`build_args`, incremental), so
+//! the tree is left as the ROFS build made it. Cached by [`key`] (snapshot sha256, both
+//! build argument lists, the patches, compiler versions) in `CACHE/osv/KEY/`
+//! ([`crate::build_cache`]: one build at a time, a dir that appears whole, a `.complete`
+//! marker holding the key written last).
 //!
 //! `CACHE/osv/KEY/` holds: `loader.img` (the boot loader and OSv kernel alone: boot sector,
 //! command line at byte 512, `lzloader.elf` at sector 128; the image a filesystem partition
-//! is joined to), `loader-stripped.elf` (the kernel ELF), `usr.img` (qcow2: `loader.img` +
-//! the ROFS partition OSv's build wrote, command line `--rootfs=rofs /hello`), `rofs.img`,
-//! `usr.manifest` and `cmdline` (what OSv's build put in it), `build.log`, `osv/` (the
-//! built tree: `scripts/` (imgedit.py, gen-rofs-img.py), `build/release.x64/` with the
-//! modules and tools later steps link against or copy), and `.complete`.
-//! Must not: boot anything or write images of releases.
+//! is joined to; its bootfs is empty, so it mounts ROFS, not ZFS), `loader-stripped.elf`
+//! (the kernel ELF), `usr.img` (qcow2: `loader.img` + the ROFS partition OSv's build
+//! wrote, command line `--rootfs=rofs /hello`), `rofs.img`, `usr.manifest` and `cmdline`
+//! (what OSv's build put in it), `zfs/` ([`ZFS_ARTEFACTS`]: `zfs/loader.img`, the same
+//! kernel with the ZFS driver library `libsolaris.so` in its bootfs, i.e. one that can
+//! mount a ZFS root; `zfs/base.img`, qcow2, 512 MiB virtual: `zfs/loader.img` + a ZFS
+//! pool `osv` as partition 2 whose root holds OSv's skeleton, the cpio receiver
+//! `/tools/cpiod.so` and the zfs tools (`/zfs.so`, `/zpool.so`, `/libzfs.so`,
+//! `/libuutil.so`), command line `--rootfs=zfs`: the base that `beambake_vm::osv_upload`
+//! boots with `/tools/cpiod.so` and streams a release into; `zfs/usr.manifest`,
+//! `zfs/cmdline`), `build.log`, `osv/` (the built tree: `scripts/` (imgedit.py,
+//! gen-rofs-img.py), `build/release.x64/` with the modules and tools later steps link
+//! against or copy), and `.complete`.
+//!
+//! Must not: boot anything or write images of releases. One exception, inside OSv's own
+//! build: `fs=zfs` writes its ZFS pool by booting OSv's `zfs_builder` kernel under qemu
+//! (`scripts/upload_manifest.py` → `scripts/run.py`), which would pick KVM whenever
+//! `/dev/kvm` exists; patch 0001 makes it plain qemu (TCG), patch 0003 makes that
+//! upload start over when the guest was not listening yet and the build fail when it
+//! fails (OSv's script hung, then went on with an empty pool). So the OSv build needs
+//! `qemu-system-x86_64` too.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -50,6 +69,39 @@ pub const ARTEFACTS: &[&str] = &[
     "cmdline",
 ];
 
+/// Files copied from OSv's `build/last/` after the ZFS build, and their names in the
+/// result dir (see the module doc).
+pub const ZFS_ARTEFACTS: &[(&str, &str)] = &[
+    ("loader.img", "zfs/loader.img"),
+    ("usr.img", "zfs/base.img"),
+    ("usr.manifest", "zfs/usr.manifest"),
+    ("cmdline", "zfs/cmdline"),
+];
+
+/// beambake's patches to the snapshot, in order: (file name, content). Part of the key.
+pub const PATCHES: &[(&str, &str)] = &[
+    (
+        "0001-upload-manifest-boots-the-zfs-builder-under-tcg.patch",
+        include_str!(
+            "../../../../patches/osv/0001-upload-manifest-boots-the-zfs-builder-under-tcg.patch"
+        ),
+    ),
+    (
+        "0002-zfs-images-carry-the-cpio-receiver.patch",
+        include_str!("../../../../patches/osv/0002-zfs-images-carry-the-cpio-receiver.patch"),
+    ),
+    (
+        "0003-zfs-image-upload-retries-and-fails-loudly.patch",
+        include_str!(
+            "../../../../patches/osv/0003-zfs-image-upload-retries-and-fails-loudly.patch"
+        ),
+    ),
+];
+/// The series file, checked against [`PATCHES`] by a test.
+pub const SERIES: &str = include_str!("../../../../patches/osv/series");
+/// The patches' dir in the repository, for messages.
+pub const PATCH_DIR: &str = "patches/osv";
+
 /// Tools OSv's build runs, and the Debian packages that provide them. Libraries (boost,
 /// libedit, yaml-cpp, ncurses, ssl) are checked by the build itself; xtask's deps list and
 /// `.ci/run` install them.
@@ -60,6 +112,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("genromfs", "genromfs"),
     ("qemu-img", "qemu-utils"),
+    // The fs=zfs build boots OSv's zfs_builder.
+    ("qemu-system-x86_64", "qemu-system-x86"),
     ("autoconf", "autoconf"),
     ("automake", "automake"),
     ("libtoolize", "libtool"),
@@ -79,8 +133,10 @@ pub struct OsvPin {
     pub sha256: String,
     /// What the snapshot holds (for messages).
     pub upstream: String,
-    /// Arguments of `scripts/build` after `-jN`.
+    /// Arguments of `scripts/build` after `-jN` (the ROFS build, run second).
     pub build_args: Vec<String>,
+    /// Arguments of the first `scripts/build` in the same tree: the ZFS base image.
+    pub zfs_build_args: Vec<String>,
 }
 
 /// A built OSv.
@@ -105,6 +161,16 @@ impl OsvBuild {
     /// OSv's own image of the build's app (qcow2: loader + ROFS partition).
     pub fn usr_img(&self) -> PathBuf {
         self.dir.join("usr.img")
+    }
+    /// The ZFS-capable kernel (raw: boot sector, command line at byte 512, kernel; the
+    /// ZFS driver in its bootfs).
+    pub fn zfs_loader_img(&self) -> PathBuf {
+        self.dir.join("zfs/loader.img")
+    }
+    /// The writable base image (qcow2): `zfs/loader.img` + a ZFS root holding
+    /// `/tools/cpiod.so`, what `beambake_vm::osv_upload` boots and uploads into.
+    pub fn zfs_base_img(&self) -> PathBuf {
+        self.dir.join("zfs/base.img")
     }
     /// The built source tree (`scripts/`, `build/release.x64/`).
     pub fn tree(&self) -> PathBuf {
@@ -140,6 +206,7 @@ pub fn parse_pin(text: &str) -> Result<OsvPin, KernelError> {
     if let Some(a) = p
         .build_args
         .iter()
+        .chain(&p.zfs_build_args)
         .find(|a| a.starts_with("-j") || a.trim().is_empty())
     {
         return Err(bad(format!(
@@ -176,8 +243,9 @@ pub fn compiler_version() -> String {
         .join("\n")
 }
 
-/// The cache key: sha256 over the snapshot's sha256, the build arguments and the
-/// compiler versions, each part length-prefixed; 16 hex digits.
+/// The cache key: sha256 over the snapshot's sha256, both build argument lists, the
+/// patches (name and bytes) and the compiler versions, each part length-prefixed; 16 hex
+/// digits.
 pub fn key(pin: &OsvPin, compiler: &str) -> String {
     let mut h = Sha256::new();
     let mut part = |tag: &str, bytes: &[u8]| {
@@ -188,6 +256,13 @@ pub fn key(pin: &OsvPin, compiler: &str) -> String {
     part("osv-snapshot-sha256", pin.sha256.as_bytes());
     for a in &pin.build_args {
         part("build-arg", a.as_bytes());
+    }
+    for a in &pin.zfs_build_args {
+        part("zfs-build-arg", a.as_bytes());
+    }
+    for (name, text) in PATCHES {
+        part("patch-name", name.as_bytes());
+        part("patch", text.as_bytes());
     }
     part("compiler", compiler.as_bytes());
     build_cache::key_hex(h)
@@ -245,6 +320,7 @@ pub fn final_dir(cache_dir: &Path, key: &str) -> PathBuf {
 pub fn is_complete(dir: &Path, key: &str) -> bool {
     fs::read_to_string(dir.join(COMPLETE_MARKER)).is_ok_and(|k| k.trim() == key)
         && ARTEFACTS.iter().all(|a| dir.join(a).is_file())
+        && ZFS_ARTEFACTS.iter().all(|(_, a)| dir.join(a).is_file())
 }
 
 /// OSv from the cache, building it first when absent. `snapshot`: the xz tar to build
@@ -266,15 +342,16 @@ pub fn get(
         verify(&snapshot, &pin)?;
         check_tools()?;
         progress(&format!(
-            "building OSv from {} ({}; first use only; about 7 minutes on 2 cores)",
+            "building OSv from {} ({}, then {}; first use only; about 9 minutes on 2 cores)",
             snapshot.display(),
+            pin.zfs_build_args.join(" "),
             pin.build_args.join(" ")
         ));
         // The log lives beside the temp dir while OSv builds (to follow it; kept when the
         // build fails, the error names it), then moves into the result.
         let log = base.join(format!("{key}.build.log"));
         let _ = fs::remove_file(&log);
-        build(&snapshot, &pin, work, &log, progress)?;
+        build(&snapshot, &pin, work, staged, &log, progress)?;
         stage(&work.join("src/osv"), staged, &log)?;
         build_cache::copy(&log, &staged.join("build.log"))?;
         fs::remove_file(&log).map_err(kernel::io_err("removing", &log))?;
@@ -294,12 +371,14 @@ fn check_tools() -> Result<(), KernelError> {
     })
 }
 
-/// Unpacks `snapshot` into `work/src` and runs OSv's build in `work/src/osv`, its output
-/// in `log`.
+/// Unpacks `snapshot` into `work/src`, applies [`PATCHES`] and runs OSv's two builds in
+/// `work/src/osv` (ZFS, its products copied to `staged/zfs/`, then ROFS), their output in
+/// `log`.
 fn build(
     snapshot: &Path,
     pin: &OsvPin,
     work: &Path,
+    staged: &Path,
     log: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<(), KernelError> {
@@ -314,37 +393,75 @@ fn build(
             reason: "the snapshot has no osv/scripts/build".into(),
         });
     }
+    apply_patches(&osv)?;
     let jobs = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let mut cmd = Command::new("./scripts/build");
-    cmd.arg(format!("-j{jobs}"))
-        .args(&pin.build_args)
-        .current_dir(&osv);
-    build_cache::run_logged(
-        &mut cmd,
-        &format!("OSv ./scripts/build {}", pin.build_args.join(" ")),
-        log,
-        progress,
-    )
+    let run = |args: &[String]| {
+        let mut cmd = Command::new("./scripts/build");
+        cmd.arg(format!("-j{jobs}")).args(args).current_dir(&osv);
+        build_cache::run_logged(
+            &mut cmd,
+            &format!("OSv ./scripts/build {}", args.join(" ")),
+            log,
+            progress,
+        )
+    };
+    // ZFS first: the ROFS build, second, leaves `build/last` and the tree as a ROFS-only
+    // build would (the kernel's objects do not depend on `fs`; only its bootfs does).
+    run(&pin.zfs_build_args)?;
+    let out = osv.join("build/last");
+    fs::create_dir(staged.join("zfs")).map_err(kernel::io_err("creating dir in", staged))?;
+    for (from, to) in ZFS_ARTEFACTS {
+        build_cache::copy(&built_file(&out, from, log)?, &staged.join(to))?;
+    }
+    run(&pin.build_args)
+}
+
+/// Applies [`PATCHES`] to the unpacked tree `osv`: exact lines, no fuzz, all or nothing.
+fn apply_patches(osv: &Path) -> Result<(), KernelError> {
+    let mut patches = Vec::new();
+    for (name, text) in PATCHES {
+        patches.push(
+            beambake_patch::patch::Patch::parse_str(name, text).map_err(|e| {
+                KernelError::BadPackage {
+                    pin_spec: PIN_FILE.into(),
+                    dir: PathBuf::from(PATCH_DIR),
+                    reason: e.to_string(),
+                }
+            })?,
+        );
+    }
+    beambake_patch::patch::apply(osv, &patches, &beambake_patch::patch::Options::default())
+        .map(drop)
+        .map_err(|e| KernelError::BadPackage {
+            pin_spec: PIN_FILE.into(),
+            dir: osv.to_path_buf(),
+            reason: format!("applying {PATCH_DIR}: {e}"),
+        })
+}
+
+/// `out/name`, or an error naming the log when OSv's build did not leave it.
+fn built_file(out: &Path, name: &str, log: &Path) -> Result<PathBuf, KernelError> {
+    let from = out.join(name);
+    if from.is_file() {
+        return Ok(from);
+    }
+    Err(KernelError::BadPackage {
+        pin_spec: PIN_FILE.into(),
+        dir: out.to_path_buf(),
+        reason: format!(
+            "OSv's build finished but left no {name} (log: {})",
+            log.display()
+        ),
+    })
 }
 
 /// Copies OSv's artefacts from `osv/build/last/` to `staged` and moves the tree there.
 fn stage(osv: &Path, staged: &Path, log: &Path) -> Result<(), KernelError> {
     let out = osv.join("build/last");
     for a in ARTEFACTS {
-        let from = out.join(a);
-        if !from.is_file() {
-            return Err(KernelError::BadPackage {
-                pin_spec: PIN_FILE.into(),
-                dir: out.clone(),
-                reason: format!(
-                    "OSv's build finished but left no {a} (log: {})",
-                    log.display()
-                ),
-            });
-        }
-        build_cache::copy(&from, &staged.join(a))?;
+        build_cache::copy(&built_file(&out, a, log)?, &staged.join(a))?;
     }
     fs::rename(osv, staged.join("osv")).map_err(kernel::io_err("moving the built tree", osv))
 }
@@ -362,12 +479,14 @@ mod tests {
             "b99f6caaef1b1739f62520794d1344a398c5e90d265286e0902a0c9c99c3bb29"
         );
         assert!(p.build_args.contains(&"fs=rofs".to_string()));
+        assert!(p.zfs_build_args.contains(&"fs=zfs".to_string()));
         assert!(!p.build_args.iter().any(|a| a.contains("java")));
     }
 
     #[test]
     fn bad_pins_are_refused() {
-        let good = "file = \"a\"\nsha256 = \"%\"\nupstream = \"u\"\nbuild_args = [\"fs=rofs\"]\n";
+        let good = "file = \"a\"\nsha256 = \"%\"\nupstream = \"u\"\nbuild_args = [\"fs=rofs\"]\n\
+                    zfs_build_args = [\"fs=zfs\"]\n";
         let hex = "AB".repeat(32);
         let p = parse_pin(&good.replace('%', &hex)).unwrap();
         assert_eq!(p.sha256, hex.to_ascii_lowercase());
@@ -379,6 +498,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("-j8"), "{e}");
+        let e = parse_pin(&good.replace('%', &hex).replace("fs=zfs", "-j2"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-j2"), "{e}");
         let e = parse_pin(&format!("{}extra = 1\n", good.replace('%', &hex)))
             .unwrap_err()
             .to_string();
@@ -398,6 +521,14 @@ mod tests {
         let mut opts = p.clone();
         opts.build_args.push("mode=debug".into());
         assert_ne!(k, key(&opts, "gcc 12"));
+        let mut zfs = p.clone();
+        zfs.zfs_build_args.push("fs_size_mb=1024".into());
+        assert_ne!(k, key(&zfs, "gcc 12"));
+        // The same argument in the other list is another build.
+        let mut moved = p.clone();
+        let a = moved.build_args.pop().unwrap();
+        moved.zfs_build_args.push(a);
+        assert_ne!(k, key(&moved, "gcc 12"));
         // Parts cannot run into each other.
         let mut a = p.clone();
         a.build_args = vec!["ab".into(), "c".into()];
@@ -456,12 +587,40 @@ mod tests {
         for a in ARTEFACTS {
             fs::write(dir.join(a), "").unwrap();
         }
+        fs::create_dir(dir.join("zfs")).unwrap();
+        for (_, a) in ZFS_ARTEFACTS {
+            fs::write(dir.join(a), "").unwrap();
+        }
         assert!(!is_complete(dir, "k1"), "no marker");
         fs::write(dir.join(COMPLETE_MARKER), "k2").unwrap();
         assert!(!is_complete(dir, "k1"), "another key");
         fs::write(dir.join(COMPLETE_MARKER), "k1").unwrap();
         assert!(is_complete(dir, "k1"));
+        fs::remove_file(dir.join("zfs/base.img")).unwrap();
+        assert!(!is_complete(dir, "k1"), "the ZFS base missing");
+        fs::write(dir.join("zfs/base.img"), "").unwrap();
         fs::remove_file(dir.join("loader.img")).unwrap();
         assert!(!is_complete(dir, "k1"), "an artefact missing");
+    }
+
+    #[test]
+    fn series_file_matches_the_embedded_patches() {
+        let listed: Vec<&str> = SERIES
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let embedded: Vec<&str> = PATCHES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(listed, embedded);
+    }
+
+    #[test]
+    fn every_patch_parses_and_says_what_and_why() {
+        for (name, text) in PATCHES {
+            beambake_patch::patch::Patch::parse_str(name, text).unwrap();
+            let header = &text[..text.find("\n--- a/").unwrap_or(0)];
+            assert!(header.contains("Subject:"), "{name}");
+            assert!(header.lines().count() > 5, "{name}: explain the change");
+        }
     }
 }
