@@ -3,7 +3,9 @@
 //! Owns: the pin (`images/osv.toml`: the snapshot's file name and sha256, the build
 //! arguments), beambake's OSv patches (`patches/osv/`, [`PATCHES`], applied strictly to
 //! the unpacked copy), finding the snapshot ([`locate`]: the caller's path, else
-//! `BEAMBAKE_OSV_SRC`), checking it against the pin, and the build, in one unpacked copy
+//! `BEAMBAKE_OSV_SRC`; the pinned xz tar, checked against the pin, or a user's local
+//! checkout with its submodules, copied as it is and keyed by [`checkout_digest`] in the
+//! pin's sha256's place), and the build, in one unpacked copy
 //! and its output in `build.log`: first `./scripts/build -jN fs=zfs image=zfs-tools` (the
 //! pin's `zfs_build_args`: the writable base image), its products copied to `zfs/`, then
 //! `./scripts/build -jN fs=rofs image=native-example` (`build_args`, incremental), so
@@ -94,6 +96,12 @@ pub const PATCHES: &[(&str, &str)] = &[
         "0003-zfs-image-upload-retries-and-fails-loudly.patch",
         include_str!(
             "../../../../patches/osv/0003-zfs-image-upload-retries-and-fails-loudly.patch"
+        ),
+    ),
+    (
+        "0004-mempool-posix-memalign-above-a-page-from-2-mib-up.patch",
+        include_str!(
+            "../../../../patches/osv/0004-mempool-posix-memalign-above-a-page-from-2-mib-up.patch"
         ),
     ),
 ];
@@ -269,7 +277,9 @@ pub fn key(pin: &OsvPin, compiler: &str) -> String {
 }
 
 /// The snapshot to build: `explicit` when given, else `$BEAMBAKE_OSV_SRC`; an error says
-/// how to name one. The file must exist (its hash is checked by [`verify`]).
+/// how to name one. A file is the pinned xz tar (its hash is checked by [`verify`]); a
+/// directory is a local OSv checkout with its submodules (`scripts/build` at its top),
+/// built as it is and keyed by its content ([`checkout_digest`]).
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
     let (path, from) = match explicit {
         Some(p) => (p.to_path_buf(), "the path given".to_string()),
@@ -287,13 +297,80 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
             }
         },
     };
-    if !path.is_file() {
+    if path.is_dir() && !path.join("scripts/build").is_file() {
         return Err(KernelError::NoSnapshot {
             what: "OSv".into(),
-            reason: format!("{} ({from}) is not a file", path.display()),
+            reason: format!(
+                "{} ({from}) is a directory but not an OSv checkout: it has no scripts/build",
+                path.display()
+            ),
+        });
+    }
+    if !path.is_file() && !path.is_dir() {
+        return Err(KernelError::NoSnapshot {
+            what: "OSv".into(),
+            reason: format!(
+                "{} ({from}) is neither the snapshot file nor an OSv checkout",
+                path.display()
+            ),
         });
     }
     Ok(path)
+}
+
+/// What a local checkout `dir` holds, as one sha256: every file's path, executable bit
+/// and content, every symlink's target, in path order; its `build/` output and `.git`
+/// left out. The key of a checkout's build (the pin's sha256 stands for a snapshot's).
+pub fn checkout_digest(dir: &Path) -> Result<String, KernelError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Sha256::new();
+    let mut stack = vec![PathBuf::new()];
+    let mut files = Vec::new();
+    while let Some(rel) = stack.pop() {
+        let abs = dir.join(&rel);
+        for e in fs::read_dir(&abs).map_err(kernel::io_err("reading", &abs))? {
+            let e = e.map_err(kernel::io_err("reading", &abs))?;
+            let name = e.file_name();
+            if rel.as_os_str().is_empty() && (name == "build" || name == ".git") {
+                continue;
+            }
+            if name == ".git" {
+                continue;
+            }
+            let r = rel.join(&name);
+            let ft = e
+                .file_type()
+                .map_err(kernel::io_err("reading", &e.path()))?;
+            if ft.is_dir() {
+                stack.push(r);
+            } else {
+                files.push((r, ft));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    for (r, ft) in files {
+        let abs = dir.join(&r);
+        h.update(r.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        if ft.is_symlink() {
+            let t = fs::read_link(&abs).map_err(kernel::io_err("reading", &abs))?;
+            h.update(b"l");
+            h.update(t.as_os_str().as_encoded_bytes());
+        } else {
+            let meta = fs::metadata(&abs).map_err(kernel::io_err("reading", &abs))?;
+            h.update(if meta.permissions().mode() & 0o111 != 0 {
+                b"x"
+            } else {
+                b"f"
+            });
+            let bytes = fs::read(&abs).map_err(kernel::io_err("reading", &abs))?;
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        h.update([0]);
+    }
+    Ok(build_cache::key_hex(h))
 }
 
 /// Checks `snapshot`'s sha256 against `pin`.
@@ -332,14 +409,29 @@ pub fn get(
     cache_dir: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<OsvBuild, KernelError> {
-    let pin = pin()?;
+    let mut pin = pin()?;
+    // A local checkout is keyed by its content instead of the pinned snapshot's sha256.
+    let checkout = match snapshot {
+        Some(p) if p.is_dir() => Some(locate(Some(p))?),
+        None => match std::env::var_os(ENV).map(PathBuf::from) {
+            Some(p) if p.is_dir() => Some(locate(Some(&p))?),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Some(dir) = &checkout {
+        progress(&format!("hashing the OSv checkout {}", dir.display()));
+        pin.sha256 = format!("checkout:{}", checkout_digest(dir)?);
+    }
     let key = key(&pin, &compiler_version());
     let base = cache_dir.join(CACHE_SUBDIR);
     let dir = final_dir(cache_dir, &key);
     let complete = |d: &Path| is_complete(d, &key);
     let outcome = build_cache::get_or_build(&base, &dir, &complete, &mut |work, staged| {
         let snapshot = locate(snapshot)?;
-        verify(&snapshot, &pin)?;
+        if checkout.is_none() {
+            verify(&snapshot, &pin)?;
+        }
         check_tools()?;
         progress(&format!(
             "building OSv from {} ({}, then {}; first use only; about 9 minutes on 2 cores)",
@@ -383,9 +475,20 @@ fn build(
     progress: &dyn Fn(&str),
 ) -> Result<(), KernelError> {
     let src = work.join("src");
-    // Verified against the pin just before (see build_cache::unpack_tar_xz).
-    build_cache::unpack_tar_xz(snapshot, &src, "")?;
     let osv = src.join("osv");
+    if snapshot.is_dir() {
+        // A local checkout: copied as it is (its own build output left out).
+        fs::create_dir_all(&osv).map_err(kernel::io_err("creating", &osv))?;
+        let mut cp = Command::new("cp");
+        cp.arg("-a")
+            .arg(format!("{}/.", snapshot.display()))
+            .arg(&osv);
+        build_cache::run_logged(&mut cp, "copying the OSv checkout", log, progress)?;
+        let _ = fs::remove_dir_all(osv.join("build"));
+    } else {
+        // Verified against the pin just before (see build_cache::unpack_tar_xz).
+        build_cache::unpack_tar_xz(snapshot, &src, "")?;
+    }
     if !osv.join("scripts/build").is_file() {
         return Err(KernelError::BadPackage {
             pin_spec: PIN_FILE.into(),
@@ -469,6 +572,36 @@ fn stage(osv: &Path, staged: &Path, log: &Path) -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local checkout is keyed by what it holds (not where it is or when it was
+    /// touched); its build output and git metadata do not count; a directory that is not
+    /// an OSv checkout is refused naming it.
+    #[test]
+    fn a_checkout_is_keyed_by_its_content() {
+        let d = tempfile::tempdir().unwrap();
+        let co = d.path().join("osv");
+        fs::create_dir_all(co.join("scripts")).unwrap();
+        fs::create_dir_all(co.join("core")).unwrap();
+        fs::write(co.join("scripts/build"), "#!/bin/sh\n").unwrap();
+        fs::write(co.join("core/a.cc"), "int a;\n").unwrap();
+        let first = checkout_digest(&co).unwrap();
+        fs::create_dir_all(co.join("build/release.x64")).unwrap();
+        fs::write(co.join("build/release.x64/loader.elf"), "x").unwrap();
+        fs::create_dir_all(co.join(".git")).unwrap();
+        fs::write(co.join(".git/HEAD"), "ref").unwrap();
+        assert_eq!(checkout_digest(&co).unwrap(), first);
+        let moved = d.path().join("elsewhere");
+        fs::rename(&co, &moved).unwrap();
+        assert_eq!(checkout_digest(&moved).unwrap(), first);
+        fs::write(moved.join("core/a.cc"), "int b;\n").unwrap();
+        assert_ne!(checkout_digest(&moved).unwrap(), first);
+        assert_eq!(locate(Some(&moved)).unwrap(), moved);
+        let e = locate(Some(d.path())).unwrap_err().to_string();
+        assert!(
+            e.contains("not an OSv checkout") && e.contains("scripts/build"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_pin_parses_and_names_the_snapshot() {

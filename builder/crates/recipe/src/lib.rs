@@ -254,8 +254,9 @@ pub struct RumprunCfg {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OsvCfg {
-    /// The OSv source snapshot (xz tar, sha256 pinned in `images/osv.toml`) beambake builds
-    /// OSv from. Default: `$BEAMBAKE_OSV_SRC`.
+    /// The OSv source beambake builds OSv from: the snapshot (xz tar, sha256 pinned in
+    /// `images/osv.toml`) or a local OSv checkout with its submodules (a directory, keyed
+    /// by its content). Default: `$BEAMBAKE_OSV_SRC`.
     pub source: Option<RecipePath>,
     /// How the release goes into the image: `rofs` (default: beambake writes OSv's
     /// read-only filesystem, no boot at build time) or `upload` (rebar3_osv's way: a ZFS

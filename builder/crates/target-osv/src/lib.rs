@@ -18,12 +18,14 @@ use std::path::{Path, PathBuf};
 
 use beambake_contract::paths;
 use beambake_images::image::{self, osv_disk, Format};
+use beambake_images::output::Written;
 use beambake_images::rootfs::{FileSource, Tree};
 use beambake_kernel::osv_kernel::{self, OsvBuild};
 use beambake_recipe::{OsvFill, Recipe};
 use beambake_release::launch::{LaunchSpec, LaunchSpecExt};
 use beambake_release::manifest::HostFile;
 use beambake_target::{Common, Context, Error, Made, Progress, Target};
+use beambake_vm::osv_upload;
 
 /// beambake's OSv loader, built by build.rs from `start-otp/start-otp.c`.
 pub const START_OTP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/start-otp.so"));
@@ -74,12 +76,6 @@ impl Target for Osv {
                 "the osv target builds OSv itself (osv.source names the snapshot); remove kernel.path, kernel.modules and kernel.extra_modules",
             ));
         }
-        if recipe.osv.fill == OsvFill::Upload {
-            return Err(Error::recipe(
-                recipe,
-                "osv.fill = \"upload\" is not available yet: use \"rofs\"",
-            ));
-        }
         Ok(())
     }
 
@@ -114,7 +110,7 @@ impl Target for Osv {
 
         let tree = &mut assembly.tree;
         let libs: Vec<PathBuf> = assembly.host_libs.iter().map(|l| l.path.clone()).collect();
-        osv_layout(tree, &osv, &libs, &spec.writable)?;
+        osv_layout(tree, &osv, &libs, &spec.writable, recipe.osv.fill)?;
         tree.remove(paths::LAUNCH_PATH);
         tree.add_bytes(
             paths::LAUNCH_PATH,
@@ -142,18 +138,52 @@ impl Target for Osv {
         )?;
 
         let dir = common.dir.clone();
-        progress.step("writing the ROFS filesystem");
-        let rofs_path = dir.join(format!("{}.rofs", recipe.name));
-        let rofs = image::write(tree, &Format::Rofs, &rofs_path)?;
-        progress.step("joining OSv's loader and the filesystem");
         let name = format!("{}.img", recipe.name);
-        let disk = osv_disk::join(&osv.loader_img(), &rofs.path, &cmdline, &dir.join(&name))?;
-        let _ = std::fs::remove_file(&rofs.path);
+        let (disk, base_input) = match recipe.osv.fill {
+            OsvFill::Rofs => {
+                progress.step("writing the ROFS filesystem");
+                let rofs_path = dir.join(format!("{}.rofs", recipe.name));
+                let rofs = image::write(tree, &Format::Rofs, &rofs_path)?;
+                progress.step("joining OSv's loader and the filesystem");
+                let joined =
+                    osv_disk::join(&osv.loader_img(), &rofs.path, &cmdline, &dir.join(&name));
+                let _ = std::fs::remove_file(&rofs.path);
+                (joined?, osv.loader_img())
+            }
+            OsvFill::Upload => {
+                progress
+                    .step("uploading the tree into OSv's ZFS base image (cpiod, booted under TCG)");
+                let up = osv_upload::upload(
+                    &osv.zfs_base_img(),
+                    tree,
+                    &dir.join(&name),
+                    &cmdline,
+                    &osv_upload::Limits::default(),
+                    osv_upload::Receiver::Guest,
+                )
+                .map_err(|e| Error::Unsupported {
+                    path: osv.zfs_base_img(),
+                    message: e.to_string(),
+                })?;
+                let written = Written {
+                    path: up.path,
+                    size: up.size,
+                    sha256: up.sha256,
+                };
+                (written, osv.zfs_base_img())
+            }
+        };
 
         let mut plan = beambake_target::plan(recipe, common, &name, String::new());
         plan.cmdline = cmdline;
         plan.root_image = Some(PathBuf::from(&name));
-        plan.root_fs = Some(Format::Rofs.label().to_string());
+        plan.root_fs = Some(
+            match recipe.osv.fill {
+                OsvFill::Rofs => Format::Rofs.label(),
+                OsvFill::Upload => "osv-zfs",
+            }
+            .to_string(),
+        );
         plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::QemuOsv);
         let kernel_inputs = vec![
             HostFile {
@@ -161,13 +191,13 @@ impl Target for Osv {
                 sha256: osv_kernel::pin()?.sha256,
             },
             HostFile {
-                path: osv.loader_img().display().to_string(),
-                sha256: beambake_images::digest::sha256_file(&osv.loader_img()).map_err(
-                    |source| Error::Io {
-                        path: osv.loader_img(),
+                path: base_input.display().to_string(),
+                sha256: beambake_images::digest::sha256_file(&base_input).map_err(|source| {
+                    Error::Io {
+                        path: base_input.clone(),
                         source,
-                    },
-                )?,
+                    }
+                })?,
             },
         ];
         Ok(Made {
@@ -212,7 +242,10 @@ pub fn osv_cmdline(recipe: &Recipe, spec: &LaunchSpec) -> Result<String, Error> 
             }
         })
         .unwrap_or_else(|| format!("{rel_dir}/sys.config"));
-    let mut c = String::from("--rootfs=rofs");
+    let mut c = String::from(match recipe.osv.fill {
+        OsvFill::Rofs => "--rootfs=rofs",
+        OsvFill::Upload => "--rootfs=zfs",
+    });
     if !recipe.kernel.cmdline.is_empty() {
         c.push(' ');
         c.push_str(&recipe.kernel.cmdline);
@@ -221,16 +254,18 @@ pub fn osv_cmdline(recipe: &Recipe, spec: &LaunchSpec) -> Result<String, Error> 
     Ok(c)
 }
 
-/// What OSv itself needs in the root filesystem, beside the release: its mount table
-/// (OSv's, plus a fresh ramfs on each of the release's `writable` dirs: the root is
-/// read-only), hosts and mnttab, the mount points, `libenviron.so`; no device nodes (devfs
-/// provides them; ROFS holds none); the release's host libraries at `/usr/lib` (OSv's
-/// search path) except those OSv's kernel provides (left out).
+/// What OSv needs in the tree beside the release: no device nodes (devfs provides them;
+/// neither ROFS nor cpiod holds them), the release's host libraries at `/usr/lib` (OSv's
+/// search path) except those OSv's kernel provides (left out). For a ROFS root also
+/// OSv's skeleton: its mount table (plus a fresh ramfs on each of the release's
+/// `writable` dirs: the root is read-only), hosts, mnttab, the mount points and
+/// `libenviron.so`; an uploaded tree lands on the ZFS base, which has its own.
 pub fn osv_layout(
     tree: &mut Tree,
     osv: &OsvBuild,
     libs: &[PathBuf],
     writable: &[String],
+    fill: OsvFill,
 ) -> Result<(), Error> {
     for dev in ["/dev/console", "/dev/null"] {
         tree.remove(dev);
@@ -249,6 +284,9 @@ pub fn osv_layout(
             tree.mkdir_p("/usr/lib", "beambake (osv)")?;
             tree.add_symlink(&at, &guest, "beambake (osv: its library path)")?;
         }
+    }
+    if fill == OsvFill::Upload {
+        return Ok(());
     }
     let static_etc = osv.tree().join("static/etc");
     let read = |p: PathBuf| std::fs::read(&p).map_err(|source| Error::Io { path: p, source });

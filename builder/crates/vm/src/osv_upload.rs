@@ -30,13 +30,13 @@
 //! image is left, and a previous file at the destination is untouched.
 //!
 //! The qemu process is a [`Guest`] (the one type that owns VM processes); its [`Vmm`] is
-//! [`Qemu::Linux`], used only for what `Guest` asks of it here (the error when qemu cannot
+//! [`Qemu::Osv`], used only for what `Guest` asks of it here (the error when qemu cannot
 //! be started): this VM is not a boot plan's.
 //!
 //! Must not: decide what goes into the tree, or where the base comes from.
 
 use std::fs;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beambake_images::image::cpio::{self, CpioError};
+use beambake_images::image::osv_disk;
 use beambake_images::output::{self, Clobber, OutputError};
 use beambake_images::rootfs::Tree;
 
@@ -52,9 +53,9 @@ use crate::boot::qemu::{self, Qemu};
 use crate::boot::BootError;
 
 /// Where OSv reads its command line in the (raw view of the) disk image.
-pub const CMDLINE_OFFSET: u64 = 512;
+pub const CMDLINE_OFFSET: usize = osv_disk::CMDLINE_OFFSET;
 /// The longest command line OSv reads (its `max_cmdline` is 1024 with the NUL).
-pub const MAX_CMDLINE: usize = 1023;
+pub const MAX_CMDLINE: usize = osv_disk::MAX_CMDLINE - 1;
 /// The command line the base is booted with to receive the tree (the receiver's
 /// default prefix `/`: the tree's paths land where they are in the tree).
 pub const UPLOAD_CMDLINE: &str = "--rootfs=zfs /tools/cpiod.so";
@@ -222,42 +223,27 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> UploadError + '_ {
     }
 }
 
-/// Checks a command line OSv can read from the image: no NUL, at most [`MAX_CMDLINE`]
-/// bytes.
+/// Checks a command line OSv can read from the image ([`osv_disk::check_cmdline`]: no
+/// NUL, at most [`MAX_CMDLINE`] bytes) and that it runs something.
 pub fn check_cmdline(cmdline: &str) -> Result<(), UploadError> {
     let bad = |reason: String| UploadError::Cmdline {
         cmdline: cmdline.to_string(),
         reason,
     };
-    if cmdline.contains('\0') {
-        return Err(bad("holds a NUL byte".into()));
-    }
-    if cmdline.len() > MAX_CMDLINE {
-        return Err(bad(format!(
-            "{} bytes; OSv reads at most {MAX_CMDLINE} (its max_cmdline is 1024 with the NUL)",
-            cmdline.len()
-        )));
-    }
     if cmdline.trim().is_empty() {
         return Err(bad("is empty: OSv would run nothing".into()));
     }
-    Ok(())
+    osv_disk::check_cmdline(cmdline).map_err(|e| bad(e.to_string()))
 }
 
-/// Writes `cmdline` (checked) NUL-terminated at byte [`CMDLINE_OFFSET`] of the raw image
-/// `image`.
+/// Writes `cmdline` (checked) at byte [`CMDLINE_OFFSET`] of the raw image `image`
+/// ([`osv_disk::set_cmdline`]).
 pub fn write_cmdline(image: &Path, cmdline: &str) -> Result<(), UploadError> {
     check_cmdline(cmdline)?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(image)
-        .map_err(io_err(image))?;
-    let mut bytes = cmdline.as_bytes().to_vec();
-    bytes.push(0);
-    f.seek(SeekFrom::Start(CMDLINE_OFFSET))
-        .and_then(|_| f.write_all(&bytes))
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(image))
+    osv_disk::set_cmdline(image, cmdline).map_err(|e| UploadError::Cmdline {
+        cmdline: cmdline.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Uploads `tree` into a copy of the OSv base image `base` and writes the result, with
@@ -351,7 +337,7 @@ fn run_guest(
         .stdout(Stdio::null())
         .stderr(stderr);
     let mut g = Guest::spawn(
-        Arc::new(Qemu::Linux),
+        Arc::new(Qemu::Osv),
         cmd,
         &console,
         Wiring {
@@ -681,10 +667,7 @@ mod tests {
         let e = check_cmdline(&"x".repeat(MAX_CMDLINE + 1))
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("1024 bytes") && e.contains("at most 1023"),
-            "{e}"
-        );
+        assert!(e.contains("1024 bytes") && e.contains("max_cmdline"), "{e}");
         let e = check_cmdline("a\0b").unwrap_err().to_string();
         assert!(e.contains("NUL"), "{e}");
         assert!(check_cmdline("  ").is_err());
@@ -694,14 +677,17 @@ mod tests {
     fn the_command_line_goes_at_byte_512_nul_terminated() {
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("x.img");
-        fs::write(&img, vec![0xffu8; 4096]).unwrap();
+        let mut raw = vec![0xffu8; 4096];
+        raw[510..512].copy_from_slice(&[0x55, 0xaa]);
+        fs::write(&img, &raw).unwrap();
         write_cmdline(&img, "--rootfs=zfs /hello").unwrap();
         let b = fs::read(&img).unwrap();
         assert_eq!(b.len(), 4096, "not truncated");
         assert_eq!(&b[512..531], b"--rootfs=zfs /hello");
-        assert_eq!(b[531], 0);
-        assert_eq!(b[532], 0xff);
-        assert!(b[..512].iter().all(|&x| x == 0xff));
+        // The rest of OSv's area is zeroed; nothing outside it changes.
+        assert!(b[531..512 + 1024].iter().all(|&x| x == 0));
+        assert_eq!(b[512 + 1024], 0xff);
+        assert_eq!(&b[..512], &raw[..512]);
         // Too long: refused, the image untouched.
         let before = fs::read(&img).unwrap();
         assert!(write_cmdline(&img, &"y".repeat(2000)).is_err());

@@ -69,7 +69,7 @@ pub fn command(
         message: format!("VM {}: {e}", inst.index + 1),
     };
     osv_disk::check_cmdline(&line).map_err(|e| refuse(&image, e))?;
-    std::fs::copy(&image, &copy).map_err(|source| BootError::Io {
+    copy_sparse(&image, &copy).map_err(|source| BootError::Io {
         path: image.clone(),
         source,
     })?;
@@ -145,6 +145,48 @@ pub fn command(
     Ok(c)
 }
 
+/// Copies `src` to `dst` keeping its holes (an uploaded ZFS image is 512 MiB, mostly
+/// holes): only the data ranges (`SEEK_DATA`/`SEEK_HOLE`) are written.
+pub fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+    let mut from = std::fs::File::open(src)?;
+    let len = from.metadata()?.len();
+    let mut to = std::fs::File::create(dst)?;
+    to.set_len(len)?;
+    let fd = from.as_raw_fd();
+    let mut at: u64 = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while at < len {
+        // SAFETY: lseek on a file descriptor this function owns.
+        let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (data, hole) = (data as u64, (hole as u64).min(len));
+        from.seek(SeekFrom::Start(data))?;
+        to.seek(SeekFrom::Start(data))?;
+        let mut left = hole - data;
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            from.read_exact(&mut buf[..n])?;
+            to.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        at = hole;
+    }
+    to.sync_all()
+}
+
 /// Removes the per-VM copies from `dir`.
 pub fn clean_up(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -202,6 +244,31 @@ mod tests {
             assert!(!is_instance_image(n), "{n}");
         }
         assert!(BootPlan::is_run_file("osv-vm-1.img"));
+    }
+
+    #[test]
+    fn sparse_copies_keep_data_and_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("s.img");
+        let f = std::fs::File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        drop(f);
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+            f.write_all(b"head").unwrap();
+            f.seek(SeekFrom::Start(40 << 20)).unwrap();
+            f.write_all(&[7u8; 5000]).unwrap();
+        }
+        let dst = d.path().join("d.img");
+        copy_sparse(&src, &dst).unwrap();
+        assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&dst).unwrap().blocks() * 512;
+        assert!(
+            blocks < (4 << 20),
+            "{blocks} bytes allocated for 8 KiB of data"
+        );
     }
 
     /// A VM's line that does not fit OSv's area is refused before anything is copied;
