@@ -286,6 +286,10 @@ pub fn osv_layout(
         }
     }
     if fill == OsvFill::Upload {
+        // The base mounts devfs, procfs and sysfs there: cpiod cannot chmod them.
+        for d in ["/dev", "/proc", "/sys"] {
+            tree.remove(d);
+        }
         return Ok(());
     }
     let static_etc = osv.tree().join("static/etc");

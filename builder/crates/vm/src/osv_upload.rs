@@ -180,6 +180,11 @@ pub enum UploadError {
     )]
     ClosedEarly { addr: SocketAddr, bytes_sent: u64 },
     #[error(
+        "the receiver in the guest failed after {bytes_sent} bytes (an entry it could not \
+         write?); console: {console}"
+    )]
+    ReceiverFailed { bytes_sent: u64, console: String },
+    #[error(
         "the receiver at {addr} did not confirm the archive ({bytes_sent} bytes sent) by closing \
          cleanly: {source}"
     )]
@@ -400,7 +405,28 @@ fn run_guest(
                 },
             }
         })?;
-    let sent = send_tree(conn, tree, finish_by);
+    // OSv prints this when a program (here cpiod) aborts; the guest then halts without
+    // powering off and without closing the connection.
+    let console_path = console.clone();
+    let mut watch = |bytes_sent: u64| {
+        let log = fs::read(&console_path).unwrap_or_default();
+        if contains(&log, b"Aborted") || contains(&log, b"[backtrace]") {
+            return Some(UploadError::ReceiverFailed {
+                bytes_sent,
+                console: String::from_utf8_lossy(&log)
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            });
+        }
+        None
+    };
+    let sent = send_tree_watched(conn, tree, finish_by, &mut watch);
     let bytes_sent = match sent {
         Ok(n) => n,
         Err(e) => {
@@ -444,6 +470,7 @@ fn sent_bytes(e: &UploadError) -> u64 {
     match e {
         UploadError::Send { bytes_sent, .. }
         | UploadError::ClosedEarly { bytes_sent, .. }
+        | UploadError::ReceiverFailed { bytes_sent, .. }
         | UploadError::Unconfirmed { bytes_sent, .. } => *bytes_sent,
         _ => 0,
     }
@@ -508,6 +535,21 @@ fn connect(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
 /// `deadline`; the bytes sent. A receiver that closes or resets the connection before
 /// the archive's end, or answers the half-close with a reset, is an error.
 pub fn send_tree(conn: TcpStream, tree: &Tree, deadline: Instant) -> Result<u64, UploadError> {
+    send_tree_watched(conn, tree, deadline, &mut |_| None)
+}
+
+/// How often a blocked send or wait looks at `watch`.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// [`send_tree`], asking `watch` (with the bytes sent so far) every [`WATCH_EVERY`] while
+/// a write or the wait for the receiver's close is blocked: an error from it ends the
+/// upload at once (the guest crashed, qemu died) instead of at the deadline.
+fn send_tree_watched(
+    conn: TcpStream,
+    tree: &Tree,
+    deadline: Instant,
+    watch: &mut dyn FnMut(u64) -> Option<UploadError>,
+) -> Result<u64, UploadError> {
     let addr = conn
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
@@ -516,9 +558,14 @@ pub fn send_tree(conn: TcpStream, tree: &Tree, deadline: Instant) -> Result<u64,
         sent: 0,
         deadline,
         failed: None,
+        watch,
+        watched: None,
     };
     let written = cpio::write(tree, BufWriter::with_capacity(64 * 1024, &mut out))
         .and_then(|mut w| w.flush().map_err(CpioError::Write));
+    if let Some(e) = out.watched.take() {
+        return Err(e);
+    }
     if let Err(e) = written {
         // The writer names the file it was copying when the copy fails on either side:
         // a failed send is the connection's.
@@ -537,6 +584,7 @@ pub fn send_tree(conn: TcpStream, tree: &Tree, deadline: Instant) -> Result<u64,
         });
     }
     let sent = out.sent;
+    let watch = out.watch;
     conn.shutdown(Shutdown::Write)
         .map_err(|source| UploadError::Send {
             addr,
@@ -554,12 +602,23 @@ pub fn send_tree(conn: TcpStream, tree: &Tree, deadline: Instant) -> Result<u64,
         if left.is_zero() {
             return Err(unconfirmed(io::ErrorKind::TimedOut.into()));
         }
-        conn.set_read_timeout(Some(left)).map_err(unconfirmed)?;
+        conn.set_read_timeout(Some(left.min(WATCH_EVERY)))
+            .map_err(unconfirmed)?;
         match (&conn).read(&mut buf) {
             Ok(0) => return Ok(sent),
             // cpiod says nothing; anything it might say is not ours to judge.
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if let Some(e) = watch(sent) {
+                    return Err(e);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return Err(UploadError::ClosedEarly {
                     addr,
@@ -573,25 +632,44 @@ pub fn send_tree(conn: TcpStream, tree: &Tree, deadline: Instant) -> Result<u64,
 
 /// The connection as a `Write` that counts what it sent, gives up at `deadline` and
 /// remembers how it failed.
-struct Counted<'a> {
+struct Counted<'a, 'w> {
     conn: &'a TcpStream,
     sent: u64,
     deadline: Instant,
     failed: Option<(io::ErrorKind, String)>,
+    watch: &'w mut dyn FnMut(u64) -> Option<UploadError>,
+    /// What `watch` said when it ended a write.
+    watched: Option<UploadError>,
 }
 
-impl Write for Counted<'_> {
+impl Write for Counted<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        let r = if left.is_zero() {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the upload's deadline passed while sending",
-            ))
-        } else {
-            self.conn
-                .set_write_timeout(Some(left))
+        let r = loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the upload's deadline passed while sending",
+                ));
+            }
+            match self
+                .conn
+                .set_write_timeout(Some(left.min(WATCH_EVERY)))
                 .and_then(|()| self.conn.write(buf))
+            {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if let Some(w) = (self.watch)(self.sent) {
+                        self.watched = Some(w);
+                        break Err(io::Error::other("the upload was ended while sending"));
+                    }
+                }
+                other => break other,
+            }
         };
         match r {
             Ok(n) => {
