@@ -28,7 +28,7 @@
 //! boots with `/tools/cpiod.so` and streams a release into; `zfs/usr.manifest`,
 //! `zfs/cmdline`), `build.log`, `osv/` (the built tree: `scripts/` (imgedit.py,
 //! gen-rofs-img.py), `build/release.x64/` with the modules and tools later steps link
-//! against or copy), and `.complete`.
+//! against or copy), `build.seconds` (how long the cold build took), and `.complete`.
 //!
 //! Must not: boot anything or write images of releases. One exception, inside OSv's own
 //! build: `fs=zfs` writes its ZFS pool by booting OSv's `zfs_builder` kernel under qemu
@@ -59,6 +59,8 @@ pub const ENV: &str = "BEAMBAKE_OSV_SRC";
 pub const DEV_SNAPSHOT: &str = "../shared/sources/osv-src.tar.xz";
 /// The cache's subdir.
 pub const CACHE_SUBDIR: &str = "osv";
+/// How many seconds the build took (written into the result, informative only).
+pub const BUILD_SECONDS: &str = "build.seconds";
 /// The marker written last into a complete build; it holds the key.
 pub const COMPLETE_MARKER: &str = ".complete";
 /// Files copied from OSv's `build/last/` to the top of the result dir.
@@ -443,7 +445,13 @@ pub fn get(
         // build fails, the error names it), then moves into the result.
         let log = base.join(format!("{key}.build.log"));
         let _ = fs::remove_file(&log);
+        let started = std::time::Instant::now();
         build(&snapshot, &pin, work, staged, &log, progress)?;
+        // How long the cold build took, for BENCHMARKS.md (`cargo xtask bench` reads it).
+        kernel::write_synced(
+            &staged.join(BUILD_SECONDS),
+            format!("{:.0}\n", started.elapsed().as_secs_f64()).as_bytes(),
+        )?;
         stage(&work.join("src/osv"), staged, &log)?;
         build_cache::copy(&log, &staged.join("build.log"))?;
         fs::remove_file(&log).map_err(kernel::io_err("removing", &log))?;
