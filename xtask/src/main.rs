@@ -320,9 +320,11 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
         .env(SKIP_LOG_ENV, &skip_log)
         .current_dir(root());
     ok &= tally.run(cargo, cargo_counts)?;
-    let mut eunit = std::process::Command::new("rebar3");
-    eunit.arg("eunit").current_dir(root().join("examples/echo"));
-    ok &= tally.run(eunit, eunit_counts)?;
+    for dir in ["examples/echo", "erlang"] {
+        let mut eunit = std::process::Command::new("rebar3");
+        eunit.arg("eunit").current_dir(root().join(dir));
+        ok &= tally.run(eunit, eunit_counts)?;
+    }
     cmd!(sh, "cargo build --release -q -p beambake").run()?;
     let mut recipes: Vec<PathBuf> = std::fs::read_dir(root().join("recipes"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
