@@ -107,8 +107,7 @@ fn a_release_that_exits_at_once_reports_its_status_not_a_timeout() {
     let d = tempdir();
     // A release whose application cannot start: the echo port is not a port.
     let project = d.path().join("broken");
-    copy_dir(&repo_root().join("examples/echo"), &project);
-    let _ = fs::remove_dir_all(project.join("_build"));
+    beambake_testkit::copy_project(&repo_root().join("examples/echo"), &project);
     let cfg = project.join("config/sys.config");
     fs::write(
         &cfg,

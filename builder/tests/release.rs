@@ -368,8 +368,7 @@ fn mix_release_runs_from_its_launch_spec() {
     }
     let d = tempdir();
     let project = d.path().join("hello_mix");
-    copy_dir(&repo_root().join("examples/hello_mix"), &project);
-    let _ = fs::remove_dir_all(project.join("_build"));
+    beambake_testkit::copy_project(&repo_root().join("examples/hello_mix"), &project);
     let out = output(
         std::process::Command::new("mix")
             .arg("release")

@@ -40,8 +40,7 @@ pub fn beambake_in<S: AsRef<OsStr>>(cwd: &Path, args: &[S], env: &[(&str, &str)]
 pub fn fresh_project() -> (TempDir, PathBuf) {
     let dir = tempdir_named("bb-proj-");
     let project = dir.path().join("echo");
-    copy_dir(&repo_root().join("examples/echo"), &project);
-    let _ = fs::remove_dir_all(project.join("_build"));
+    beambake_testkit::copy_project(&repo_root().join("examples/echo"), &project);
     (dir, project)
 }
 
@@ -69,8 +68,7 @@ pub fn echo() -> &'static Echo {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let project = dir.join("echo");
-        copy_dir(&repo_root().join("examples/echo"), &project);
-        let _ = fs::remove_dir_all(project.join("_build"));
+        beambake_testkit::copy_project(&repo_root().join("examples/echo"), &project);
         rebar3(&project, &["tar"]);
         rebar3(&project, &["as", "hosterts", "release"]);
         let release = project.join("_build/default/rel/echo");

@@ -27,7 +27,9 @@ pub mod skip;
 pub mod tree;
 
 pub use cli::{fails_with, stderr, stdout, Cli};
-pub use paths::{copy_dir, repo_root, snapshot, tempdir, tempdir_in, tempdir_named, which};
+pub use paths::{
+    copy_dir, copy_project, repo_root, snapshot, tempdir, tempdir_in, tempdir_named, which,
+};
 pub use process::{
     as_nobody, free_port, give_to_nobody, guard, is_root, netns_in_use, output, processes_matching,
     status, vm_lock, write_script, Guarded,

@@ -56,9 +56,24 @@ pub fn tempdir_in(parent: &Path, prefix: &str) -> TempDir {
 
 /// Copies the tree `src` to `dst`: files, directories and symlinks (as links).
 pub fn copy_dir(src: &Path, dst: &Path) {
+    copy_dir_skipping(src, dst, &[]);
+}
+
+/// A copy of the project `src` (the repository's examples) at `dst` without its build
+/// output (`_build`, `deps`), which is never read: another test may be building in it
+/// at the same time (a recipe naming the project runs `rebar3 release` there).
+pub fn copy_project(src: &Path, dst: &Path) {
+    copy_dir_skipping(src, dst, &["_build", "deps"]);
+}
+
+/// [`copy_dir`] leaving out the top-level entries named in `skip`.
+fn copy_dir_skipping(src: &Path, dst: &Path, skip: &[&str]) {
     fs::create_dir_all(dst).unwrap();
     for e in fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
         let e = e.unwrap();
+        if skip.iter().any(|n| e.file_name() == *n) {
+            continue;
+        }
         let (s, d) = (e.path(), dst.join(e.file_name()));
         let ft = fs::symlink_metadata(&s).unwrap().file_type();
         if ft.is_symlink() {
