@@ -718,7 +718,11 @@ mod tests {
         let e = locate(Some(&d.path().join("nope.tar.xz")))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("nope.tar.xz") && e.contains("not a file"), "{e}");
+        assert!(
+            e.contains("nope.tar.xz")
+                && e.contains("neither the snapshot file nor an OSv checkout"),
+            "{e}"
+        );
     }
 
     #[test]
