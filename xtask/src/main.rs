@@ -173,12 +173,68 @@ fn install(sh: &Shell, packages: &[&str]) -> Result<()> {
             packages.join(" ")
         );
     }
+    let packages = with_matching_qemu_utils(packages, &os_codename());
     eprintln!("xtask: installing {}", packages.join(" "));
     cmd!(sh, "apt-get update -q").run()?;
-    cmd!(sh, "apt-get install -y -q {packages...}")
+    cmd!(sh, "apt-get install -y -q --allow-downgrades {packages...}")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()?;
     Ok(())
+}
+
+/// The Debian release's code name (`VERSION_CODENAME` in `/etc/os-release`), if any.
+fn os_codename() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default()
+}
+
+/// qemu-system-x86 and qemu-utils must come from one Debian release: some machines carry a
+/// newer qemu-utils from backports (its source not enabled) that Breaks the release's
+/// qemu-system-common. When qemu is being installed, ask for the release's qemu-utils too
+/// (`qemu-utils/CODENAME`, a downgrade where needed).
+fn with_matching_qemu_utils(packages: &[&str], codename: &str) -> Vec<String> {
+    let mut out: Vec<String> = packages
+        .iter()
+        .filter(|p| **p != "qemu-utils")
+        .map(|p| p.to_string())
+        .collect();
+    let wants_qemu = packages
+        .iter()
+        .any(|p| *p == "qemu-system-x86" || *p == "qemu-utils");
+    if wants_qemu {
+        out.push(if codename.is_empty() {
+            "qemu-utils".to_string()
+        } else {
+            format!("qemu-utils/{codename}")
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod install_tests {
+    use super::with_matching_qemu_utils;
+
+    #[test]
+    fn qemu_utils_follows_the_release_when_qemu_is_installed() {
+        assert_eq!(
+            with_matching_qemu_utils(&["cpio", "qemu-system-x86"], "bookworm"),
+            ["cpio", "qemu-system-x86", "qemu-utils/bookworm"]
+        );
+        assert_eq!(
+            with_matching_qemu_utils(&["qemu-utils", "gawk"], "bookworm"),
+            ["gawk", "qemu-utils/bookworm"]
+        );
+        assert_eq!(with_matching_qemu_utils(&["gawk"], "bookworm"), ["gawk"]);
+        assert_eq!(
+            with_matching_qemu_utils(&["qemu-system-x86"], ""),
+            ["qemu-system-x86", "qemu-utils"]
+        );
+    }
 }
 
 /// Tallies of every runner's results, for one closing line.
