@@ -9,6 +9,7 @@
 pub mod boot;
 pub mod net;
 pub mod osv_upload;
+pub mod port;
 pub mod rumprun;
 pub mod sandbox;
 pub mod smoke;
