@@ -376,12 +376,19 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
         .env(SKIP_LOG_ENV, &skip_log)
         .current_dir(root());
     ok &= tally.run(cargo, cargo_counts)?;
+    cmd!(sh, "cargo build --release -q -p beambake").run()?;
+    // The Erlang side's tests boot real VMs through the binary just built: `BEAMBAKE`
+    // names it, `BEAMBAKE_ROOT` the checkout (recipes, examples).
     for dir in ["examples/echo", "erlang"] {
         let mut eunit = std::process::Command::new("rebar3");
-        eunit.arg("eunit").current_dir(root().join(dir));
+        eunit
+            .arg("eunit")
+            .env("BEAMBAKE", root().join("target/release/beambake"))
+            .env("BEAMBAKE_ROOT", root())
+            .env(SKIP_LOG_ENV, &skip_log)
+            .current_dir(root().join(dir));
         ok &= tally.run(eunit, eunit_counts)?;
     }
-    cmd!(sh, "cargo build --release -q -p beambake").run()?;
     let mut recipes: Vec<PathBuf> = std::fs::read_dir(root().join("recipes"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
