@@ -96,6 +96,33 @@ enum Command {
         #[arg(long)]
         count: Option<u32>,
     },
+    /// Run one VM as an Erlang port program (`beambake_vm` in erlang/ opens it): console
+    /// lines, Ethernet frames and the init's control line as `{packet, 4}` terms on
+    /// stdin/stdout, no tap and no root needed; the VM is killed when stdin closes.
+    Port {
+        /// A build's output directory (microvm or uml) or a recipe file (built first).
+        image: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
+        /// Override the recipe's accelerator.
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
+        /// The guest's address at boot, ADDR/PREFIX [default: none until `ifconfig`].
+        #[arg(long)]
+        ip: Option<String>,
+        /// Its default gateway (with --ip).
+        #[arg(long, requires = "ip")]
+        gw: Option<std::net::Ipv4Addr>,
+        /// The NIC's MAC address [default: random, 52:54:00:xx:xx:xx].
+        #[arg(long)]
+        mac: Option<String>,
+        /// The node name NAME@HOST [default: the image's node name at --ip].
+        #[arg(long)]
+        node: Option<String>,
+        /// Seconds a `stop` waits for the guest's clean power-off before killing it.
+        #[arg(long, default_value_t = 30)]
+        stop_timeout: u64,
+    },
     /// Apply, check, revert or show beambake's OTP patch sets (patches/otp/MAJOR/SET) on an
     /// OTP source tree: all or nothing, no offset or fuzz accepted, version checked first.
     Patch {
@@ -284,6 +311,7 @@ impl InputArgs {
             distribution: Default::default(),
             code_loading: None,
             extra_args: Vec::new(),
+            shell: false,
             erts_from: self.erts_from.clone(),
         })
     }
@@ -407,6 +435,49 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 println!("{}", built.manifest.display());
             }
+            Ok(0)
+        }
+        Command::Port {
+            image,
+            out,
+            accel,
+            ip,
+            gw,
+            mac,
+            node,
+            stop_timeout,
+        } => {
+            let ip = ip
+                .map(|v| {
+                    beambake_contract::cmdline::parse_cidr(&v)
+                        .map_err(|e| anyhow::anyhow!("--ip {v}: {e}"))
+                })
+                .transpose()?;
+            let mac = mac
+                .map(|v| {
+                    beambake::boot_port::parse_mac(&v)
+                        .ok_or_else(|| anyhow::anyhow!("--mac {v}: want aa:bb:cc:dd:ee:ff"))
+                })
+                .transpose()?;
+            let opts = beambake::boot_port::PortOpts {
+                ip: ip.map(|c| (c, gw)),
+                mac,
+                node,
+                stop_timeout: std::time::Duration::from_secs(stop_timeout),
+            };
+            // Progress and errors go to stderr: stdout carries the port's terms.
+            let steps = Steps::new(cli.verbose, true);
+            let dir = if image.is_file() {
+                run::build(&out.recipe(&image)?, &out.out, &steps)?.dir
+            } else {
+                image
+            };
+            let accel = accel.map(|a| match a {
+                AccelArg::Auto => Accel::Auto,
+                AccelArg::Kvm => Accel::Kvm,
+                AccelArg::Tcg => Accel::Tcg,
+            });
+            run::port(&dir, accel, &opts, &steps)?;
             Ok(0)
         }
         Command::Boot {

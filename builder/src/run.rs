@@ -11,6 +11,7 @@ use beambake_target::pipeline::{Error, Progress};
 use beambake_target::{Built, Context};
 use beambake_vm::boot::vmm::{vmm_for, AccelUse};
 use beambake_vm::boot::{accel, qemu, BootError, BootPlan};
+use beambake_vm::port::vm::{port_plan, PortError, PortOpts};
 use beambake_vm::sandbox::{self, Mode, Outcome, Request};
 use beambake_vm::smoke::Report;
 
@@ -96,6 +97,64 @@ pub fn boot(
         return Err(Error::Boot(BootError::Net(e.clone())));
     }
     Ok((plan, outcome, console_logs))
+}
+
+/// Runs `beambake port` for the built image in `dir`: one VM, driven over stdin/stdout
+/// ([`beambake_vm::port::vm`]); the accelerator chosen as for `boot`. The guest's status
+/// goes to Erlang as the port's last term.
+pub fn port(
+    dir: &Path,
+    accel: Option<Accel>,
+    opts: &PortOpts,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let plan = port_plan(BootPlan::load(dir)?, dir, opts).map_err(port_error)?;
+    let vmm = vmm_for(&plan)?;
+    vmm.check(&plan, dir)?;
+    let accelerator = match vmm.accelerator() {
+        AccelUse::None { .. } => qemu::Accelerator::Tcg,
+        AccelUse::KvmOrTcg => {
+            let target = accel::ProbeTarget::for_plan(&plan, dir, crate::INIT);
+            let c = accel::choose(
+                accel,
+                plan.accel,
+                &target,
+                &beambake_kernel::kernel::default_cache_dir(),
+            )
+            .map_err(BootError::from)?;
+            progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
+            c.accelerator
+        }
+    };
+    let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("beambake-port-")
+        .tempdir()
+        .map_err(|source| Error::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    beambake_vm::port::vm::run(
+        &plan,
+        &dir_abs,
+        run_dir.path(),
+        accelerator,
+        Box::new(std::io::stdin()),
+        Box::new(std::io::stdout()),
+        opts,
+    )
+    .map_err(port_error)?;
+    Ok(())
+}
+
+fn port_error(e: PortError) -> Error {
+    match e {
+        PortError::Boot(b) => Error::Boot(b),
+        other => Error::Boot(BootError::Net(other.to_string())),
+    }
 }
 
 /// Data disks (created when absent, else checked to be ext4) and host directories (must

@@ -1,6 +1,7 @@
 //! `beambake-init`: PID 1 of a beambake guest VM. It mounts the early
 //! filesystems, loads the listed kernel modules, configures loopback, eth0 (or `beambake.if`),
-//! the default route and the hostname from the kernel command line, starts
+//! the default route and the hostname from the kernel command line, serves the
+//! control line when `beambake.ctl` names one (`control`), starts
 //! the services and the Erlang release described by
 //! `/etc/beambake/launch.json`, reaps every process, and powers the VM off
 //! with the release's exit code. With `beambake.probe=TOKEN` (the host's KVM
@@ -13,6 +14,7 @@
 //! `unwrap()` anything that depends on input, or contain the details of any
 //! step: those live in the modules below.
 
+mod control;
 mod ifreq;
 mod log;
 mod modules;
@@ -92,6 +94,9 @@ fn main() {
     }
 
     let ip = setup_network(&cfg);
+    if let Some(tty) = &cfg.ctl {
+        control::start(tty, cfg.iface.as_deref().unwrap_or(DEFAULT_IFACE));
+    }
     let hostname = cfg.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     setup_hostname(hostname, ip, &cfg.peers);
 
@@ -136,6 +141,7 @@ fn main() {
         &argv,
         &launch.env,
         &launch.cwd,
+        launch.shell,
     ) {
         Ok(exit) => supervise::finish(exit),
         Err(e) => fatal(e),

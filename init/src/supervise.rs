@@ -70,6 +70,12 @@ fn unblock_all() {
     }
 }
 
+/// Asks for the shutdown a SIGTERM to init asks for (the control line's `poweroff`): the
+/// release gets SIGTERM now, or is not started when it does not run yet.
+pub fn request_stop() {
+    on_signal(libc::SIGTERM);
+}
+
 /// The termination signal received before the release started, if any.
 pub fn pending_signal() -> Option<libc::c_int> {
     match PENDING.load(Ordering::SeqCst) {
@@ -237,6 +243,7 @@ impl Supervisor {
     }
 
     /// Start the release and supervise until it exits. Returns how it ended.
+    #[allow(clippy::too_many_arguments)]
     pub fn run_release(
         &mut self,
         name: &str,
@@ -244,8 +251,13 @@ impl Supervisor {
         argv: &[String],
         env: &std::collections::BTreeMap<String, String>,
         cwd: &str,
+        shell: bool,
     ) -> Result<Exit, String> {
         let mut cmd = command(argv, env, cwd).map_err(|e| e.to_string())?;
+        if shell {
+            // Its Erlang shell reads the console.
+            cmd.stdin(Stdio::inherit());
+        }
         info!("starting {name} {vsn}");
         let child = cmd
             .spawn()

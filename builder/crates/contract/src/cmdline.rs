@@ -43,10 +43,12 @@ pub enum Key {
     Debug,
     /// `beambake.probe=TOKEN`.
     Probe,
+    /// `beambake.ctl=TTY`: the init's control line (`ttyS1`), for `beambake port`.
+    Ctl,
 }
 
 impl Key {
-    pub const ALL: [Key; 9] = [
+    pub const ALL: [Key; 10] = [
         Key::If,
         Key::Ip,
         Key::Gw,
@@ -56,6 +58,7 @@ impl Key {
         Key::Mount,
         Key::Debug,
         Key::Probe,
+        Key::Ctl,
     ];
 
     /// The name after [`PREFIX`].
@@ -70,6 +73,7 @@ impl Key {
             Key::Mount => "mount",
             Key::Debug => "debug",
             Key::Probe => "probe",
+            Key::Ctl => "ctl",
         }
     }
 
@@ -160,6 +164,9 @@ pub struct GuestParams {
     /// The init prints [`crate::console::probe_marker`] and powers off with
     /// [`crate::console::PROBE_STATUS`], nothing else.
     pub probe: Option<String>,
+    /// `beambake.ctl=TTY` (a serial line's name, `ttyS1`): the init answers control
+    /// requests on `/dev/TTY` ([`crate::control`]) while the release runs.
+    pub ctl: Option<String>,
 }
 
 impl GuestParams {
@@ -183,6 +190,7 @@ impl GuestParams {
                 Key::Mount => v.extend(self.mounts.iter().map(|m| key.format(m))),
                 Key::Debug => v.extend(self.debug.then(|| key.format(1))),
                 Key::Probe => v.extend(self.probe.iter().map(|t| key.format(t))),
+                Key::Ctl => v.extend(self.ctl.iter().map(|t| key.format(t))),
             }
         }
         v
@@ -277,6 +285,16 @@ impl GuestParams {
                 Key::Probe => match value {
                     Some(v) if is_probe_token(v) => cfg.probe = Some(v.to_string()),
                     _ => diags.push(bad(value.unwrap_or(""), "want 1 to 64 letters or digits")),
+                },
+                Key::Ctl => match value {
+                    Some(v)
+                        if v.starts_with("tty")
+                            && v.len() < 16
+                            && v.chars().all(|c| c.is_ascii_alphanumeric()) =>
+                    {
+                        cfg.ctl = Some(v.to_string())
+                    }
+                    _ => diags.push(bad(value.unwrap_or(""), "want a serial line (ttyS1)")),
                 },
                 Key::Debug => match value.map(parse_bool) {
                     // A bare `beambake.debug` turns debugging on.
@@ -473,6 +491,7 @@ mod tests {
             ],
             debug: true,
             probe: Some("0123abcdEF".into()),
+            ctl: Some("ttyS1".into()),
         }
     }
 
@@ -485,7 +504,7 @@ mod tests {
              beambake.peer=echo-3,10.0.121.103 beambake.node=echo@10.0.121.102 \
              beambake.mount=/dev/ubdb,/data,ext4 \
              beambake.mount=none,/srv/shared,hostfs,/host/dir,with,commas \
-             beambake.debug=1 beambake.probe=0123abcdEF"
+             beambake.debug=1 beambake.probe=0123abcdEF beambake.ctl=ttyS1"
         );
         assert_eq!(
             GuestParams::default().to_cmdline_args(),

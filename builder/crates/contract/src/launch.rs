@@ -43,6 +43,10 @@ pub struct LaunchSpec {
     /// there survives a reboot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writable: Vec<String>,
+    /// The release's stdin is the console (its Erlang shell, `bin/NAME console`), not
+    /// `/dev/null`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shell: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +237,7 @@ mod tests {
             cwd: "/opt/echo".into(),
             services: vec![epmd, other],
             writable: strings(&["/opt/echo/log", "/opt/echo/tmp"]),
+            shell: false,
         }
     }
 

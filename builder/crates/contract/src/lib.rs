@@ -12,7 +12,8 @@
 //!   line and its status, the accelerator probe's marker and status);
 //! - [`exit`]: qemu's isa-debug-exit device and how a guest status becomes qemu's exit
 //!   status;
-//! - [`paths`]: the guest paths both sides use.
+//! - [`paths`]: the guest paths both sides use;
+//! - [`control`]: the init's control line (requests and replies, `beambake port`).
 //!
 //! Must not: do I/O, start processes, log, or hold builder or init logic (how a spec is
 //! computed for a release, how the init applies a setting, what is fatal): only types,
@@ -21,6 +22,7 @@
 
 pub mod cmdline;
 pub mod console;
+pub mod control;
 pub mod exit;
 pub mod launch;
 pub mod paths;

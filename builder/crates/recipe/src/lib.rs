@@ -294,6 +294,10 @@ pub struct LaunchCfg {
     /// Extra emulator/init arguments (e.g. `["+S", "1:1"]`).
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// The release's Erlang shell on the console (`bin/NAME console` instead of
+    /// `foreground`): what `beambake_vm:send/2` types into.
+    #[serde(default)]
+    pub shell: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -409,6 +413,11 @@ pub enum NetMode {
     /// qemu user networking with host port forwards (rootless).
     User,
     None,
+    /// The NIC's Ethernet frames on a datagram socket at the VM's fd 3, one frame per
+    /// datagram: what `beambake port` sets for a VM driven from Erlang. Never in a recipe
+    /// or a boot plan file.
+    #[serde(skip_deserializing)]
+    Socket,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1213,6 +1222,12 @@ type = "distribution"
                 "unknown variant `xen`",
             ),
             ("port = 8080", "port = 80800", "invalid value"),
+            // Only `beambake port` wires a VM's frames to a socket.
+            (
+                "[network]",
+                "[network]\nmode = \"socket\"",
+                "unknown variant `socket`",
+            ),
             (
                 "type = \"tcp_echo\"",
                 "type = \"smtp\"",

@@ -50,6 +50,8 @@ pub struct Options {
     pub code_loading: Option<String>,
     /// Extra emulator/init arguments for the launch spec.
     pub extra_args: Vec<String>,
+    /// The release's Erlang shell on the console ([`launch::LaunchSpecExt::with_shell`]).
+    pub shell: bool,
     /// An installed OTP (e.g. one built with beambake's patch sets) whose
     /// `erts-VSN` replaces the release's: it must hold the ERTS version the release
     /// was built for.
@@ -156,6 +158,9 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
     }
     if let Some(mode) = &opts.code_loading {
         launch = launch.with_mode(mode);
+    }
+    if opts.shell {
+        launch = launch.with_shell();
     }
     if !opts.extra_args.is_empty() {
         let extra: Vec<&str> = opts.extra_args.iter().map(String::as_str).collect();

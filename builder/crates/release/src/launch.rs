@@ -43,6 +43,10 @@ pub trait LaunchSpecExt: Sized {
     /// erlexec; nothing can be spawned): no epmd service and no `-start_epmd false`.
     fn with_epmd_in_erlexec(self) -> Self;
 
+    /// The release's Erlang shell on the console (`bin/NAME console`): stdin is the
+    /// console, no `-noinput`/`-noshell`.
+    fn with_shell(self) -> Self;
+
     /// A `std::process::Command` for this spec (environment cleared, then set).
     fn command(&self) -> std::process::Command;
 }
@@ -113,6 +117,7 @@ impl LaunchSpecExt for LaunchSpec {
             cwd: root.to_string(),
             services: Vec::new(),
             writable: vec![format!("{root}/log"), format!("{root}/tmp")],
+            shell: false,
         }
     }
 
@@ -162,6 +167,12 @@ impl LaunchSpecExt for LaunchSpec {
         {
             self.argv.drain(i..i + 2);
         }
+        self
+    }
+
+    fn with_shell(mut self) -> LaunchSpec {
+        self.argv.retain(|a| a != "-noinput" && a != "-noshell");
+        self.shell = true;
         self
     }
 
@@ -376,7 +387,22 @@ mod tests {
             cwd: "/o".into(),
             services: vec![],
             writable: vec![],
+            shell: false,
         }
+    }
+
+    #[test]
+    fn a_shell_reads_the_console() {
+        let mut s = spec();
+        s.argv.insert(1, "-noinput".into());
+        let s = s.with_shell();
+        assert!(s.shell);
+        assert!(!s.argv.iter().any(|a| a == "-noinput" || a == "-noshell"));
+        assert!(s.to_json().contains("\"shell\": true"));
+        assert!(
+            !spec().to_json().contains("shell"),
+            "absent when off: bytes unchanged"
+        );
     }
 
     #[test]

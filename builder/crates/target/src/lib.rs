@@ -159,6 +159,7 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
             .to_string()
         }),
         extra_args: recipe.launch.extra_args.clone(),
+        shell: recipe.launch.shell,
         erts_from: recipe.release.erts_from.as_deref().map(Path::to_path_buf),
     };
     if !input.path.exists() {
@@ -256,6 +257,8 @@ pub fn plan(recipe: &Recipe, common: &Common, kernel: &str, cmdline: String) -> 
                 fstype: d.fstype.clone(),
             })
             .collect(),
+        control: false,
+        mac: None,
     }
 }
 

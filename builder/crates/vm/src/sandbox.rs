@@ -286,6 +286,7 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
             tee: interactive && vmm.tees_console(),
             stop_socket: vmm.stop_socket(plan, &req.dir, inst),
             own_group: false,
+            ..Wiring::default()
         };
         guests.push(Guest::spawn(vmm.clone(), cmd, &inst.console_log, wiring)?);
     }

@@ -21,8 +21,12 @@ use super::BootError;
 /// How a VM process is wired when it starts ([`Guest::spawn`]).
 #[derive(Default)]
 pub struct Wiring<'a> {
-    /// Becomes the VM's fd 3 (its tap).
+    /// Becomes the VM's fd 3 (its tap, or the socket its frames go through).
     pub tap: Option<&'a OwnedFd>,
+    /// Becomes the VM's fd 4 (the init's control line, [`super::BootPlan::control`]).
+    pub control: Option<&'a OwnedFd>,
+    /// The VM's stdin and stdout are pipes, taken with [`Guest::take_stdio`].
+    pub piped: bool,
     /// The VM's stdout is copied to ours and to the console log by
     /// [`Guest::pump_console`].
     pub tee: bool,
@@ -63,23 +67,19 @@ impl<V: Vmm + ?Sized> Guest<V> {
         if wiring.own_group {
             cmd.process_group(0);
         }
+        if wiring.piped {
+            cmd.stdin(std::process::Stdio::piped());
+            cmd.stdout(std::process::Stdio::piped());
+        }
         crate::net::dies_with_parent(&mut cmd);
-        if let Some(fd) = wiring.tap {
-            let raw = fd.as_raw_fd();
-            // SAFETY: dup2/fcntl are async-signal-safe.
+        let fds: Vec<(i32, i32)> = [(wiring.tap, 3), (wiring.control, 4)]
+            .into_iter()
+            .filter_map(|(fd, target)| fd.map(|fd| (fd.as_raw_fd(), target)))
+            .collect();
+        if !fds.is_empty() {
+            // SAFETY: fcntl/dup2 are async-signal-safe; `fds` was made before the fork.
             unsafe {
-                cmd.pre_exec(move || {
-                    if raw == 3 {
-                        let flags = libc::fcntl(3, libc::F_GETFD);
-                        if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                        {
-                            return Err(io::Error::last_os_error());
-                        }
-                    } else if libc::dup2(raw, 3) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(move || place_fds(&fds));
             }
         }
         let program = cmd.get_program().to_string_lossy().into_owned();
@@ -96,7 +96,7 @@ impl<V: Vmm + ?Sized> Guest<V> {
             stop_socket: wiring.stop_socket,
             own_group: wiring.own_group,
         };
-        if let (true, Some(out)) = (wiring.tee, g.child.stdout.take()) {
+        if let Some(out) = wiring.tee.then(|| g.child.stdout.take()).flatten() {
             // On error `g` is dropped: the VM is killed.
             let log = fs::File::create(console_log).map_err(|source| BootError::Io {
                 path: console_log.to_path_buf(),
@@ -105,6 +105,16 @@ impl<V: Vmm + ?Sized> Guest<V> {
             g.tee = Some((out, log));
         }
         Ok(g)
+    }
+
+    /// The VM's stdin and stdout when it was spawned `piped` (once).
+    pub fn take_stdio(&mut self) -> Option<(std::process::ChildStdin, std::process::ChildStdout)> {
+        Some((self.child.stdin.take()?, self.child.stdout.take()?))
+    }
+
+    /// The VM process's id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Copies the VM's console to the terminal and the log until the VM closes it (when
@@ -245,6 +255,26 @@ impl<V: Vmm + ?Sized> Drop for Guest<V> {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// In a forked child before exec: each `(fd, target)` becomes `target`, open across exec.
+/// Sources are first moved above every target, so placing one cannot close another.
+fn place_fds(fds: &[(i32, i32)]) -> io::Result<()> {
+    let mut high = [-1i32; 2];
+    for (i, (fd, _)) in fds.iter().enumerate().take(2) {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an open descriptor.
+        high[i] = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10) };
+        if high[i] < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    for (i, (_, target)) in fds.iter().enumerate().take(2) {
+        // SAFETY: dup2 onto the target; dup2 clears FD_CLOEXEC on the new descriptor.
+        if unsafe { libc::dup2(high[i], *target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 pub fn tail(path: &Path, lines: usize) -> String {

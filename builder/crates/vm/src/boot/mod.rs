@@ -71,6 +71,14 @@ pub struct BootPlan {
     /// Extra read-only disk images (uml: `ubd2r`, `ubd3r`, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskPlan>,
+    /// The init's control line on the VM's second serial line, wired to the VM's fd 4
+    /// (`beambake port`; never in a plan file).
+    #[serde(skip)]
+    pub control: bool,
+    /// The NIC's MAC address (`beambake port`; never in a plan file): several VMs of one
+    /// image on one Erlang switch need distinct ones.
+    #[serde(skip)]
+    pub mac: Option<[u8; 6]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,6 +279,16 @@ impl BootPlan {
         Ok(())
     }
 
+    /// `,mac=…` for the NIC's device options, when the plan sets one.
+    pub fn mac_option(&self) -> String {
+        self.mac
+            .map(|m| {
+                let hex: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
+                format!(",mac={}", hex.join(":"))
+            })
+            .unwrap_or_default()
+    }
+
     /// The kernel parameters of one VM: the common ones, then its `beambake.*` ones.
     pub fn instance_cmdline(&self, inst: &Instance) -> String {
         let mut c = self.cmdline.clone();
@@ -283,7 +301,8 @@ impl BootPlan {
 
     /// What the init of one VM is told: its network, name, peers and mounts.
     pub fn instance_params(&self, inst: &Instance) -> GuestParams {
-        let net = self.net.mode != NetMode::None;
+        // A port VM without an address: the NIC stays unconfigured until `ifconfig`.
+        let net = self.net.mode != NetMode::None && !inst.ip.is_unspecified();
         let mount = |source: String, target: &str, fstype: &str, data: String| MountSpec {
             source,
             target: target.to_string(),
@@ -327,6 +346,9 @@ impl BootPlan {
             },
             node: inst.node.clone(),
             mounts,
+            ctl: self
+                .control
+                .then(|| beambake_contract::control::CONTROL_TTY.to_string()),
             ..GuestParams::default()
         }
     }

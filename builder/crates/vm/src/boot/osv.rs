@@ -114,8 +114,15 @@ pub fn command(
     c.args(["-device", "virtio-rng-pci"]);
     serial_console(&mut c, console);
     match plan.net.mode {
-        NetMode::Tap => {
-            c.args(["-netdev", "tap,id=n0,fd=3"]);
+        NetMode::Tap | NetMode::Socket => {
+            c.args([
+                "-netdev",
+                if plan.net.mode == NetMode::Tap {
+                    "tap,id=n0,fd=3"
+                } else {
+                    "socket,id=n0,fd=3"
+                },
+            ]);
             c.args([
                 "-device",
                 &format!("virtio-net-pci,netdev=n0,mac={}", instance_mac(inst)),

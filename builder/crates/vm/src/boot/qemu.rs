@@ -219,7 +219,17 @@ pub fn command(
             ]);
             c.args(["-device", &format!("{nic},netdev=n0")]);
         }
+        NetMode::Socket => {
+            c.args(["-netdev", "socket,id=n0,fd=3"]);
+            c.args(["-device", &format!("{nic},netdev=n0{}", plan.mac_option())]);
+        }
         NetMode::None => {}
+    }
+    if plan.control {
+        // The init's control line: the second serial port (ttyS1 at 0x2f8), on the
+        // connected socket at fd 4.
+        c.args(["-chardev", "socket,id=ctl,fd=4"]);
+        c.args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"]);
     }
     // Lets the init end qemu with the guest's status: (status << 1) | 1.
     c.args(["-device", beambake_contract::exit::QEMU_DEVICE]);

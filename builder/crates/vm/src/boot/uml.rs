@@ -117,9 +117,13 @@ pub fn command(
     // The VM's run dir (pid file, mconsole socket) inside the output dir, per VM.
     c.arg(format!("uml_dir={}", run_dir(dir).display()));
     c.arg(format!("umid={}", umid(plan, inst)));
-    if plan.net.mode == NetMode::Tap {
-        // The tap (without vnet header) is fd 3; `vec=0`: plain read/write on it.
-        c.arg(format!("{UML_IFACE}:transport=fd,fd=3,vec=0"));
+    if matches!(plan.net.mode, NetMode::Tap | NetMode::Socket) {
+        // The tap (without vnet header), or a datagram socket carrying one frame per
+        // datagram, is fd 3; `vec=0`: plain read/write on it.
+        c.arg(format!(
+            "{UML_IFACE}:transport=fd,fd=3,vec=0{}",
+            plan.mac_option()
+        ));
     }
     match console {
         Console::File(log) => {
@@ -137,6 +141,10 @@ pub fn command(
         Console::Terminal(_) => {
             c.arg("con0=fd:0,fd:1");
         }
+    }
+    if plan.control {
+        // The init's control line: UML's second serial line on the socket at fd 4.
+        c.arg("ssl1=fd:4");
     }
     for tok in plan.instance_cmdline(inst).split_whitespace() {
         c.arg(tok);

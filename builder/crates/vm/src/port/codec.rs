@@ -81,7 +81,8 @@ pub fn read_term(r: &mut impl Read) -> Result<Option<Term>, CodecError> {
 /// Encodes and writes one term.
 pub fn write_term(w: &mut impl Write, t: &Term) -> io::Result<()> {
     let mut buf = Vec::new();
-    t.encode(&mut buf).map_err(|e| io::Error::other(e.to_string()))?;
+    t.encode(&mut buf)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     write_packet(w, &buf)
 }
 

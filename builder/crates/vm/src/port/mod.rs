@@ -4,3 +4,4 @@
 //! Must not: build images.
 
 pub mod codec;
+pub mod vm;

@@ -1,0 +1,161 @@
+%% Real VMs driven from Erlang: the echo release (its console the Erlang shell) built by
+%% beambake as a microvm, three VMs on one beambake_switch. Needs the beambake binary
+%% (`BEAMBAKE`, set by `cargo xtask test`) and the checkout (`BEAMBAKE_ROOT`); without
+%% them the tests are skipped and the skip is recorded in `BEAMBAKE_SKIP_LOG`.
+-module(beambake_vm_tests).
+-include_lib("eunit/include/eunit.hrl").
+
+-define(BOOT_MS, 180000).
+
+vm_test_() ->
+    case env() of
+        {ok, Bin, Root} ->
+            {setup,
+             fun() -> build(Bin, Root) end,
+             fun(Dir) -> file:del_dir_r(filename:dirname(Dir)) end,
+             fun(Dir) ->
+                 [{timeout, 120, fun() -> bad_image_is_refused(Root) end},
+                  {timeout, 300, fun() -> owner_death_kills_the_vm(Dir) end},
+                  {timeout, 600, fun() -> three_vms_on_one_switch(Dir) end}]
+             end};
+        {skip, Why} ->
+            skip(Why),
+            []
+    end.
+
+env() ->
+    case {os:getenv("BEAMBAKE"), os:getenv("BEAMBAKE_ROOT")} of
+        {B, R} when is_list(B), is_list(R) -> {ok, B, R};
+        _ -> {skip, "BEAMBAKE and BEAMBAKE_ROOT not set (cargo xtask test sets them)"}
+    end.
+
+skip(Why) ->
+    io:format(user, "beambake_vm_tests skipped: ~s~n", [Why]),
+    case os:getenv("BEAMBAKE_SKIP_LOG") of
+        Log when is_list(Log), Log =/= "" ->
+            ok = file:write_file(Log, ["beambake_vm_tests::vm_test_\t", Why, "\n"], [append]);
+        _ -> ok
+    end.
+
+build(Bin, Root) ->
+    Out = string:trim(os:cmd("mktemp -d /tmp/beambake-vm-tests.XXXXXX")),
+    Recipe = filename:join([Root, "erlang", "test", "echo-shell.toml"]),
+    Cmd = [Bin, " build ", Recipe, " --out ", Out, " 2>&1; echo \"exit=$?\""],
+    Log = os:cmd(lists:flatten(Cmd)),
+    ?assertMatch({match, _}, re:run(Log, "exit=0\\s*$"), Log),
+    filename:join(Out, "echo-shell").
+
+%% evum's session: a switch, three VMs, addresses set, pings, console commands, and
+%% between guests a TCP echo and Erlang distribution — every frame an Erlang message.
+three_vms_on_one_switch(Dir) ->
+    {ok, Sw} = beambake_switch:start(),
+    Ips = ["10.0.124.11", "10.0.124.12", "10.0.124.13"],
+    Vms = [begin
+               {ok, Vm} = beambake_vm:start(Dir, [{switch, Sw}, {node, "echo@" ++ Ip}]),
+               Vm
+           end || Ip <- Ips],
+    [A, B, C] = Vms,
+    %% Addresses from Erlang, as evum's ifconfig/2 (requests wait for the guests' init).
+    [?assertEqual(ok, beambake_vm:ifconfig(Vm, {Ip, "255.255.255.0", none}))
+     || {Vm, Ip} <- lists:zip(Vms, Ips)],
+    %% ARP and ICMP through the switch, every pair.
+    [?assertMatch({ok, Us} when is_integer(Us), ping_retry(From, To, 5))
+     || From <- Vms, {To, Vm} <- lists:zip(Ips, Vms), Vm =/= From],
+    ?assertEqual({error, timeout}, beambake_vm:ping(A, "10.0.124.99", 500)),
+    Macs = beambake_switch:mac_table(Sw),
+    ?assertEqual(3, length(Macs)),
+    %% Each console is the release's Erlang shell: its answer comes back as lines.
+    [wait_for(Vm, "Echo server started", ?BOOT_MS) || Vm <- Vms],
+    ?assertMatch({ok, _}, ask(A, "erlang:system_info(otp_release).", "\"25\"")),
+    ?assertMatch({ok, _}, ask(B, "is_list(erlang:memory()).", "true")),
+    %% A TCP echo from guest A to the echo server of guest C, across the switch.
+    ?assertMatch({ok, _}, ask(A, "begin {ok, S} = gen_tcp:connect({10,0,124,13}, 8080, "
+                                 "[binary, {active, false}], 10000), ok = gen_tcp:send(S, "
+                                 "<<\"across the switch\\n\">>), gen_tcp:recv(S, 0, 10000) end.",
+                              "{ok,<<\"across the switch")),
+    %% Erlang distribution between guest nodes B and C, and an rpc through it.
+    ?assertMatch({ok, _}, ask(B, "net_adm:ping('echo@10.0.124.13').", "pong")),
+    ?assertMatch({ok, _}, ask(B, "rpc:call('echo@10.0.124.13', erlang, node, []).",
+                              "'echo@10.0.124.13'")),
+    #{unicast := Unicast} = beambake_switch:stats(Sw),
+    ?assert(Unicast > 0),
+    %% A clean stop: the release stops as on SIGTERM, the guest powers off with its
+    %% status, monitors see it.
+    Ref = erlang:monitor(process, C),
+    ?assertEqual({ok, 0}, beambake_vm:stop(C)),
+    receive {'DOWN', Ref, process, C, Why} -> ?assertEqual({guest_exit, 0}, Why)
+    after 10000 -> ?assert(false)
+    end,
+    [beambake_vm:stop(Vm) || Vm <- [A, B]],
+    beambake_switch:stop(Sw).
+
+%% The owner dies: its VM process dies with it, and so does the hypervisor.
+owner_death_kills_the_vm(Dir) ->
+    Self = self(),
+    Owner = spawn(fun() ->
+                          {ok, Vm} = beambake_vm:start(Dir, []),
+                          Self ! {vm, Vm, beambake_vm:info(Vm)},
+                          receive never -> ok end
+                  end),
+    {Vm, Info} = receive {vm, V, I} -> {V, I} after ?BOOT_MS -> error(no_vm) end,
+    OsPid = proplists:get_value(os_pid, Info),
+    ?assert(alive(OsPid)),
+    Ref = erlang:monitor(process, Vm),
+    exit(Owner, kill),
+    receive {'DOWN', Ref, process, Vm, _} -> ok after 10000 -> error(vm_process_alive) end,
+    ?assert(gone_within(OsPid, 20000)).
+
+%% A directory that is not a build: the start fails, nothing runs.
+bad_image_is_refused(Root) ->
+    process_flag(trap_exit, true),
+    ?assertMatch({error, {beambake_port_exit, N}} when N =/= 0,
+                 beambake_vm:start(filename:join(Root, "erlang"), [])),
+    process_flag(trap_exit, false).
+
+ping_retry(From, To, 0) -> beambake_vm:ping(From, To);
+ping_retry(From, To, N) ->
+    case beambake_vm:ping(From, To) of
+        {ok, Us} -> {ok, Us};
+        {error, _} -> timer:sleep(500), ping_retry(From, To, N - 1)
+    end.
+
+%% Types `Expr' on the VM's shell and waits for a console line holding `Want'.
+ask(Vm, Expr, Want) ->
+    beambake_vm:subscribe(Vm),
+    flush(Vm),
+    beambake_vm:send(Vm, Expr),
+    wait_for(Vm, Want, 60000).
+
+flush(Vm) ->
+    receive {beambake_vm, Vm, _} -> flush(Vm) after 0 -> ok end.
+
+wait_for(Vm, Want, Timeout) ->
+    Deadline = erlang:monotonic_time(millisecond) + Timeout,
+    wait_until(Vm, Want, Deadline).
+
+wait_until(Vm, Want, Deadline) ->
+    Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+    receive
+        {beambake_vm, Vm, {console, Line}} ->
+            case string:find(Line, Want) of
+                nomatch -> wait_until(Vm, Want, Deadline);
+                _ -> {ok, Line}
+            end
+    after Left ->
+        {timeout, Want}
+    end.
+
+alive(OsPid) -> filelib:is_dir("/proc/" ++ integer_to_list(OsPid)) andalso not zombie(OsPid).
+
+zombie(OsPid) ->
+    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/stat") of
+        {ok, Stat} -> string:find(Stat, ") Z ") =/= nomatch;
+        _ -> true
+    end.
+
+gone_within(OsPid, Ms) when Ms =< 0 -> not alive(OsPid);
+gone_within(OsPid, Ms) ->
+    case alive(OsPid) of
+        false -> true;
+        true -> timer:sleep(200), gone_within(OsPid, Ms - 200)
+    end.
