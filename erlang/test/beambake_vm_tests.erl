@@ -11,12 +11,17 @@ vm_test_() ->
     case env() of
         {ok, Bin, Root} ->
             {setup,
-             fun() -> build(Bin, Root) end,
-             fun(Dir) -> file:del_dir_r(filename:dirname(Dir)) end,
-             fun(Dir) ->
+             fun() -> {build(Bin, Root, "erlang/test/echo-shell.toml", "echo-shell"),
+                       build(Bin, Root, "recipes/echo-uml.toml", "echo-uml")} end,
+             fun({Dir, Uml}) ->
+                 file:del_dir_r(filename:dirname(Dir)),
+                 file:del_dir_r(filename:dirname(Uml))
+             end,
+             fun({Dir, Uml}) ->
                  [{timeout, 120, fun() -> bad_image_is_refused(Root) end},
                   {timeout, 300, fun() -> owner_death_kills_the_vm(Dir) end},
-                  {timeout, 600, fun() -> three_vms_on_one_switch(Dir) end}]
+                  {timeout, 600, fun() -> three_vms_on_one_switch(Dir) end},
+                  {timeout, 300, fun() -> uml_and_microvm_share_a_switch(Uml, Dir) end}]
              end};
         {skip, Why} ->
             skip(Why),
@@ -37,13 +42,13 @@ skip(Why) ->
         _ -> ok
     end.
 
-build(Bin, Root) ->
+build(Bin, Root, Recipe, Name) ->
     Out = string:trim(os:cmd("mktemp -d /tmp/beambake-vm-tests.XXXXXX")),
-    Recipe = filename:join([Root, "erlang", "test", "echo-shell.toml"]),
-    Cmd = [Bin, " build ", Recipe, " --out ", Out, " 2>&1; echo \"exit=$?\""],
+    Cmd = [Bin, " build ", filename:join(Root, Recipe), " --out ", Out,
+           " 2>&1; echo \"exit=$?\""],
     Log = os:cmd(lists:flatten(Cmd)),
     ?assertMatch({match, _}, re:run(Log, "exit=0\\s*$"), Log),
-    filename:join(Out, "echo-shell").
+    filename:join(Out, Name).
 
 %% evum's session: a switch, three VMs, addresses set, pings, console commands, and
 %% between guests a TCP echo and Erlang distribution — every frame an Erlang message.
@@ -87,6 +92,19 @@ three_vms_on_one_switch(Dir) ->
     after 10000 -> ?assert(false)
     end,
     [beambake_vm:stop(Vm) || Vm <- [A, B]],
+    beambake_switch:stop(Sw).
+
+%% A User Mode Linux guest (linux.uml, its NIC on UML's fd transport) and a qemu microvm
+%% on one switch: addresses at boot, ICMP both ways, the UML guest's status at stop.
+uml_and_microvm_share_a_switch(Uml, Microvm) ->
+    {ok, Sw} = beambake_switch:start(),
+    {ok, U} = beambake_vm:start(Uml, [{switch, Sw}, {ip, {"10.0.125.2", 24, none}}]),
+    {ok, M} = beambake_vm:start(Microvm, [{switch, Sw}, {ip, {"10.0.125.3", 24, none}}]),
+    ?assertEqual(uml, proplists:get_value(accel, beambake_vm:info(U))),
+    ?assertMatch({ok, _}, ping_retry(U, "10.0.125.3", 60)),
+    ?assertMatch({ok, _}, ping_retry(M, "10.0.125.2", 5)),
+    ?assertEqual({ok, 0}, beambake_vm:stop(U)),
+    beambake_vm:stop(M),
     beambake_switch:stop(Sw).
 
 %% The owner dies: its VM process dies with it, and so does the hypervisor.

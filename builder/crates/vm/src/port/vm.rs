@@ -116,6 +116,10 @@ pub fn port_plan(mut plan: BootPlan, dir: &Path, opts: &PortOpts) -> Result<Boot
             target: format!("{:?}", plan.target).to_lowercase(),
         });
     }
+    // Many port VMs may run from one image at once: each its own name (UML's run dir
+    // and umid), and none takes the image's per-instance data disk.
+    plan.name = format!("{}-port{}", plan.name, std::process::id());
+    plan.data = None;
     plan.net.mode = NetMode::Socket;
     plan.control = true;
     plan.mac = Some(opts.mac.unwrap_or_else(random_mac));
@@ -212,7 +216,7 @@ pub fn run(
             codec::list(vec![
                 codec::tagged("os_pid", codec::int(i64::from(guest.pid()))),
                 codec::tagged("mac", codec::binary(mac.as_bytes())),
-                codec::tagged("accel", codec::atom(accel.name())),
+                codec::tagged("accel", codec::atom(vmm.accelerator().label(accel))),
             ]),
         ),
     );
