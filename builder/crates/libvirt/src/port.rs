@@ -283,8 +283,9 @@ mod with_libvirt {
         conn: Connect,
     }
 
-    /// Opens `uri` read-write.
+    /// Opens `uri` read-write. libvirt's errors go on the wire only (not also to stderr).
     pub fn connect(uri: &str) -> Result<Libvirt, PortError> {
+        virt::error::clear_error_callback();
         Connect::open(Some(uri))
             .map(|conn| Libvirt { conn })
             .map_err(|e| PortError::Connect {
