@@ -163,6 +163,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the libvirt domain XML of a built microvm image: direct kernel boot of its
+    /// kernel, initramfs and VM command line, machine pc (libvirt 9.0 drives qemu's microvm
+    /// machine poorly), TCG unless beambake's KVM probe proves KVM, the serial console to a
+    /// file or a pty, no network unless --tap.
+    LibvirtXml {
+        /// A build's output directory (holding boot.json).
+        dir: PathBuf,
+        /// Write the XML here [default: standard output].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Plug the VM's NIC into this pre-made tap (libvirt opens it and creates nothing;
+        /// the image must be built with vm.machine = "pc").
+        #[arg(long, value_name = "NAME")]
+        tap: Option<String>,
+        /// The serial console: a file (relative to DIR) or `pty` [default:
+        /// DIR/libvirt-console.log].
+        #[arg(long, value_name = "FILE|pty")]
+        console: Option<String>,
+        /// The domain's name [default: beambake-NAME-N].
+        #[arg(long)]
+        name: Option<String>,
+        /// Which VM of the plan, from 1 (its address and node name).
+        #[arg(long, default_value_t = 1)]
+        instance: usize,
+        /// Override the plan's accelerator (auto: KVM only when the probe proves it).
+        #[arg(long, value_enum)]
+        accel: Option<AccelArg>,
+    },
+    /// Drive a libvirt connection from Erlang: a port program ({packet, 4} frames of
+    /// external-term-format terms on stdin/stdout) started by the Erlang module
+    /// beambake_libvirt; it ends when its standard input closes.
+    LibvirtPort {
+        /// The libvirt URI, e.g. qemu:///system or qemu+unix:///system?socket=PATH.
+        uri: String,
+    },
 }
 
 #[derive(Args)]
@@ -498,11 +533,7 @@ fn run(cli: Cli) -> Result<u8> {
             } else {
                 image
             };
-            let accel = accel.map(|a| match a {
-                AccelArg::Auto => Accel::Auto,
-                AccelArg::Kvm => Accel::Kvm,
-                AccelArg::Tcg => Accel::Tcg,
-            });
+            let accel = accel.map(accel_of);
             steps.done();
             let quiet_steps = Steps::new(cli.verbose, true);
             let (_, outcome, logs) =
@@ -609,7 +640,98 @@ fn run(cli: Cli) -> Result<u8> {
             }
             Ok(if report.passed { 0 } else { 1 })
         }
+        Command::LibvirtXml {
+            dir,
+            output,
+            tap,
+            console,
+            name,
+            instance,
+            accel,
+        } => {
+            use beambake::libvirt::xml::{ConsoleOut, Options};
+            beambake::boot::accel::env_accel()?;
+            let opts = Options {
+                name,
+                instance,
+                tap,
+                console: console.map(|c| {
+                    if c == "pty" {
+                        ConsoleOut::Pty
+                    } else {
+                        ConsoleOut::File(c.into())
+                    }
+                }),
+                ..Options::default()
+            };
+            libvirt_xml(&dir, output.as_deref(), opts, accel.map(accel_of))?;
+            Ok(0)
+        }
+        Command::LibvirtPort { uri } => {
+            beambake::libvirt::port::run(&uri)?;
+            Ok(0)
+        }
     }
+}
+
+fn accel_of(a: AccelArg) -> Accel {
+    match a {
+        AccelArg::Auto => Accel::Auto,
+        AccelArg::Kvm => Accel::Kvm,
+        AccelArg::Tcg => Accel::Tcg,
+    }
+}
+
+/// `beambake libvirt-xml`: the plan, its accelerator (the probe on machine pc), the XML.
+fn libvirt_xml(
+    dir: &Path,
+    output: Option<&Path>,
+    opts: beambake::libvirt::xml::Options,
+    accel: Option<Accel>,
+) -> Result<()> {
+    use beambake::boot::{accel as probe, qemu};
+    use beambake::libvirt::xml;
+    let plan = xml::load(dir)?;
+    // libvirt runs the image as machine pc: probe KVM there.
+    let mut pc = plan.clone();
+    pc.machine = beambake::recipe::Machine::Pc;
+    let target = probe::ProbeTarget::for_plan(&pc, dir, beambake::INIT);
+    let choice = probe::choose(
+        accel,
+        plan.accel,
+        &target,
+        &beambake::kernel::default_cache_dir(),
+    )?;
+    let emulator = std::env::var_os(qemu::QEMU_ENV)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let p = PathBuf::from(&v);
+            if p.components().count() > 1 {
+                std::path::absolute(&p).map_err(anyhow::Error::from)
+            } else {
+                beambake::host::which(&p.to_string_lossy()).with_context(|| {
+                    format!("{}={}: not found on PATH", qemu::QEMU_ENV, p.display())
+                })
+            }
+        })
+        .transpose()?;
+    let opts = xml::Options {
+        accel: choice.accelerator,
+        accel_reason: choice.reason.clone(),
+        tsc_khz: (choice.accelerator == qemu::Accelerator::Tcg)
+            .then(qemu::host_tsc_khz)
+            .flatten(),
+        emulator,
+        ..opts
+    };
+    let text = xml::domain_xml(&plan, &std::path::absolute(dir)?, &opts)?;
+    match output {
+        Some(o) => {
+            beambake::output::write_bytes(o, text.as_bytes())?;
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 fn print_report(r: &beambake::smoke::Report, log: &Path) {

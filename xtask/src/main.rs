@@ -57,6 +57,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("libtoolize", "libtool"),
     ("gawk", "gawk"),
     ("qemu-img", "qemu-utils"),
+    // libvirt from Erlang: the eunit test runs a private libvirtd.
+    ("libvirtd", "libvirt-daemon-system"),
 ];
 
 /// Recipes whose target this machine can boot (the others are built in tests only as far
@@ -143,6 +145,8 @@ const LIBS: &[&str] = &[
     "libedit-dev",
     "libyaml-cpp-dev",
     "python3-requests",
+    // `beambake libvirt-port` links libvirt0 (the `virt` crate finds it with pkg-config).
+    "libvirt-dev",
 ];
 
 fn deps(sh: &Shell) -> Result<()> {
