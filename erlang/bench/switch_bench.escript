@@ -32,9 +32,9 @@ main([Ebin, Dir | Rest]) ->
     Secs = Us / 1.0e6,
     Frames = maps:get(frames, After) - maps:get(frames, Before),
     Bytes = maps:get(bytes, After) - maps:get(bytes, Before),
-    io:format("switch: ~b MiB echoed A->B->A in ~.2f s (guest clock, TCG): ~.0f frames/s, "
+    io:format("switch: ~b MiB echoed A->B->A in ~.2f s (guest clock, TCG): ~b frames/s, "
               "~.2f MB/s through the switch (~b frames, ~b bytes), ~.2f MB/s payload each way~n",
-              [Mib, Secs, Frames / Secs, Bytes / Secs / 1.0e6, Frames, Bytes,
+              [Mib, Secs, round(Frames / Secs), Bytes / Secs / 1.0e6, Frames, Bytes,
                Mib * 1048576 / Secs / 1.0e6]),
     [beambake_vm:stop(Vm) || Vm <- [A, B]],
     halt(0);

@@ -428,7 +428,38 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
             .unwrap_or_else(|| "not recorded".into()),
         osv_cold(&osv_erts.with_file_name(".beambake-build-seconds")),
     ));
+    report.push_str(&format!("\n{}\n", switch(sh, root)?));
     fs::write(root.join("target/bench.md"), &report)?;
     println!("{report}");
     Ok(())
+}
+
+/// The Erlang switch between two real guests (`erlang/bench/switch_bench.escript`): two
+/// microvms of the echo release (its console the Erlang shell) on one `beambake_switch`,
+/// 8 MiB echoed from guest A through guest B's echo server. One line, from one run.
+pub fn switch(sh: &Shell, root: &Path) -> Result<String> {
+    let bb = root.join("target/release/beambake");
+    let out = root.join("target/bench-switch");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let recipe = root.join("erlang/test/echo-shell.toml");
+    cmd!(sh, "{bb} build {recipe} --out {out}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    {
+        let _d = sh.push_dir(root.join("erlang"));
+        cmd!(sh, "rebar3 compile").quiet().ignore_stdout().run()?;
+    }
+    let ebin = root.join("erlang/_build/default/lib/beambake/ebin");
+    let image = out.join("echo-shell");
+    let script = root.join("erlang/bench/switch_bench.escript");
+    let line = cmd!(sh, "escript {script} {ebin} {image} 8")
+        .env("BEAMBAKE", &bb)
+        .read()
+        .context("the switch bench")?;
+    line.lines()
+        .find(|l| l.starts_with("switch:"))
+        .map(str::to_string)
+        .with_context(|| format!("the switch bench printed no result: {line}"))
 }

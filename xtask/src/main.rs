@@ -111,9 +111,15 @@ fn main() -> Result<()> {
             }
             bench::bench(&sh, &root())
         }
+        Some("bench-switch") => {
+            deps(&sh)?;
+            cmd!(sh, "cargo build --release -q -p beambake").run()?;
+            println!("{}", bench::switch(&sh, &root())?);
+            Ok(())
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
             );
             std::process::exit(2);
         }
