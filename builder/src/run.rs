@@ -50,22 +50,8 @@ pub fn boot(
     }
     let vmm = vmm_for(&plan)?;
     vmm.check(&plan, dir)?;
-    let (kvm, accel_reason) = match vmm.accelerator() {
-        AccelUse::None { reason, .. } => (false, reason.to_string()),
-        AccelUse::KvmOrTcg => {
-            progress.step("choosing the accelerator");
-            let target = accel::ProbeTarget::for_plan(&plan, dir, crate::INIT);
-            let c = accel::choose(
-                accel,
-                plan.accel,
-                &target,
-                &beambake_kernel::kernel::default_cache_dir(),
-            )
-            .map_err(BootError::from)?;
-            progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
-            (c.accelerator == qemu::Accelerator::Kvm, c.reason)
-        }
-    };
+    let (chosen, accel_reason) = choose_accel(&plan, dir, vmm.accelerator(), accel, progress)?;
+    let kvm = chosen == qemu::Accelerator::Kvm;
     let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -111,21 +97,7 @@ pub fn port(
     let plan = port_plan(BootPlan::load(dir)?, dir, opts).map_err(port_error)?;
     let vmm = vmm_for(&plan)?;
     vmm.check(&plan, dir)?;
-    let accelerator = match vmm.accelerator() {
-        AccelUse::None { .. } => qemu::Accelerator::Tcg,
-        AccelUse::KvmOrTcg => {
-            let target = accel::ProbeTarget::for_plan(&plan, dir, crate::INIT);
-            let c = accel::choose(
-                accel,
-                plan.accel,
-                &target,
-                &beambake_kernel::kernel::default_cache_dir(),
-            )
-            .map_err(BootError::from)?;
-            progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
-            c.accelerator
-        }
-    };
+    let (accelerator, _) = choose_accel(&plan, dir, vmm.accelerator(), accel, progress)?;
     let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -148,6 +120,33 @@ pub fn port(
     )
     .map_err(port_error)?;
     Ok(())
+}
+
+/// The accelerator for `plan`'s VMs and why: KVM only when asked for or proved by the
+/// probe (`accel` overrides the plan's); TCG's value for a VMM without one (UML).
+fn choose_accel(
+    plan: &BootPlan,
+    dir: &Path,
+    use_: AccelUse,
+    accel: Option<Accel>,
+    progress: &dyn Progress,
+) -> Result<(qemu::Accelerator, String), Error> {
+    match use_ {
+        AccelUse::None { reason, .. } => Ok((qemu::Accelerator::Tcg, reason.to_string())),
+        AccelUse::KvmOrTcg => {
+            progress.step("choosing the accelerator");
+            let target = accel::ProbeTarget::for_plan(plan, dir, crate::INIT);
+            let c = accel::choose(
+                accel,
+                plan.accel,
+                &target,
+                &beambake_kernel::kernel::default_cache_dir(),
+            )
+            .map_err(BootError::from)?;
+            progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
+            Ok((c.accelerator, c.reason))
+        }
+    }
 }
 
 fn port_error(e: PortError) -> Error {
