@@ -15,7 +15,7 @@ use std::process::Command;
 use beambake_images::image::osv_disk;
 use beambake_recipe::NetMode;
 
-use super::qemu::{program, serial_console, Accelerator, Console};
+use super::qemu::{serial_console, Accelerator, Console};
 use super::{BootError, BootPlan, Instance};
 
 /// VM `inst`'s copy of the image in `dir`.
@@ -77,35 +77,7 @@ pub fn command(
         let _ = std::fs::remove_file(&copy);
         return Err(refuse(&copy, e));
     }
-    let mut c = Command::new(program());
-    c.args([
-        "-name",
-        &format!("beambake-{}-{}", plan.name, inst.index + 1),
-    ]);
-    c.args(["-M", "pc"]);
-    match accel {
-        Accelerator::Kvm => c.args([
-            "-accel",
-            "kvm",
-            "-cpu",
-            plan.cpu.as_deref().unwrap_or("host"),
-        ]),
-        Accelerator::Tcg => c.args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            plan.cpu.as_deref().unwrap_or("qemu64"),
-        ]),
-    };
-    c.args(["-m", &plan.memory_mib.to_string()]);
-    c.args(["-smp", &plan.cpus.to_string()]);
-    c.args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
+    let mut c = super::qemu::base_command(plan, inst, "pc", accel);
     c.arg("-drive").arg(format!(
         "file={},if=none,id=hd0,format=raw,cache=unsafe",
         copy.display()
@@ -113,42 +85,8 @@ pub fn command(
     c.args(["-device", "virtio-blk-pci,drive=hd0"]);
     c.args(["-device", "virtio-rng-pci"]);
     serial_console(&mut c, console);
-    match plan.net.mode {
-        NetMode::Tap | NetMode::Socket => {
-            c.args([
-                "-netdev",
-                if plan.net.mode == NetMode::Tap {
-                    "tap,id=n0,fd=3"
-                } else {
-                    "socket,id=n0,fd=3"
-                },
-            ]);
-            c.args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={}", instance_mac(inst)),
-            ]);
-        }
-        NetMode::User => {
-            let mut fwd = String::new();
-            for port in super::qemu::forwarded_ports(plan) {
-                fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{port}"));
-            }
-            let mask = u32::MAX << (32 - u32::from(plan.net.prefix.clamp(1, 30)));
-            let network = Ipv4Addr::from(u32::from(plan.net.host) & mask);
-            c.args([
-                "-netdev",
-                &format!(
-                    "user,id=n0,net={network}/{},host={}{fwd}",
-                    plan.net.prefix, plan.net.host
-                ),
-            ]);
-            c.args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={}", instance_mac(inst)),
-            ]);
-        }
-        NetMode::None => {}
-    }
+    let mac = format!(",mac={}", instance_mac(inst));
+    super::qemu::nic_args(&mut c, plan, "virtio-net-pci", &mac);
     Ok(c)
 }
 

@@ -144,11 +144,51 @@ pub fn command(
     accel: Accelerator,
     console: Console,
 ) -> Command {
-    let mut c = Command::new(program());
     let machine = match plan.machine {
         Machine::Microvm => "microvm",
         Machine::Pc => "pc",
     };
+    let mut c = base_command(plan, inst, machine, accel);
+    c.arg("-kernel").arg(dir.join(&plan.kernel));
+    if let Some(initrd) = &plan.initrd {
+        c.arg("-initrd").arg(dir.join(initrd));
+    }
+    let mut cmdline = plan.instance_cmdline(inst);
+    if accel == Accelerator::Tcg && !cmdline.contains("tsc_early_khz=") {
+        // Under TCG the guest's TSC is the host's. Calibrating it against the PIT fails
+        // now and then on a busy host, and microvm has no HPET or PM timer to fall back
+        // on: the kernel then hangs silently. Tell it the frequency instead.
+        if let Some(khz) = host_tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    c.args(["-append", &cmdline]);
+    serial_console(&mut c, console);
+    let nic = match plan.machine {
+        Machine::Microvm => "virtio-net-device",
+        Machine::Pc => "virtio-net-pci",
+    };
+    nic_args(&mut c, plan, nic, &plan.mac_option());
+    if plan.control {
+        // The init's control line: the second serial port (ttyS1 at 0x2f8), on the
+        // connected socket at fd 4.
+        c.args(["-chardev", "socket,id=ctl,fd=4"]);
+        c.args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"]);
+    }
+    // Lets the init end qemu with the guest's status: (status << 1) | 1.
+    c.args(["-device", beambake_contract::exit::QEMU_DEVICE]);
+    c
+}
+
+/// The start of the qemu command of VM `inst`: its name, the machine, the accelerator
+/// and CPU model, memory, CPUs, no default devices, no reboot (every qemu guest).
+pub(super) fn base_command(
+    plan: &BootPlan,
+    inst: &Instance,
+    machine: &str,
+    accel: Accelerator,
+) -> Command {
+    let mut c = Command::new(program());
     c.args([
         "-name",
         &format!("beambake-{}-{}", plan.name, inst.index + 1),
@@ -179,30 +219,15 @@ pub fn command(
         "none",
         "-no-reboot",
     ]);
-    c.arg("-kernel").arg(dir.join(&plan.kernel));
-    if let Some(initrd) = &plan.initrd {
-        c.arg("-initrd").arg(dir.join(initrd));
-    }
-    let mut cmdline = plan.instance_cmdline(inst);
-    if accel == Accelerator::Tcg && !cmdline.contains("tsc_early_khz=") {
-        // Under TCG the guest's TSC is the host's. Calibrating it against the PIT fails
-        // now and then on a busy host, and microvm has no HPET or PM timer to fall back
-        // on: the kernel then hangs silently. Tell it the frequency instead.
-        if let Some(khz) = host_tsc_khz() {
-            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-        }
-    }
-    c.args(["-append", &cmdline]);
-    serial_console(&mut c, console);
-    let nic = match plan.machine {
-        Machine::Microvm => "virtio-net-device",
-        Machine::Pc => "virtio-net-pci",
-    };
-    match plan.net.mode {
-        NetMode::Tap => {
-            c.args(["-netdev", "tap,id=n0,fd=3"]);
-            c.args(["-device", &format!("{nic},netdev=n0")]);
-        }
+    c
+}
+
+/// The NIC for the plan's network mode: the netdev (the tap or the frames socket at fd 3,
+/// or user networking with the checks' ports forwarded) and `-device DEVICE,netdev=n0OPTS`.
+pub(super) fn nic_args(c: &mut Command, plan: &BootPlan, device: &str, opts: &str) {
+    let netdev = match plan.net.mode {
+        NetMode::Tap => "tap,id=n0,fd=3".to_string(),
+        NetMode::Socket => "socket,id=n0,fd=3".to_string(),
         NetMode::User => {
             let mut fwd = String::new();
             for port in forwarded_ports(plan) {
@@ -210,30 +235,15 @@ pub fn command(
             }
             let mask = u32::MAX << (32 - u32::from(plan.net.prefix.clamp(1, 30)));
             let network = std::net::Ipv4Addr::from(u32::from(plan.net.host) & mask);
-            c.args([
-                "-netdev",
-                &format!(
-                    "user,id=n0,net={network}/{},host={}{fwd}",
-                    plan.net.prefix, plan.net.host
-                ),
-            ]);
-            c.args(["-device", &format!("{nic},netdev=n0")]);
+            format!(
+                "user,id=n0,net={network}/{},host={}{fwd}",
+                plan.net.prefix, plan.net.host
+            )
         }
-        NetMode::Socket => {
-            c.args(["-netdev", "socket,id=n0,fd=3"]);
-            c.args(["-device", &format!("{nic},netdev=n0{}", plan.mac_option())]);
-        }
-        NetMode::None => {}
-    }
-    if plan.control {
-        // The init's control line: the second serial port (ttyS1 at 0x2f8), on the
-        // connected socket at fd 4.
-        c.args(["-chardev", "socket,id=ctl,fd=4"]);
-        c.args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"]);
-    }
-    // Lets the init end qemu with the guest's status: (status << 1) | 1.
-    c.args(["-device", beambake_contract::exit::QEMU_DEVICE]);
-    c
+        NetMode::None => return,
+    };
+    c.args(["-netdev", &netdev]);
+    c.args(["-device", &format!("{device},netdev=n0{opts}")]);
 }
 
 /// qemu's command for a baked rumprun kernel: [`crate::rumprun::qemu_args`] (the command
