@@ -122,6 +122,11 @@ enum Command {
         /// Seconds a `stop` waits for the guest's clean power-off before killing it.
         #[arg(long, default_value_t = 30)]
         stop_timeout: u64,
+        /// Run the VM as a transient domain of this libvirt daemon on this host (e.g.
+        /// qemu:///system) instead of a qemu of beambake's own: a microvm image built with
+        /// vm.machine = "pc"; console, control line and NIC on Unix sockets.
+        #[arg(long, value_name = "URI")]
+        libvirt: Option<String>,
     },
     /// Apply, check, revert or show beambake's OTP patch sets (patches/otp/MAJOR/SET) on an
     /// OTP source tree: all or nothing, no offset or fuzz accepted, version checked first.
@@ -481,6 +486,7 @@ fn run(cli: Cli) -> Result<u8> {
             mac,
             node,
             stop_timeout,
+            libvirt,
         } => {
             let ip = ip
                 .map(|v| {
@@ -512,7 +518,13 @@ fn run(cli: Cli) -> Result<u8> {
                 AccelArg::Kvm => Accel::Kvm,
                 AccelArg::Tcg => Accel::Tcg,
             });
-            run::port(&dir, accel, &opts, &steps)?;
+            match libvirt {
+                Some(uri) => {
+                    let (_, base) = libvirt_base(&dir, accel)?;
+                    run::port_libvirt(&dir, &uri, &base, &opts)?;
+                }
+                None => run::port(&dir, accel, &opts, &steps)?,
+            }
             Ok(0)
         }
         Command::Boot {
@@ -689,10 +701,34 @@ fn libvirt_xml(
     opts: beambake::libvirt::xml::Options,
     accel: Option<Accel>,
 ) -> Result<()> {
+    let (plan, base) = libvirt_base(dir, accel)?;
+    let opts = beambake::libvirt::xml::Options {
+        accel: base.accel,
+        accel_reason: base.accel_reason,
+        tsc_khz: base.tsc_khz,
+        emulator: base.emulator,
+        ..opts
+    };
+    let text = beambake::libvirt::xml::domain_xml(&plan, &std::path::absolute(dir)?, &opts)?;
+    match output {
+        Some(o) => {
+            beambake::output::write_bytes(o, text.as_bytes())?;
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// The plan of the microvm image in `dir` and what every domain of it gets: the
+/// accelerator (the probe on machine pc, as libvirt runs it), the TSC under TCG, and the
+/// emulator named by `BEAMBAKE_QEMU`.
+fn libvirt_base(
+    dir: &Path,
+    accel: Option<Accel>,
+) -> Result<(beambake::boot::BootPlan, beambake::libvirt::xml::Options)> {
     use beambake::boot::{accel as probe, qemu};
     use beambake::libvirt::xml;
     let plan = xml::load(dir)?;
-    // libvirt runs the image as machine pc: probe KVM there.
     let mut pc = plan.clone();
     pc.machine = beambake::recipe::Machine::Pc;
     let target = probe::ProbeTarget::for_plan(&pc, dir, beambake::INIT);
@@ -715,23 +751,16 @@ fn libvirt_xml(
             }
         })
         .transpose()?;
-    let opts = xml::Options {
+    let base = xml::Options {
         accel: choice.accelerator,
         accel_reason: choice.reason.clone(),
         tsc_khz: (choice.accelerator == qemu::Accelerator::Tcg)
             .then(qemu::host_tsc_khz)
             .flatten(),
         emulator,
-        ..opts
+        ..xml::Options::default()
     };
-    let text = xml::domain_xml(&plan, &std::path::absolute(dir)?, &opts)?;
-    match output {
-        Some(o) => {
-            beambake::output::write_bytes(o, text.as_bytes())?;
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
+    Ok((plan, base))
 }
 
 fn print_report(r: &beambake::smoke::Report, log: &Path) {

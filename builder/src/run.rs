@@ -98,17 +98,7 @@ pub fn port(
     let vmm = vmm_for(&plan)?;
     vmm.check(&plan, dir)?;
     let (accelerator, _) = choose_accel(&plan, dir, vmm.accelerator(), accel, progress)?;
-    let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let run_dir = tempfile::Builder::new()
-        .prefix("beambake-port-")
-        .tempdir()
-        .map_err(|source| Error::Io {
-            path: std::env::temp_dir(),
-            source,
-        })?;
+    let (dir_abs, run_dir) = port_dirs(dir)?;
     beambake_vm::port::vm::run(
         &plan,
         &dir_abs,
@@ -119,6 +109,34 @@ pub fn port(
         opts,
     )
     .map_err(port_error)?;
+    Ok(())
+}
+
+/// Runs `beambake port --libvirt URI` for the built microvm image in `dir`: the same
+/// port VM as [`port`], as a transient domain of the libvirt daemon at `uri`
+/// ([`beambake_libvirt::guest`]); `base` holds the accelerator, TSC and emulator.
+pub fn port_libvirt(
+    dir: &Path,
+    uri: &str,
+    base: &beambake_libvirt::xml::Options,
+    opts: &PortOpts,
+) -> Result<(), Error> {
+    use beambake_libvirt::guest::{self, GuestError};
+    let lv = |e: GuestError| Error::Boot(BootError::Net(e.to_string()));
+    let plan = beambake_libvirt::xml::load(dir).map_err(|e| lv(e.into()))?;
+    let plan = port_plan(plan, dir, opts).map_err(port_error)?;
+    let (dir_abs, run_dir) = port_dirs(dir)?;
+    guest::run(
+        uri,
+        &plan,
+        &dir_abs,
+        run_dir.path(),
+        base,
+        Box::new(std::io::stdin()),
+        Box::new(std::io::stdout()),
+        opts,
+    )
+    .map_err(lv)?;
     Ok(())
 }
 
@@ -147,6 +165,23 @@ fn choose_accel(
             Ok((c.accelerator, c.reason))
         }
     }
+}
+
+/// A port VM's image directory (absolute) and its own run directory (sockets, console
+/// log), removed when the port ends.
+fn port_dirs(dir: &Path) -> Result<(PathBuf, tempfile::TempDir), Error> {
+    let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("beambake-port-")
+        .tempdir()
+        .map_err(|source| Error::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    Ok((dir_abs, run_dir))
 }
 
 fn port_error(e: PortError) -> Error {

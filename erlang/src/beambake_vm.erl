@@ -48,15 +48,27 @@
 %% `{mac, "52:54:00:..."}', `{node, "name@host"}', `{accel, tcg | kvm | auto}',
 %% `{stop_timeout, Seconds}', `{subscribers, [Pid]}', `{binary, Path}' (the beambake
 %% program; else `$BEAMBAKE', else `beambake' on `PATH'), `{start_timeout, Ms}' (for a
-%% recipe that is built first; default 600000).
+%% recipe that is built first; default 600000), `{libvirt, Uri}' (the VM runs as a
+%% transient domain of the libvirt daemon at `Uri' on this host, e.g. `"qemu:///system"',
+%% instead of a qemu of its own: an image built with `vm.machine = "pc"'; everything
+%% else is the same, and the domain goes with the VM process).
+%%
+%% Errors: `{no_image, Path}' (no such file or directory), `{beambake_port_exit, N}'
+%% (beambake refused the image or could not start the VM: its reason is on stderr),
+%% `{beambake_port, Msg}'.
 -spec start(file:filename_all(), list() | map()) -> {ok, pid()} | {error, term()}.
 start(Image, Opts) when is_map(Opts) ->
     start(Image, maps:to_list(Opts));
 start(Image, Opts) ->
-    Timeout = proplists:get_value(start_timeout, Opts, 600000),
-    %% Linked only once the VM runs (from its init): a start that fails returns its
-    %% reason without an exit signal to the caller.
-    gen_server:start(?MODULE, {self(), Image, Opts}, [{timeout, Timeout}]).
+    case filelib:is_dir(Image) orelse filelib:is_regular(Image) of
+        false ->
+            {error, {no_image, Image}};
+        true ->
+            Timeout = proplists:get_value(start_timeout, Opts, 600000),
+            %% Linked only once the VM runs (from its init): a start that fails returns
+            %% its reason without an exit signal to the caller.
+            gen_server:start(?MODULE, {self(), Image, Opts}, [{timeout, Timeout}])
+    end.
 
 %% @doc Asks the guest to power off cleanly (its init stops the release as on SIGTERM);
 %% kills it after the stop bound. Returns the guest's status.
@@ -74,8 +86,10 @@ stop(Vm, Timeout) ->
         erlang:demonitor(Ref, [flush])
     end.
 
-%% @doc Types `Line' (and a newline) on the guest's console.
-send(Vm, Line) -> gen_server:cast(Vm, {send, Line}).
+%% @doc Types `Line' (and a newline) on the guest's console; `{error, not_running}'
+%% once the VM has ended.
+-spec send(pid(), iodata()) -> ok | {error, not_running}.
+send(Vm, Line) -> call(Vm, {send, Line}, 10000).
 
 subscribe(Vm) -> gen_server:call(Vm, {subscribe, self()}).
 unsubscribe(Vm) -> gen_server:call(Vm, {unsubscribe, self()}).
@@ -132,7 +146,18 @@ beambake_binary() ->
             end
     end.
 
-ctl(Vm, Line) -> gen_server:call(Vm, {ctl, Line}, ?CTL_TIMEOUT + 5000).
+ctl(Vm, Line) -> call(Vm, {ctl, Line}, ?CTL_TIMEOUT + 5000).
+
+%% A call to a VM that may have ended (or ends meanwhile): `{error, not_running}' then.
+call(Vm, Req, Timeout) ->
+    try
+        gen_server:call(Vm, Req, Timeout)
+    catch
+        exit:{noproc, _} -> {error, not_running};
+        exit:{{guest_exit, _}, _} -> {error, not_running};
+        exit:{{shutdown, _}, _} -> {error, not_running};
+        exit:{normal, _} -> {error, not_running}
+    end.
 
 %% gen_server
 
@@ -150,29 +175,29 @@ init({Owner, Image, Opts}) ->
             await_start(#state{owner = Owner, port = Port,
                                switch = proplists:get_value(switch, Opts)}, Opts);
         {error, Why} ->
-            {stop, Why}
+            start_failed(Why)
     end.
 
 await_start(S = #state{port = Port}, Opts) ->
     receive
         {Port, {data, Data}} ->
-            case binary_to_term(Data) of
-                {started, Info} ->
+            case decode(Data) of
+                {ok, {started, Info}} ->
                     %% An owner already gone comes back as {'EXIT', Owner, noproc}.
                     link(S#state.owner),
                     [beambake_switch:attach(S#state.switch) || S#state.switch =/= undefined],
                     Subs = maps:from_list([{P, erlang:monitor(process, P)}
                                            || P <- proplists:get_value(subscribers, Opts, [])]),
                     {ok, S#state{info = Info, subs = Subs}};
-                {error, Msg} ->
-                    {stop, {beambake_port, Msg}};
+                {ok, {error, Msg}} ->
+                    start_failed({beambake_port, Msg});
                 _Other ->
                     await_start(S, Opts)
             end;
         {Port, {exit_status, N}} ->
-            {stop, {beambake_port_exit, N}};
+            start_failed({beambake_port_exit, N});
         {'EXIT', Port, Why} ->
-            {stop, {beambake_port, Why}}
+            start_failed({beambake_port, Why})
     end.
 
 handle_call(stop, From, S = #state{port = Port, stoppers = St}) ->
@@ -194,16 +219,23 @@ handle_call({unsubscribe, Pid}, _From, S = #state{subs = Subs}) ->
         error -> {reply, ok, S}
     end;
 handle_call(info, _From, S = #state{info = Info}) ->
-    {reply, Info, S}.
-
-handle_cast({send, Line}, S = #state{port = Port}) ->
+    {reply, Info, S};
+handle_call({send, Line}, _From, S = #state{port = Port}) ->
     port_command(Port, term_to_binary({console, iolist_to_binary([Line, "\n"])})),
+    {reply, ok, S}.
+
+handle_cast(_Msg, S) ->
     {noreply, S}.
 
 handle_info({Port, {data, Data}}, S = #state{port = Port}) ->
-    case binary_to_term(Data) of
-        {exit, Status} -> guest_exit(Status, S);   % sent last: the port closes next
-        Term -> {noreply, from_port(Term, S)}
+    case decode(Data) of
+        {ok, {exit, Status}} -> guest_exit(Status, S);   % sent last: the port closes next
+        {ok, Term} -> {noreply, from_port(Term, S)};
+        error ->
+            %% Not a term: logged and dropped; the VM runs on.
+            logger:warning("beambake_vm ~p: a malformed packet from beambake port "
+                           "dropped (~b bytes: ~P)", [self(), byte_size(Data), Data, 20]),
+            {noreply, S}
     end;
 handle_info({beambake_switch, Sw, {frame, Frame}}, S = #state{switch = Sw, port = Port}) ->
     port_command(Port, term_to_binary({frame, Frame})),
@@ -234,6 +266,18 @@ terminate(_Why, #state{port = Port}) when is_port(Port) ->
     ok;
 terminate(_Why, _S) ->
     ok.
+
+%% A start that fails is the caller's news, not a crash: start/2 returns the reason and
+%% this process ends normally (OTP 25's gen_server has no init result for that, and
+%% `{stop, _}' would log a crash report).
+start_failed(Why) ->
+    proc_lib:init_ack({error, Why}),
+    exit(normal).
+
+decode(Data) ->
+    try {ok, binary_to_term(Data)}
+    catch error:badarg -> error
+    end.
 
 %% Terms from `beambake port'.
 from_port({console, Line}, S) ->
@@ -299,6 +343,7 @@ port_arg({mac, Mac}) -> ["--mac", to_list(Mac)];
 port_arg({node, Node}) -> ["--node", to_list(Node)];
 port_arg({accel, A}) -> ["--accel", to_list(A)];
 port_arg({stop_timeout, Secs}) -> ["--stop-timeout", integer_to_list(Secs)];
+port_arg({libvirt, Uri}) -> ["--libvirt", to_list(Uri)];
 port_arg(_) -> [].
 
 addr(T) when is_tuple(T), tuple_size(T) =:= 4 ->

@@ -156,6 +156,7 @@ lifecycle(B, Root) ->
     {Daemon, NsPid} = start_daemon(Tmp),
     try
         drive(Tmp, Xml, Console, Dir, NsPid),
+        vm_backend(Tmp, Dir),
         os:cmd("rm -rf " ++ Tmp)
     after
         stop_daemon(Daemon, NsPid)
@@ -214,8 +215,10 @@ wait_gone(Pid, N) ->
         true -> timer:sleep(100), wait_gone(Pid, N - 1)
     end.
 
+uri(Tmp) -> "qemu+unix:///system?socket=" ++ filename:join(Tmp, "sock/libvirt-sock").
+
 drive(Tmp, XmlFile, Console, Dir, NsPid) ->
-    Uri = "qemu+unix:///system?socket=" ++ filename:join(Tmp, "sock/libvirt-sock"),
+    Uri = uri(Tmp),
     NetNs = "/proc/" ++ integer_to_list(NsPid) ++ "/ns/net",
     {ok, C} = beambake_libvirt:connect(Uri),
     try
@@ -262,6 +265,84 @@ drive(Tmp, XmlFile, Console, Dir, NsPid) ->
         {ok, []} = beambake_libvirt:list_domains(C)
     after
         beambake_libvirt:close(C)
+    end.
+
+%% beambake_vm with libvirt as its backend: a transient domain of the private daemon
+%% (its console, control line and NIC on Unix sockets) and a local qemu VM of the same
+%% image on one beambake_switch; a clean stop, and an owner that dies.
+vm_backend(Tmp, Dir) ->
+    Uri = uri(Tmp),
+    {ok, C} = beambake_libvirt:connect(Uri),
+    {ok, Sw} = beambake_switch:start(),
+    try
+        %% A daemon that is not there: the start fails, nothing runs.
+        ?assertMatch({error, {beambake_port_exit, N}} when N =/= 0,
+                     beambake_vm:start(Dir, [{libvirt, "qemu+unix:///system?socket="
+                                                        "/nonexistent/beambake/sock"}])),
+        {ok, L} = beambake_vm:start(Dir, [{libvirt, Uri}, {switch, Sw},
+                                          {ip, {"10.0.126.2", 24, none}}]),
+        Info = beambake_vm:info(L),
+        ?assertEqual(libvirt, proplists:get_value(backend, Info)),
+        Dom = proplists:get_value(domain, Info),
+        {ok, [{Id, Dom}]} = beambake_libvirt:list_domains(C),
+        ?assert(is_integer(Id)),
+        {ok, Desc} = beambake_libvirt:get_xml_desc(C, Dom),
+        [?assert(has(Desc, Want), Want) || Want <- [<<"<serial type='unix'>">>,
+                                                    <<"beambake.ctl=ttyS1">>,
+                                                    <<"dgram,id=bbnet0">>]],
+        {ok, Q} = beambake_vm:start(Dir, [{switch, Sw}, {ip, {"10.0.126.3", 24, none}}]),
+        %% ARP and ICMP between the domain and the local VM, through the switch.
+        ?assertMatch({ok, _}, ping_retry(L, "10.0.126.3", 120)),
+        ?assertMatch({ok, _}, ping_retry(Q, "10.0.126.2", 10)),
+        %% The domain's console comes as messages.
+        ?assertMatch({ok, _}, wait_console(L, <<"Echo server started">>, 180000)),
+        Ref = erlang:monitor(process, L),
+        ?assertEqual({ok, 0}, beambake_vm:stop(L)),
+        receive {'DOWN', Ref, process, L, Why} -> ?assertEqual({guest_exit, 0}, Why)
+        after 10000 -> error(vm_process_alive)
+        end,
+        %% Transient: gone with its VM.
+        ?assertEqual({ok, []}, beambake_libvirt:list_domains(C)),
+        ?assertEqual({ok, 0}, beambake_vm:stop(Q)),
+        %% The owner dies: libvirt destroys the domain (the port's stdin closed, and the
+        %% domain was started to end with the port's connection).
+        Self = self(),
+        Owner = spawn(fun() ->
+                              {ok, V} = beambake_vm:start(Dir, [{libvirt, Uri}]),
+                              Self ! {vm, V},
+                              receive never -> ok end
+                      end),
+        receive {vm, _} -> ok after 180000 -> error(no_vm) end,
+        {ok, [_]} = beambake_libvirt:list_domains(C),
+        exit(Owner, kill),
+        ?assertEqual(ok, wait_no_domains(C, 60))
+    after
+        beambake_switch:stop(Sw),
+        beambake_libvirt:close(C)
+    end.
+
+ping_retry(From, To, 0) -> beambake_vm:ping(From, To);
+ping_retry(From, To, N) ->
+    case beambake_vm:ping(From, To) of
+        {ok, Us} -> {ok, Us};
+        {error, _} -> timer:sleep(500), ping_retry(From, To, N - 1)
+    end.
+
+wait_console(Vm, Want, Timeout) ->
+    receive
+        {beambake_vm, Vm, {console, Line}} ->
+            case has(Line, Want) of
+                true -> {ok, Line};
+                false -> wait_console(Vm, Want, Timeout)
+            end
+    after Timeout -> {timeout, Want}
+    end.
+
+wait_no_domains(C, 0) -> beambake_libvirt:list_domains(C);
+wait_no_domains(C, N) ->
+    case beambake_libvirt:list_domains(C) of
+        {ok, []} -> ok;
+        _ -> timer:sleep(1000), wait_no_domains(C, N - 1)
     end.
 
 %% One echo exchange with the guest from inside the private network namespace.

@@ -103,7 +103,16 @@ uml_and_microvm_share_a_switch(Uml, Microvm) ->
     ?assertEqual(uml, proplists:get_value(accel, beambake_vm:info(U))),
     ?assertMatch({ok, _}, ping_retry(U, "10.0.125.3", 60)),
     ?assertMatch({ok, _}, ping_retry(M, "10.0.125.2", 5)),
+    %% A packet from the port that is not a term is logged and dropped; the VM runs on.
+    Port = element(3, sys:get_state(M)),
+    ?assert(is_port(Port)),
+    M ! {Port, {data, <<"not a term">>}},
+    ?assertMatch({ok, _}, ping_retry(M, "10.0.125.2", 5)),
     ?assertEqual({ok, 0}, beambake_vm:stop(U)),
+    %% A VM that has ended: sends and requests say so.
+    ?assertEqual({error, not_running}, beambake_vm:send(U, "io:format(\"late\").")),
+    ?assertEqual({error, not_running}, beambake_vm:ping(U, "10.0.125.3")),
+    ?assertEqual({error, not_running}, beambake_vm:stop(U)),
     beambake_vm:stop(M),
     beambake_switch:stop(Sw).
 
@@ -126,6 +135,8 @@ owner_death_kills_the_vm(Dir) ->
 %% A directory that is not a build: the start fails, nothing runs.
 bad_image_is_refused(Root) ->
     process_flag(trap_exit, true),
+    Missing = filename:join(Root, "no/such/image"),
+    ?assertEqual({error, {no_image, Missing}}, beambake_vm:start(Missing, [])),
     ?assertMatch({error, {beambake_port_exit, N}} when N =/= 0,
                  beambake_vm:start(filename:join(Root, "erlang"), [])),
     process_flag(trap_exit, false).

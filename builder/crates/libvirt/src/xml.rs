@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use beambake_recipe::{Machine, Target};
 use beambake_vm::boot::qemu::Accelerator;
-use beambake_vm::boot::{BootError, BootPlan};
+use beambake_vm::boot::{BootError, BootPlan, Instance};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,18 @@ pub enum ConsoleOut {
     File(PathBuf),
     /// A pty libvirt allocates (`virsh console`).
     Pty,
+    /// A Unix stream socket qemu connects to (someone listens there: `beambake port
+    /// --libvirt`).
+    Unix(PathBuf),
+}
+
+/// The NIC as a qemu `dgram` netdev on Unix datagram sockets (libvirt has no element for
+/// it: through its qemu command-line namespace): qemu binds `vm` and sends each frame to
+/// `peer`, which sends to `vm`. No tap, no bridge, nothing on the host's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DgramNic {
+    pub vm: PathBuf,
+    pub peer: PathBuf,
 }
 
 /// What the XML is for, besides the plan.
@@ -51,6 +63,11 @@ pub struct Options {
     pub console: Option<ConsoleOut>,
     /// A pre-made tap to plug the VM's NIC into.
     pub tap: Option<String>,
+    /// The NIC on Unix datagram sockets instead (not with `tap`).
+    pub dgram: Option<DgramNic>,
+    /// The init's control line (the plan's `control`) on the second serial port, a Unix
+    /// socket qemu connects to.
+    pub control: Option<PathBuf>,
     /// The host's TSC in kHz, told to the kernel under TCG (see `beambake_vm::boot::qemu`).
     pub tsc_khz: Option<u64>,
     /// The qemu binary (`<emulator>`); absent: libvirt's default for the domain type.
@@ -66,6 +83,8 @@ impl Default for Options {
             accel_reason: String::new(),
             console: None,
             tap: None,
+            dgram: None,
+            control: None,
             tsc_khz: None,
             emulator: None,
         }
@@ -95,6 +114,19 @@ pub enum XmlError {
          recipe with vm.machine = \"pc\" to give the domain a network"
     )]
     TapNeedsPc { tap: String },
+    #[error(
+        "the image was built for machine microvm (its initramfs has the virtio-mmio \
+         drivers), and libvirt runs it as machine pc, whose NIC needs virtio_pci: build the \
+         recipe with vm.machine = \"pc\" to drive it through libvirt"
+    )]
+    NicNeedsPc,
+    #[error("a NIC on a tap and on Unix sockets at once: choose one")]
+    TwoNics,
+    #[error(
+        "{dir}: the control line is asked for but the plan does not enable it (its \
+         command line has no beambake.ctl)"
+    )]
+    NoControl { dir: PathBuf },
     #[error("--tap {tap:?}: not a network interface name (1 to 15 bytes, no '/', ':' or blanks)")]
     BadTap { tap: String },
     #[error("domain name {name:?}: must not be empty or contain '/'")]
@@ -151,6 +183,18 @@ pub fn domain_xml(plan: &BootPlan, dir: &Path, opts: &Options) -> Result<String,
             instance: opts.instance,
             count: insts.len(),
         })?;
+    instance_xml(plan, &dir, inst, insts.len(), opts)
+}
+
+/// The domain XML of `inst`, one of `count` VMs of `plan` (files in the absolute `dir`).
+pub fn instance_xml(
+    plan: &BootPlan,
+    dir: &Path,
+    inst: &Instance,
+    count: usize,
+    opts: &Options,
+) -> Result<String, XmlError> {
+    let dir = dir.to_path_buf();
     if let Some(tap) = &opts.tap {
         let bad = tap.is_empty()
             || tap.len() > 15
@@ -164,6 +208,17 @@ pub fn domain_xml(plan: &BootPlan, dir: &Path, opts: &Options) -> Result<String,
             return Err(XmlError::TapNeedsPc { tap: tap.clone() });
         }
     }
+    if opts.dgram.is_some() {
+        if opts.tap.is_some() {
+            return Err(XmlError::TwoNics);
+        }
+        if plan.machine == Machine::Microvm {
+            return Err(XmlError::NicNeedsPc);
+        }
+    }
+    if opts.control.is_some() && !plan.control {
+        return Err(XmlError::NoControl { dir: dir.clone() });
+    }
     let name = opts
         .name
         .clone()
@@ -171,9 +226,10 @@ pub fn domain_xml(plan: &BootPlan, dir: &Path, opts: &Options) -> Result<String,
     if name.is_empty() || name.contains('/') {
         return Err(XmlError::BadName { name });
     }
-    let many = insts.len() > 1;
+    let many = count > 1;
     let console = match &opts.console {
         Some(ConsoleOut::Pty) => ConsoleOut::Pty,
+        Some(ConsoleOut::Unix(p)) => ConsoleOut::Unix(dir.join(p)),
         Some(ConsoleOut::File(p)) => ConsoleOut::File(dir.join(p)),
         None => ConsoleOut::File(dir.join(if many {
             format!("libvirt-console-{}.log", inst.index + 1)
@@ -193,7 +249,7 @@ pub fn domain_xml(plan: &BootPlan, dir: &Path, opts: &Options) -> Result<String,
     w(format!(
         "<!-- beambake libvirt-xml: VM {} of {} of the {} image in {}.\n",
         inst.index + 1,
-        insts.len(),
+        count,
         comment(&plan.name),
         comment(&dir.display().to_string()),
     ));
@@ -219,6 +275,9 @@ pub fn domain_xml(plan: &BootPlan, dir: &Path, opts: &Options) -> Result<String,
                 "the pre-made tap {} (not managed: libvirt creates nothing)",
                 comment(t)
             ),
+            None if opts.dgram.is_some() => {
+                "qemu's dgram netdev on Unix sockets (frames relayed by beambake port)".to_string()
+            }
             None => "none (no NIC; --tap NAME plugs one into a pre-made tap)".to_string(),
         }
     ));
@@ -282,6 +341,10 @@ pub fn domain_xml(plan: &BootPlan, dir: &Path, opts: &Options) -> Result<String,
             "    <serial type='file'>\n      <source path='{}' append='on'/>\n      <target port='0'/>\n    </serial>\n",
             esc(&p.display().to_string())
         )),
+        ConsoleOut::Unix(p) => w(unix_serial(p, 0)),
+    }
+    if let Some(p) = &opts.control {
+        w(unix_serial(&dir.join(p), 1));
     }
     if let Some(tap) = &opts.tap {
         w(format!(
@@ -298,9 +361,32 @@ pub fn domain_xml(plan: &BootPlan, dir: &Path, opts: &Options) -> Result<String,
         "    <qemu:arg value='{}'/>\n",
         esc(beambake_contract::exit::QEMU_DEVICE)
     ));
+    if let Some(nic) = &opts.dgram {
+        let arg = |v: &str| format!("    <qemu:arg value='{}'/>\n", esc(v));
+        w(arg("-netdev"));
+        w(arg(&format!(
+            "dgram,id=bbnet0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            dir.join(&nic.vm).display(),
+            dir.join(&nic.peer).display()
+        )));
+        w(arg("-device"));
+        let mac = plan
+            .mac
+            .map(|m| format!(",mac={}", beambake_vm::port::vm::format_mac(&m)))
+            .unwrap_or_default();
+        w(arg(&format!("virtio-net-pci,netdev=bbnet0{mac}")));
+    }
     w("  </qemu:commandline>\n".into());
     w("</domain>\n".into());
     Ok(x)
+}
+
+/// A serial port (`port` 0: ttyS0, 1: ttyS1) on a Unix socket qemu connects to.
+fn unix_serial(path: &Path, port: u8) -> String {
+    format!(
+        "    <serial type='unix'>\n      <source mode='connect' path='{}'/>\n      <target port='{port}'/>\n    </serial>\n",
+        esc(&path.display().to_string())
+    )
 }
 
 /// Escapes text for XML content and single- or double-quoted attributes.
@@ -423,6 +509,70 @@ mod tests {
             ),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn a_port_domain_on_unix_sockets_is_pinned() {
+        let mut p = plan("microvm", "pc", &["10.0.126.2"]);
+        p.control = true;
+        p.mac = Some([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+        p.net.mode = beambake_recipe::NetMode::Socket;
+        let opts = Options {
+            name: Some("echo-pc-port42".into()),
+            accel: Accelerator::Tcg,
+            tsc_khz: Some(2_100_000),
+            console: Some(ConsoleOut::Unix("/tmp/beambake-port-x/console.sock".into())),
+            control: Some("/tmp/beambake-port-x/ctl.sock".into()),
+            dgram: Some(DgramNic {
+                vm: "/tmp/beambake-port-x/nic-vm.sock".into(),
+                peer: "/tmp/beambake-port-x/nic.sock".into(),
+            }),
+            ..Options::default()
+        };
+        let xml = domain_xml(&p, Path::new(DIR), &opts).unwrap();
+        golden("libvirt-echo-port.xml", &xml);
+    }
+
+    #[test]
+    fn port_wiring_refusals() {
+        let dgram = || DgramNic {
+            vm: "/r/vm.sock".into(),
+            peer: "/r/p.sock".into(),
+        };
+        let micro = plan("microvm", "microvm", &["10.0.120.101"]);
+        let e = domain_xml(
+            &micro,
+            Path::new(DIR),
+            &Options {
+                dgram: Some(dgram()),
+                ..Options::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, XmlError::NicNeedsPc), "{e}");
+        assert!(e.to_string().contains("vm.machine = \"pc\""), "{e}");
+        let pc = plan("microvm", "pc", &["10.0.120.101"]);
+        let e = domain_xml(
+            &pc,
+            Path::new(DIR),
+            &Options {
+                dgram: Some(dgram()),
+                tap: Some("tap0".into()),
+                ..Options::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, XmlError::TwoNics), "{e}");
+        let e = domain_xml(
+            &pc,
+            Path::new(DIR),
+            &Options {
+                control: Some("/r/ctl.sock".into()),
+                ..Options::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, XmlError::NoControl { .. }), "{e}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -135,6 +135,29 @@ pub fn port_plan(mut plan: BootPlan, dir: &Path, opts: &PortOpts) -> Result<Boot
     Ok(plan)
 }
 
+/// The one VM of a port plan: its console log in `run_dir`, its node name from `opts`
+/// (none when it has neither a name from `opts` nor an address to name it by).
+pub fn port_instance(
+    plan: &BootPlan,
+    dir: &Path,
+    run_dir: &Path,
+    opts: &PortOpts,
+) -> Result<crate::boot::Instance, PortError> {
+    let mut inst = plan
+        .instances(dir)
+        .into_iter()
+        .next()
+        .ok_or_else(|| BootError::Net("the boot plan lists no guest address".into()))?;
+    inst.console_log = run_dir.join("console.log");
+    if opts.node.is_some() {
+        inst.node = opts.node.clone();
+    } else if inst.ip.is_unspecified() {
+        // No address to name it by: the image's own node name.
+        inst.node = None;
+    }
+    Ok(inst)
+}
+
 /// What the VM's threads tell the main loop.
 enum Event {
     /// A term from Erlang that the main loop acts on.
@@ -154,6 +177,105 @@ fn send(out: &Out, t: &Term) {
     }
 }
 
+/// The Ethernet side of a port VM: a datagram socket, connected (a socket pair) or
+/// sending to the VM's own socket path (qemu's `-netdev dgram` on Unix sockets).
+pub struct Frames {
+    pub sock: UnixDatagram,
+    /// Where frames for the VM go when `sock` is not connected.
+    pub peer: Option<PathBuf>,
+}
+
+impl Frames {
+    fn try_clone(&self) -> io::Result<Frames> {
+        Ok(Frames {
+            sock: self.sock.try_clone()?,
+            peer: self.peer.clone(),
+        })
+    }
+
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        match &self.peer {
+            Some(p) => self.sock.send_to(frame, p).map(|_| ()),
+            None => self.sock.send(frame).map(|_| ()),
+        }
+    }
+}
+
+/// A running VM's I/O, as the relay uses it.
+pub struct Wires {
+    /// Bytes typed on the console.
+    pub console_in: Box<dyn Write + Send>,
+    /// The console's output.
+    pub console_out: Box<dyn Read + Send>,
+    /// Where the relay copies the console (for a VMM that does not log it itself).
+    pub console_log: Option<std::fs::File>,
+    pub frames: Frames,
+    /// The init's control line.
+    pub ctl: UnixStream,
+}
+
+/// A VM the port drives, whatever runs it (a VMM process here, or libvirt).
+pub trait PortGuest {
+    /// What `{started, Info}` says of it besides `mac` and `accel` (e.g. `os_pid`).
+    fn info(&self) -> Vec<Term>;
+    /// Whether it has ended.
+    fn exited(&mut self) -> bool;
+    /// The VMM's own clean stop too, where it has one; the init is asked already.
+    fn request_stop(&mut self);
+    /// Ends it now.
+    fn kill(&mut self);
+    /// Once ended and its console read to the end: the status `{exit, Status}` carries
+    /// (the guest's own exit code, or `{signal, N}` / `{vmm, Code}`).
+    fn status(&mut self) -> Term;
+    /// Removes what it left behind.
+    fn clean_up(&mut self) {}
+}
+
+/// A VM of a VMM process started here through [`Guest`].
+struct LocalGuest<'a> {
+    guest: Guest,
+    vmm: Arc<dyn crate::boot::vmm::Vmm>,
+    dir: &'a Path,
+}
+
+impl PortGuest for LocalGuest<'_> {
+    fn info(&self) -> Vec<Term> {
+        vec![codec::tagged(
+            "os_pid",
+            codec::int(i64::from(self.guest.pid())),
+        )]
+    }
+
+    fn exited(&mut self) -> bool {
+        self.guest.exited().is_some()
+    }
+
+    fn request_stop(&mut self) {
+        self.guest.request_stop();
+    }
+
+    fn kill(&mut self) {
+        self.guest.kill();
+    }
+
+    fn status(&mut self) -> Term {
+        let code = self.guest.exited().and_then(|s| s.code());
+        match (self.guest.guest_status(), code) {
+            (Some(n), _) => codec::int(i64::from(n)),
+            (None, Some(code)) => codec::tagged("vmm", codec::int(i64::from(code))),
+            (None, None) => {
+                use std::os::unix::process::ExitStatusExt;
+                let sig = self.guest.exited().and_then(|s| s.signal()).unwrap_or(0);
+                codec::tagged("signal", codec::int(i64::from(sig)))
+            }
+        }
+    }
+
+    fn clean_up(&mut self) {
+        self.vmm.clean_up(self.dir);
+    }
+}
+
 /// Runs VM 1 of `plan` (files in `dir`, run files in `run_dir`) until it ends or Erlang
 /// goes away; returns the status it reported last.
 pub fn run(
@@ -165,21 +287,9 @@ pub fn run(
     output: Box<dyn Write + Send>,
     opts: &PortOpts,
 ) -> Result<Term, PortError> {
-    let stop_timeout = opts.stop_timeout;
     let vmm = vmm_for(plan)?;
     vmm.check(plan, dir)?;
-    let mut inst = plan
-        .instances(dir)
-        .into_iter()
-        .next()
-        .ok_or_else(|| BootError::Net("the boot plan lists no guest address".into()))?;
-    inst.console_log = run_dir.join("console.log");
-    if opts.node.is_some() {
-        inst.node = opts.node.clone();
-    } else if inst.ip.is_unspecified() {
-        // No address to name it by: the image's own node name.
-        inst.node = None;
-    }
+    let inst = port_instance(plan, dir, run_dir, opts)?;
     let (frames_vm, frames) = UnixDatagram::pair().map_err(io_err("a socket for frames"))?;
     let (ctl_vm, ctl) = UnixStream::pair().map_err(io_err("a socket for the control line"))?;
     let frames_vm = OwnedFd::from(frames_vm);
@@ -204,40 +314,76 @@ pub fn run(
     )?;
     drop(frames_vm);
     drop(ctl_vm);
-    let (mut vm_in, vm_out) = guest
+    let (vm_in, vm_out) = guest
         .take_stdio()
         .ok_or_else(|| BootError::Net("the VM's console pipes are missing".into()))?;
+    // A VMM that cannot log its own console (UML) gets its log written here.
+    let console_log = if vmm.tees_console() {
+        std::fs::File::create(&inst.console_log).ok()
+    } else {
+        None
+    };
+    let wires = Wires {
+        console_in: Box::new(vm_in),
+        console_out: Box::new(vm_out),
+        console_log,
+        frames: Frames {
+            sock: frames,
+            peer: None,
+        },
+        ctl,
+    };
+    let label = vmm.accelerator().label(accel);
+    let mut local = LocalGuest { guest, vmm, dir };
+    relay(
+        &mut local,
+        wires,
+        plan.mac,
+        label,
+        input,
+        output,
+        opts.stop_timeout,
+    )
+}
+
+/// Relays between Erlang (`input`, `output`) and the running `guest` through `wires`
+/// until the guest ends; sends `{exit, Status}` last and returns that status. Erlang's
+/// `stop` asks the init to power off (and the VMM, [`PortGuest::request_stop`]), and
+/// kills after `stop_timeout`; the end of `input` kills at once.
+pub fn relay(
+    guest: &mut dyn PortGuest,
+    wires: Wires,
+    mac: Option<[u8; 6]>,
+    accel_label: &str,
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+    stop_timeout: Duration,
+) -> Result<Term, PortError> {
+    let Wires {
+        console_in: mut vm_in,
+        console_out: vm_out,
+        console_log,
+        frames,
+        ctl,
+    } = wires;
     let out: Out = Arc::new(Mutex::new(output));
-    let mac = plan.mac.map(|m| format_mac(&m)).unwrap_or_default();
-    send(
-        &out,
-        &codec::tagged(
-            "started",
-            codec::list(vec![
-                codec::tagged("os_pid", codec::int(i64::from(guest.pid()))),
-                codec::tagged("mac", codec::binary(mac.as_bytes())),
-                codec::tagged("accel", codec::atom(vmm.accelerator().label(accel))),
-            ]),
-        ),
-    );
+    let mac = mac.map(|m| format_mac(&m)).unwrap_or_default();
+    let mut info = guest.info();
+    info.push(codec::tagged("mac", codec::binary(mac.as_bytes())));
+    info.push(codec::tagged("accel", codec::atom(accel_label)));
+    send(&out, &codec::tagged("started", codec::list(info)));
 
     // The VM's console, frames and control replies to Erlang.
     let console = {
         let out = out.clone();
-        // A VMM that cannot log its own console (UML) gets its log written here.
-        let log = if vmm.tees_console() {
-            std::fs::File::create(&inst.console_log).ok()
-        } else {
-            None
-        };
-        std::thread::spawn(move || relay_lines(vm_out, "console", &out, log))
+        std::thread::spawn(move || relay_lines(vm_out, "console", &out, console_log))
     };
     {
         let out = out.clone();
         let frames = frames.try_clone().map_err(io_err("the frames socket"))?;
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
-            while let Ok(n) = frames.recv(&mut buf) {
+            while let Ok(n) = frames.sock.recv(&mut buf) {
                 send(&out, &codec::tagged("frame", codec::binary(&buf[..n])));
             }
         });
@@ -282,7 +428,7 @@ pub fn run(
             };
             let _ = match (tag, body) {
                 (Some("console"), Some(b)) => vm_in.write_all(&b).and_then(|()| vm_in.flush()),
-                (Some("frame"), Some(b)) => frames.send(&b).map(|_| ()),
+                (Some("frame"), Some(b)) => frames.send(&b),
                 (Some("ctl"), Some(b)) => ctl_w.write_line(b),
                 (Some("stop"), None) => {
                     // The init stops the release as on SIGTERM and powers off (its reply,
@@ -298,16 +444,13 @@ pub fn run(
     });
 
     let mut stop_by: Option<Instant> = None;
-    let status = loop {
-        if let Some(st) = guest.exited() {
-            break st;
+    loop {
+        if guest.exited() {
+            break;
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Event::Eof) => {
-                guest.kill();
-            }
+            Ok(Event::Eof) => guest.kill(),
             Ok(Event::Stop) if stop_by.is_none() => {
-                // The VMM's own clean stop too, where it has one (UML's mconsole).
                 guest.request_stop();
                 stop_by = Some(Instant::now() + stop_timeout);
             }
@@ -321,23 +464,12 @@ pub fn run(
         if stop_by.is_some_and(|d| Instant::now() >= d) {
             guest.kill();
         }
-    };
+    }
     // The console's last lines before the exit.
     let _ = console.join();
-    let guest_status = guest.guest_status();
-    let status = match (guest_status, status.code()) {
-        (Some(n), _) => codec::int(i64::from(n)),
-        (None, Some(code)) => codec::tagged("vmm", codec::int(i64::from(code))),
-        (None, None) => {
-            use std::os::unix::process::ExitStatusExt;
-            codec::tagged(
-                "signal",
-                codec::int(i64::from(status.signal().unwrap_or(0))),
-            )
-        }
-    };
+    let status = guest.status();
     send(&out, &codec::tagged("exit", status.clone()));
-    vmm.clean_up(dir);
+    guest.clean_up();
     Ok(status)
 }
 
