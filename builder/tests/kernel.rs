@@ -275,6 +275,26 @@ fn real_modules_virtio_pci_dash() {
     assert_load_order(&mods);
 }
 
+/// Machine pc's power button: the ACPI button driver and evdev, by their real names.
+#[test]
+fn real_modules_power_button() {
+    let Some(real) = real() else {
+        skip!("{NO_APT}");
+    };
+    let mods = real
+        .kernel
+        .resolve_modules(&["virtio_pci", "button", "evdev"])
+        .unwrap();
+    for (name, file) in [
+        ("button", "kernel/drivers/acpi/button.ko"),
+        ("evdev", "kernel/drivers/input/evdev.ko"),
+    ] {
+        let m = &mods[pos(&mods, name)];
+        assert!(m.path.ends_with(file), "{}", m.path.display());
+    }
+    assert_load_order(&mods);
+}
+
 #[test]
 fn real_modules_fs_and_block() {
     let Some(real) = real() else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use beambake_testkit::{
     as_nobody, check, copy_dir, fails_with, give_to_nobody, is_root, output, repo_root, skip,
-    skip_if, stderr, stdout, tempdir, vm_lock, which, RecipeEdit,
+    skip_if, stderr, stdout, tempdir, vm_lock, which, Guarded, RecipeEdit,
 };
 use common::{
     assert_signal_leaves_nothing, beambake, beambake_in, boot_expecting_clean_exit, build_fails,
@@ -251,6 +251,57 @@ fn boot_exits_with_the_guests_status() {
     build_recipe(&recipe, &out_dir, &[]);
     let _vm = vm_lock();
     boot_expecting_clean_exit(&out_dir.join("echo-microvm"));
+}
+
+/// Machine pc's ACPI power button (qemu's `system_powerdown`, what libvirt's shutdown
+/// does) stops the release as SIGTERM would and powers the VM off with status 0: pressed
+/// through the stop socket qemu's adapter gives a pc VM (the clean stop of `smoke`), once
+/// the release runs under `beambake boot`.
+#[test]
+fn the_acpi_power_button_stops_a_pc_guest_cleanly() {
+    use beambake::boot::{vmm::vmm_for, BootPlan};
+    skip_if!(needs_vm_host());
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("vm.machine", "pc")
+        .write(d.path());
+    let out_dir = d.path().join("out");
+    build_recipe(&recipe, &out_dir, &[]);
+    let dir = fs::canonicalize(out_dir.join("echo-microvm")).unwrap();
+    let plan = BootPlan::load(&dir).unwrap();
+    let vmm = vmm_for(&plan).unwrap();
+    let socket = vmm
+        .stop_socket(&plan, &dir, &plan.instances(&dir)[0])
+        .expect("a pc VM can be asked to stop");
+
+    let _vm = vm_lock();
+    let log = d.path().join("boot.log");
+    let mut boot = Guarded::spawn(cli().command(["boot", dir.to_str().unwrap()]), log);
+    let start = Instant::now();
+    while !boot.log_text().contains("Echo server started") {
+        boot.check_alive();
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the release never started:\n{}",
+            boot.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vmm.request_stop(&socket)
+        .unwrap_or_else(|e| panic!("system_powerdown on {}: {e}", socket.display()));
+    let status = boot.wait_bounded(Duration::from_secs(120));
+    let text = boot.log_text();
+    assert!(status.is_some(), "the VM did not stop by itself:\n{text}");
+    for line in [
+        "beambake-init: power button: stopping",
+        "beambake-init: release exited with status 0",
+        "beambake-init: power off, status 0",
+        "beambake: guest exited with status 0",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{text}");
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 /// Without root: user networking in a user+net+PID namespace works; a tap is refused

@@ -28,22 +28,13 @@ pub fn start(tty: &str, iface: &str) {
     let spawned = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            block_signals();
+            crate::supervise::block_signals();
             if let Err(e) = serve(&path, &iface) {
                 error!("control line {path}: {e} (no more control requests)");
             }
         });
     if let Err(e) = spawned {
         error!("cannot start the control line thread: {e}");
-    }
-}
-
-fn block_signals() {
-    // SAFETY: a filled sigset_t is valid for SIG_BLOCK on this thread only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 

@@ -1,7 +1,8 @@
 //! `beambake-init`: PID 1 of a beambake guest VM. It mounts the early
 //! filesystems, loads the listed kernel modules, configures loopback, eth0 (or `beambake.if`),
 //! the default route and the hostname from the kernel command line, serves the
-//! control line when `beambake.ctl` names one (`control`), starts
+//! control line when `beambake.ctl` names one (`control`), watches the power
+//! button where the machine has one (`power_button`), starts
 //! the services and the Erlang release described by
 //! `/etc/beambake/launch.json`, reaps every process, and powers the VM off
 //! with the release's exit code. With `beambake.probe=TOKEN` (the host's KVM
@@ -21,6 +22,7 @@ mod modules;
 mod mount;
 mod net;
 mod power;
+mod power_button;
 mod spec;
 mod supervise;
 
@@ -92,6 +94,8 @@ fn main() {
         Ok(n) => debug!("{n} kernel modules listed"),
         Err(e) => fatal(e),
     }
+    // Machine pc's ACPI power button (its modules are loaded now) stops the VM cleanly.
+    power_button::start();
 
     let ip = setup_network(&cfg);
     if let Some(tty) = &cfg.ctl {

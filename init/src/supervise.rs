@@ -70,8 +70,20 @@ fn unblock_all() {
     }
 }
 
-/// Asks for the shutdown a SIGTERM to init asks for (the control line's `poweroff`): the
-/// release gets SIGTERM now, or is not started when it does not run yet.
+/// Blocks every signal in the calling thread: for the init's helper threads (the control
+/// line, the power button), so the signals init handles always reach the main thread.
+pub fn block_signals() {
+    // SAFETY: a filled sigset_t is valid for SIG_BLOCK on this thread only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Asks for the shutdown a SIGTERM to init asks for (the control line's `poweroff`, the
+/// power button): the release gets SIGTERM now, or is not started when it does not run
+/// yet.
 pub fn request_stop() {
     on_signal(libc::SIGTERM);
 }

@@ -22,11 +22,13 @@ pub const DEFAULT_PIN: &str = include_str!("../../../../images/kernel-debian-clo
 /// The microvm target.
 pub struct Microvm;
 
-/// Modules the machine needs for its devices.
+/// Modules the machine needs for its devices. Machine pc has an ACPI power button
+/// (qemu's `system_powerdown`, libvirt's shutdown): `button` turns a press into an input
+/// event and `evdev` gives it a `/dev/input/event*` node, which the init watches.
 pub fn machine_modules(recipe: &Recipe) -> Vec<String> {
     let mut v: Vec<String> = match recipe.vm.machine {
         Machine::Microvm => vec!["virtio_mmio".into()],
-        Machine::Pc => vec!["virtio_pci".into()],
+        Machine::Pc => vec!["virtio_pci".into(), "button".into(), "evdev".into()],
     };
     if recipe.network.mode != NetMode::None {
         v.push("virtio_net".into());
@@ -139,5 +141,36 @@ impl Target for Microvm {
             artefacts: vec![(image, format.label()), (kernel_out, "linux-bzimage")],
             kernel_inputs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(extra: &str) -> Recipe {
+        let text =
+            format!("name = \"x\"\ntarget = \"microvm\"\n[release]\nsource = \"rel\"\n{extra}");
+        Recipe::parse(&text, Path::new("r/x.toml")).unwrap()
+    }
+
+    #[test]
+    fn each_machine_gets_its_bus_and_pc_its_power_button() {
+        let none = "[network]\nmode = \"none\"\n";
+        assert_eq!(machine_modules(&recipe(none)), ["virtio_mmio"]);
+        assert_eq!(
+            machine_modules(&recipe(&format!("{none}[vm]\nmachine = \"pc\"\n"))),
+            ["virtio_pci", "button", "evdev"]
+        );
+        assert_eq!(
+            machine_modules(&recipe("[vm]\nmachine = \"pc\"\n")),
+            ["virtio_pci", "button", "evdev", "virtio_net"]
+        );
+        assert_eq!(
+            machine_modules(&recipe(
+                "[network]\nmode = \"user\"\n[kernel]\nextra_modules = [\"dummy\"]\n"
+            )),
+            ["virtio_mmio", "virtio_net", "dummy"]
+        );
     }
 }

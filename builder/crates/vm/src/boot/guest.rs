@@ -49,6 +49,8 @@ pub struct Guest<V: Vmm + ?Sized = dyn Vmm> {
     tee: Option<(std::process::ChildStdout, fs::File)>,
     /// Where to ask the VM for a clean shutdown.
     stop_socket: Option<PathBuf>,
+    /// The VMM took the request to stop cleanly ([`Guest::request_stop`]).
+    stop_asked: bool,
     own_group: bool,
 }
 
@@ -94,6 +96,7 @@ impl<V: Vmm + ?Sized> Guest<V> {
             status: None,
             tee: None,
             stop_socket: wiring.stop_socket,
+            stop_asked: false,
             own_group: wiring.own_group,
         };
         if let Some(out) = wiring.tee.then(|| g.child.stdout.take()).flatten() {
@@ -140,15 +143,15 @@ impl<V: Vmm + ?Sized> Guest<V> {
     pub fn request_stop(&mut self) {
         if self.exited().is_none() {
             if let Some(s) = &self.stop_socket {
-                let _ = self.vmm.request_stop(s);
+                self.stop_asked |= self.vmm.request_stop(s).is_ok();
             }
         }
     }
 
     /// Waits until `deadline` for a VM asked to stop to end, then kills it. A VM that
-    /// cannot be asked is killed at once.
+    /// cannot be asked, or did not take the request, is killed at once.
     pub fn stop_by(&mut self, deadline: Instant) {
-        if self.stop_socket.is_some() {
+        if self.stop_asked {
             self.wait_until(deadline);
         }
         self.kill();

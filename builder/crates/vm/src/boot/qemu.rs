@@ -1,10 +1,13 @@
 //! The qemu adapter ([`Qemu`], a [`Vmm`]): the `qemu-system-x86_64` command line for a
 //! boot plan (the program is `BEAMBAKE_QEMU` when set), for a Linux guest or a baked
-//! rumprun kernel, and the guest's status from qemu's exit status. Choosing KVM or TCG
-//! is [`super::accel`]'s job.
+//! rumprun kernel, the guest's status from qemu's exit status, and the clean stop of a
+//! Linux guest on machine pc (QMP's `system_powerdown`, an ACPI power-button press).
+//! Choosing KVM or TCG is [`super::accel`]'s job.
 //!
 //! Must not: manage process lifetimes (see [`super::guest`]) or networks.
 
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -118,9 +121,22 @@ impl Vmm for Qemu {
         }
     }
 
+    fn stop_socket(&self, plan: &BootPlan, _dir: &Path, inst: &Instance) -> Option<PathBuf> {
+        match self {
+            Qemu::Linux => qmp_socket(plan, inst),
+            Qemu::Rumprun | Qemu::Osv => None,
+        }
+    }
+
+    fn request_stop(&self, socket: &Path) -> io::Result<()> {
+        request_powerdown(socket, Duration::from_secs(5))
+    }
+
     fn clean_up(&self, dir: &Path) {
-        if *self == Qemu::Osv {
-            super::osv::clean_up(dir);
+        match self {
+            Qemu::Osv => super::osv::clean_up(dir),
+            Qemu::Linux => remove_qmp_sockets(dir),
+            Qemu::Rumprun => {}
         }
     }
 
@@ -175,9 +191,102 @@ pub fn command(
         c.args(["-chardev", "socket,id=ctl,fd=4"]);
         c.args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"]);
     }
+    if let Some(qmp) = qmp_socket(plan, inst) {
+        // Where a clean stop is asked for ([`request_powerdown`]); qemu's option syntax
+        // doubles a comma.
+        let path = qmp.display().to_string().replace(',', ",,");
+        c.args(["-qmp", &format!("unix:{path},server=on,wait=off")]);
+    }
     // Lets the init end qemu with the guest's status: (status << 1) | 1.
     c.args(["-device", beambake_contract::exit::QEMU_DEVICE]);
     c
+}
+
+/// The longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// VM `inst`'s QMP socket, beside its console log (`console.qmp`, `console-2.qmp`): how a
+/// Linux guest on machine pc is asked to stop cleanly, by an ACPI power-button press,
+/// which the init of an image built for pc turns into the release's SIGTERM. `None` on
+/// machine microvm (its images carry no button driver) and when the path is too long for
+/// a unix socket: such a VM is killed instead.
+pub fn qmp_socket(plan: &BootPlan, inst: &Instance) -> Option<PathBuf> {
+    if plan.machine != Machine::Pc {
+        return None;
+    }
+    let p = inst.console_log.with_extension("qmp");
+    (p.as_os_str().len() <= MAX_SOCKET_PATH).then_some(p)
+}
+
+/// Whether `name` is the name of a QMP socket [`qmp_socket`] puts beside a console log.
+fn is_qmp_socket_name(name: &str) -> bool {
+    name.strip_prefix("console")
+        .and_then(|s| s.strip_suffix(".qmp"))
+        .is_some_and(|n| {
+            n.is_empty()
+                || n.strip_prefix('-')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// Removes the QMP sockets left in `dir` (a killed qemu leaves its own behind).
+fn remove_qmp_sockets(dir: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_socket())
+            && is_qmp_socket_name(&e.file_name().to_string_lossy())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Presses the ACPI power button of the VM behind the QMP socket `qmp`: QMP's
+/// `system_powerdown`, what libvirt's shutdown does. Returns once qemu accepted it (the
+/// guest stops in its own time); every read and write is bounded by `timeout`.
+pub fn request_powerdown(qmp: &Path, timeout: Duration) -> io::Result<()> {
+    let stream = UnixStream::connect(qmp)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut out = stream.try_clone()?;
+    let mut replies = BufReader::new(stream);
+    qmp_reply(&mut replies, "the greeting")?;
+    for command in ["qmp_capabilities", "system_powerdown"] {
+        writeln!(out, "{{\"execute\": \"{command}\"}}")?;
+        qmp_reply(&mut replies, command)?;
+    }
+    Ok(())
+}
+
+/// The next QMP message that is not an event: the greeting or a command's reply; an
+/// error reply or the end of the stream is an error.
+fn qmp_reply(replies: &mut impl BufRead, what: &str) -> io::Result<serde_json::Value> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if replies.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("QMP closed before {what}"),
+            ));
+        }
+        let msg: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("QMP sent {:?} ({e})", line.trim()),
+            )
+        })?;
+        if msg.get("event").is_some() {
+            continue;
+        }
+        if let Some(err) = msg.get("error") {
+            return Err(io::Error::other(format!("QMP refused {what}: {err}")));
+        }
+        return Ok(msg);
+    }
 }
 
 /// The start of the qemu command of VM `inst`: its name, the machine, the accelerator
@@ -368,6 +477,113 @@ pub fn check_installed() -> Result<(), BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qmp_replies_skip_events_and_report_errors() {
+        let text = concat!(
+            "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n",
+            "{\"event\": \"POWERDOWN\", \"timestamp\": {}}\n",
+            "{\"return\": {}}\n",
+            "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"x\"}}\n",
+            "not json\n",
+        );
+        let mut r = io::Cursor::new(text.as_bytes());
+        assert!(qmp_reply(&mut r, "the greeting")
+            .unwrap()
+            .get("QMP")
+            .is_some());
+        assert!(qmp_reply(&mut r, "a").unwrap().get("return").is_some());
+        let e = qmp_reply(&mut r, "system_powerdown")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("QMP refused system_powerdown") && e.contains("CommandNotFound"),
+            "{e}"
+        );
+        let e = qmp_reply(&mut r, "b").unwrap_err().to_string();
+        assert!(e.contains("not json"), "{e}");
+        let e = qmp_reply(&mut r, "c").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    fn plan(machine: &str) -> BootPlan {
+        serde_json::from_str(&format!(
+            r#"{{"name": "x", "target": "microvm", "vmm": "qemu", "kernel": "k", "cmdline": "",
+                "memory_mib": 256, "cpus": 1, "machine": "{machine}", "accel": "auto",
+                "net": {{"mode": "none", "guests": ["10.0.2.15"], "prefix": 24,
+                         "host": "10.0.2.2", "hostname": "x"}},
+                "node": null, "cookie_file": null, "checks": [],
+                "smoke": {{"ready_timeout_s": 1, "check_timeout_s": 1}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn machine_pc_is_stopped_through_qmp_beside_the_console_log() {
+        let dir = Path::new("/out/x,y");
+        let pc = plan("pc");
+        let inst = &pc.instances(dir)[0];
+        let sock = Qemu::Linux.stop_socket(&pc, dir, inst);
+        assert_eq!(sock.as_deref(), Some(Path::new("/out/x,y/console.qmp")));
+        let c = command(
+            &pc,
+            dir,
+            inst,
+            Accelerator::Tcg,
+            Console::File(&inst.console_log),
+        );
+        let a = args(&c);
+        let i = a.iter().position(|a| a == "-qmp").expect("-qmp");
+        assert_eq!(a[i + 1], "unix:/out/x,,y/console.qmp,server=on,wait=off");
+        assert_eq!(Qemu::Osv.stop_socket(&pc, dir, inst), None);
+
+        let micro = plan("microvm");
+        let inst = &micro.instances(dir)[0];
+        assert_eq!(Qemu::Linux.stop_socket(&micro, dir, inst), None);
+        let c = command(
+            &micro,
+            dir,
+            inst,
+            Accelerator::Tcg,
+            Console::File(&inst.console_log),
+        );
+        assert!(!args(&c).contains(&"-qmp".to_string()));
+
+        // Too long for a unix socket address: no socket, the VM is killed instead.
+        let deep = PathBuf::from(format!("/{}", "d".repeat(100)));
+        let inst = &pc.instances(&deep)[0];
+        assert_eq!(qmp_socket(&pc, inst), None);
+        let c = command(
+            &pc,
+            &deep,
+            inst,
+            Accelerator::Tcg,
+            Console::File(&inst.console_log),
+        );
+        assert!(!args(&c).contains(&"-qmp".to_string()));
+    }
+
+    #[test]
+    fn qmp_socket_names() {
+        for n in ["console.qmp", "console-1.qmp", "console-12.qmp"] {
+            assert!(is_qmp_socket_name(n), "{n}");
+        }
+        for n in [
+            "console.log",
+            "console-.qmp",
+            "console-x.qmp",
+            "consolex.qmp",
+            "a.qmp",
+        ] {
+            assert!(!is_qmp_socket_name(n), "{n}");
+        }
+    }
 
     #[test]
     fn host_tsc_is_plausible() {
