@@ -8,7 +8,9 @@
 %%   path, and with the Erlang VM), the echo release built for machine pc, its domain XML
 %%   from `beambake libvirt-xml --tap tap0', then define, create, TCP echo through the
 %%   tap (a socket opened in the private namespace), suspend (no answer), resume (answers
-%%   again), the XML round trip, destroy, undefine.
+%%   again), the XML round trip, shutdown (ACPI: the guest powers off cleanly), destroy,
+%%   undefine; then beambake_vm with libvirt as its backend beside a local VM on one
+%%   switch, its clean stop, and its owner's death (the domain goes too).
 %%
 %% What a test needs and this machine lacks (root, unshare, libvirtd, qemu, BEAMBAKE) is
 %% a loud skip: a line `beambake_libvirt_tests:NAME<TAB>reason' in BEAMBAKE_SKIP_LOG.
@@ -258,6 +260,15 @@ drive(Tmp, XmlFile, Console, Dir, NsPid) ->
                      <<"machine='pc">>,
                      <<"<target dev='tap0' managed='no'/>">>,
                      <<"isa-debug-exit">>]],
+        %% A clean shutdown: ACPI's power button, the init stops the release and powers
+        %% off with its status.
+        {ok, ?NAME} = beambake_libvirt:shutdown(C, ?NAME),
+        ?assertEqual(shutoff, wait_state(C, ?NAME, shutoff, 120)),
+        {ok, Log2} = file:read_file(Console),
+        [?assert(has(Log2, Want), Want) || Want <- [<<"power button: stopping">>,
+                                                    <<"power off, status 0">>]],
+        %% Destroy: started again, ended at once.
+        {ok, #{active := true}} = beambake_libvirt:create(C, ?NAME, 120000),
         {ok, ?NAME} = beambake_libvirt:destroy(C, ?NAME),
         {ok, #{state := shutoff}} = beambake_libvirt:get_info(C, ?NAME),
         {ok, ?NAME} = beambake_libvirt:undefine(C, ?NAME),
@@ -336,6 +347,15 @@ wait_console(Vm, Want, Timeout) ->
                 false -> wait_console(Vm, Want, Timeout)
             end
     after Timeout -> {timeout, Want}
+    end.
+
+wait_state(C, Name, _Want, 0) ->
+    {ok, #{state := State}} = beambake_libvirt:get_info(C, Name),
+    State;
+wait_state(C, Name, Want, N) ->
+    case beambake_libvirt:get_info(C, Name) of
+        {ok, #{state := Want}} -> Want;
+        _ -> timer:sleep(1000), wait_state(C, Name, Want, N - 1)
     end.
 
 wait_no_domains(C, 0) -> beambake_libvirt:list_domains(C);

@@ -20,6 +20,7 @@ vm_test_() ->
              fun({Dir, Uml}) ->
                  [{timeout, 120, fun() -> bad_image_is_refused(Root) end},
                   {timeout, 300, fun() -> owner_death_kills_the_vm(Dir) end},
+                  {timeout, 300, fun() -> stop_while_the_release_starts(Dir) end},
                   {timeout, 600, fun() -> three_vms_on_one_switch(Dir) end},
                   {timeout, 300, fun() -> uml_and_microvm_share_a_switch(Uml, Dir) end}]
              end};
@@ -115,6 +116,15 @@ uml_and_microvm_share_a_switch(Uml, Microvm) ->
     ?assertEqual({error, not_running}, beambake_vm:stop(U)),
     beambake_vm:stop(M),
     beambake_switch:stop(Sw).
+
+%% A stop while the BEAM boots (before its signal server exists, when a SIGTERM is
+%% dropped): the init tells the release again until it ends, so the guest still powers
+%% off with a status of its own instead of being killed at the stop bound.
+stop_while_the_release_starts(Dir) ->
+    {ok, Vm} = beambake_vm:start(Dir, [{stop_timeout, 60}]),
+    ?assertMatch({ok, _}, wait_for(Vm, "starting echo", ?BOOT_MS)),
+    {ok, Status} = beambake_vm:stop(Vm, 90000),
+    ?assert(is_integer(Status), Status).
 
 %% The owner dies: its VM process dies with it, and so does the hypervisor.
 owner_death_kills_the_vm(Dir) ->

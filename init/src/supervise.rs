@@ -15,7 +15,7 @@
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::log::{debug, info, warning};
@@ -28,12 +28,19 @@ const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGPWR];
 static RELEASE_PID: AtomicI32 = AtomicI32::new(0);
 /// A forwarded signal that arrived while there was no release to forward to.
 static PENDING: AtomicI32 = AtomicI32::new(0);
+/// A stop was asked for (a forwarded signal, the control line, the power button): the
+/// release is told again until it ends, since a BEAM that is still booting has no
+/// signal server yet and drops SIGTERM.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// How often a release that was told to stop is told again.
+const STOP_AGAIN: Duration = Duration::from_secs(2);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // SAFETY: only async-signal-safe calls (kill) and errno save/restore.
     unsafe {
         let errno = *libc::__errno_location();
         let pid = RELEASE_PID.load(Ordering::SeqCst);
+        STOPPING.store(true, Ordering::SeqCst);
         if pid > 0 {
             libc::kill(pid, libc::SIGTERM);
         } else {
@@ -85,7 +92,14 @@ pub fn block_signals() {
 /// power button): the release gets SIGTERM now, or is not started when it does not run
 /// yet.
 pub fn request_stop() {
-    on_signal(libc::SIGTERM);
+    // A real signal (handled since before the helper threads start), so the main
+    // thread's wait for the release is interrupted and it keeps telling a release that
+    // missed the first SIGTERM; every helper thread blocks signals, so the main thread
+    // gets it. Its handler does what a SIGTERM to init does.
+    // SAFETY: kill(2) of this process with a signal it handles.
+    if unsafe { libc::kill(libc::getpid(), libc::SIGTERM) } < 0 {
+        on_signal(libc::SIGTERM);
+    }
 }
 
 /// The termination signal received before the release started, if any.
@@ -283,10 +297,29 @@ impl Supervisor {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         debug!("release running as pid {pid}");
+        let mut again_at: Option<Instant> = None;
         loop {
             let mut status: libc::c_int = 0;
+            // Once stopping, poll: the release is told again every STOP_AGAIN.
+            let stopping = STOPPING.load(Ordering::SeqCst);
+            let flags = if stopping { libc::WNOHANG } else { 0 };
             // SAFETY: `status` is a valid out-pointer.
-            let p = unsafe { libc::waitpid(-1, &mut status, 0) };
+            let p = unsafe { libc::waitpid(-1, &mut status, flags) };
+            if p == 0 {
+                let now = Instant::now();
+                match again_at {
+                    Some(t) if now >= t => {
+                        debug!("release {pid} still runs after SIGTERM: telling it again");
+                        // SAFETY: plain kill(2) of our own child.
+                        unsafe { libc::kill(pid, libc::SIGTERM) };
+                        again_at = Some(now + STOP_AGAIN);
+                    }
+                    Some(_) => {}
+                    None => again_at = Some(now + STOP_AGAIN),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             if p < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
