@@ -7,6 +7,8 @@
 //!   every recipe this machine can run. Closes with `xtask: N passed, N failed, N skipped`
 //!   and one line per skip with its reason; with `CI` set or `--no-skips`, any skip fails
 //!   the run.
+//! - `ci-example [RECIPE]`: `examples/ci/pipeline.sh` (what the example GitHub Actions
+//!   and GitLab CI files run) on this machine, its artefacts checked.
 //! - `identity BASELINE_BEAMBAKE [--init INIT]`: every recipe's artefacts built by a baseline binary and
 //!   by this tree's must be byte-identical (for refactors).
 //! - `deps`: checks for the host tools the tests need and installs the missing Debian
@@ -17,6 +19,7 @@
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod ci_example;
 mod identity;
 mod otp;
 
@@ -111,6 +114,19 @@ fn main() -> Result<()> {
             }
             bench::bench(&sh, &root())
         }
+        Some("ci-example") => {
+            let recipe = args
+                .get(1)
+                .map_or("recipes/echo-microvm.toml", String::as_str);
+            cmd!(sh, "cargo build --release -q -p beambake").run()?;
+            ci_example::run(
+                &sh,
+                &root(),
+                &root().join("target/release/beambake"),
+                recipe,
+                &root().join("target/ci-example"),
+            )
+        }
         Some("bench-switch") => {
             deps(&sh)?;
             cmd!(sh, "cargo build --release -q -p beambake").run()?;
@@ -119,7 +135,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
             );
             std::process::exit(2);
         }
@@ -430,6 +446,23 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
         if passed {
             tally.passed += 1;
         } else {
+            tally.failed += 1;
+            ok = false;
+        }
+    }
+    // The CI example's pipeline (examples/ci/pipeline.sh), as a CI runs it.
+    println!("xtask: running the CI example pipeline (cargo xtask ci-example)");
+    let ci_example = ci_example::run(
+        sh,
+        &root(),
+        &root().join("target/release/beambake"),
+        "recipes/echo-microvm.toml",
+        &root().join("target/ci-example"),
+    );
+    match ci_example {
+        Ok(()) => tally.passed += 1,
+        Err(e) => {
+            eprintln!("xtask: ci-example: {e:#}");
             tally.failed += 1;
             ok = false;
         }
