@@ -22,7 +22,7 @@ cd "$(dirname "$0")/../.."
 
 RECIPE=${1:-recipes/echo-microvm.toml}
 OUT=${BEAMBAKE_CI_OUT:-ci-artifacts}
-PACKAGES=(erlang-nox erlang-dev rebar3 cpio gcc qemu-system-x86 zstd)
+PACKAGES=(erlang-nox erlang-dev rebar3 gcc qemu-system-x86)
 
 say() { echo "pipeline: $*" >&2; }
 
