@@ -45,7 +45,8 @@ pub struct BuildOutput {
     pub total_ms: u64,
 }
 
-/// `beambake smoke --json` of a run that got as far as a report (passed or not).
+/// `beambake smoke --json` of a run that got as far as a report (passed or not): the
+/// report, flattened, with the exit code, the build and the timings.
 #[derive(Debug, Clone, Serialize)]
 pub struct SmokeOutput {
     pub ok: bool,
@@ -58,6 +59,9 @@ pub struct SmokeOutput {
     /// The build, when smoke built the image (a recipe, not a directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildOutput>,
+    /// The report's fields (`passed`, `ready`, `checks`, `accel`, `boot_to_ready_ms`,
+    /// `guest_exit`, ...) at the top level, where they were before `ok` and `exit_code`.
+    #[serde(flatten)]
     pub report: Report,
     /// The first VM's console log (kept when the run failed).
     pub console_log: PathBuf,

@@ -351,11 +351,15 @@ impl Steps {
                     phase: n,
                     ms: at.duration_since(last).as_millis() as u64,
                 });
-            } else if at > last {
-                out.push(Phase {
-                    phase: "starting".into(),
-                    ms: at.duration_since(last).as_millis() as u64,
-                });
+            } else {
+                // Reading the recipe, checking the host: before the first step.
+                let ms = at.duration_since(last).as_millis() as u64;
+                if ms > 0 {
+                    out.push(Phase {
+                        phase: "starting".into(),
+                        ms,
+                    });
+                }
             }
             last = at;
             name = Some(what);
@@ -753,9 +757,11 @@ fn run(cli: Cli) -> Result<u8> {
                     .map_err(anyhow::Error::from)
             } else {
                 out.recipe(&recipe).and_then(|r| {
-                    run::smoke(&r, &out.out, &steps)
-                        .map(|(built, report, log)| (Some((built, r.target)), report, log))
-                        .map_err(anyhow::Error::from)
+                    run::smoke_check(&r)?;
+                    let built = run::build(&r, &out.out, &steps)?;
+                    let build_timings = steps.timings();
+                    let (report, log) = run::smoke_dir(&built.dir, &steps)?;
+                    Ok((Some((built, r.target, build_timings)), report, log))
                 })
             };
             steps.done();
@@ -765,19 +771,10 @@ fn run(cli: Cli) -> Result<u8> {
             }
             let category = Exit::of_report(&report);
             if json {
-                let timings = steps.timings();
-                let build = match built {
-                    Some((b, target)) => {
-                        // The build's phases are those before the boot.
-                        let n = timings
-                            .iter()
-                            .position(|p| p.phase.starts_with("booting"))
-                            .unwrap_or(timings.len());
-                        Some(BuildOutput::new(&b, target, timings[..n].to_vec())?)
-                    }
-                    None => None,
-                };
-                let o = SmokeOutput::new(report, build, log, timings);
+                let build = built
+                    .map(|(b, target, timings)| BuildOutput::new(&b, target, timings))
+                    .transpose()?;
+                let o = SmokeOutput::new(report, build, log, steps.timings());
                 println!("{}", serde_json::to_string_pretty(&o)?);
             } else if !cli.quiet {
                 print_report(&report, &log);

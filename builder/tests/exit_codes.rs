@@ -108,8 +108,8 @@ fn code_4_boot_failure() {
     let o = run("smoke", &recipe, &d.path().join("out"), &["--json"]);
     let j = assert_exit(&o, 4);
     assert_eq!(j["category"], "boot", "{j:#}");
-    assert_eq!(j["report"]["ready"], false, "{j:#}");
-    assert_eq!(j["report"]["checks"][0]["passed"], false, "{j:#}");
+    assert_eq!(j["ready"], false, "{j:#}");
+    assert_eq!(j["checks"][0]["passed"], false, "{j:#}");
     // smoke built: the build part is there, with the artefacts' digests.
     let arts = j["build"]["artefacts"].as_array().unwrap();
     assert!(!arts.is_empty(), "{j:#}");
@@ -160,7 +160,7 @@ fn code_5_check_failure() {
     ]));
     let j = assert_exit(&o, 5);
     assert_eq!(j["category"], "check", "{j:#}");
-    let r = &j["report"];
+    let r = &j;
     assert_eq!(r["ready"], true, "{j:#}");
     assert_eq!(r["checks"][0]["passed"], true, "{j:#}");
     assert_eq!(r["checks"][1]["name"], "tcp_echo:8089", "{j:#}");

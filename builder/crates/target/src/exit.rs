@@ -219,11 +219,10 @@ fn of_tree(e: &beambake_images::rootfs::TreeError) -> Exit {
         | T::SymlinkEscapes { .. }
         | T::SymlinkLoop { .. }
         | T::LinkEscapes { .. }
-        | T::BadEpoch { .. } => Exit::BadInput,
+        | T::BadEpoch { .. }
+        | T::Host { .. } => Exit::BadInput,
         T::HostIo { source, .. } => io(source, Exit::Build),
-        T::BadPath { .. } | T::ParentNotDir { .. } | T::ThroughSymlink { .. } | T::Host { .. } => {
-            Exit::Build
-        }
+        T::BadPath { .. } | T::ParentNotDir { .. } | T::ThroughSymlink { .. } => Exit::Build,
     }
 }
 
