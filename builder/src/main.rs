@@ -295,7 +295,7 @@ enum CompressionArg {
     Zstd,
 }
 
-/// Progress on stderr: a spinner when stderr is a terminal, each step as a plain line
+/// Progress on stderr: a spinner when stdout and stderr are terminals, each step as a plain line
 /// with `-v`, nothing with `-q`. Records when each step began, for `--json`'s timings.
 struct Steps {
     bar: ProgressBar,
@@ -307,7 +307,9 @@ struct Steps {
 
 impl Steps {
     fn new(verbose: bool, quiet: bool) -> Steps {
-        Steps::make(verbose, quiet, !quiet && std::io::stderr().is_terminal())
+        // CI logs and pipes (`--json | jq`) get no animation.
+        let terminal = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+        Steps::make(verbose, quiet, !quiet && terminal)
     }
     /// Never animated: the terminal belongs to the guest's console (boot) or stdout to a
     /// port's terms.
