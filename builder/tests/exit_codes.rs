@@ -109,6 +109,8 @@ fn code_4_boot_failure() {
     let j = assert_exit(&o, 4);
     assert_eq!(j["category"], "boot", "{j:#}");
     assert_eq!(j["ready"], false, "{j:#}");
+    // The release really ended (BEAM: "could not start kernel pid"), status 1.
+    assert_eq!(j["guest_exit"], 1, "{j:#}");
     assert_eq!(j["checks"][0]["passed"], false, "{j:#}");
     // smoke built: the build part is there, with the artefacts' digests.
     let arts = j["build"]["artefacts"].as_array().unwrap();
