@@ -6,6 +6,7 @@
 //! ARCHITECTURE.md); their modules are re-exported here under the names the CLI, xtask
 //! and the integration tests use.
 
+pub mod ci;
 pub mod doctor;
 pub mod run;
 pub mod targets;
@@ -16,7 +17,7 @@ pub use beambake_libvirt as libvirt;
 pub use beambake_patch::{patch, patchset};
 pub use beambake_recipe as recipe;
 pub use beambake_release::{assemble, elf, launch, manifest, release, source, tarball, term};
-pub use beambake_target::pipeline;
+pub use beambake_target::{exit, pipeline};
 pub use beambake_vm::port::vm as boot_port;
 pub use beambake_vm::{boot, net, osv_upload, port, rumprun, sandbox, smoke};
 

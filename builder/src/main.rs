@@ -1,14 +1,19 @@
 //! The `beambake` command line: parses arguments, shows progress, prints results.
 //! All work happens in the library (`beambake::pipeline`).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use beambake::assemble;
+use beambake::ci::{self, BuildOutput, Failure, Phase, SmokeOutput};
+use beambake::exit::{Exit, Usage};
 use beambake::image::compress::Compression;
 use beambake::image::{self, Format};
 use beambake::output::parent_dir;
@@ -32,6 +37,9 @@ struct Cli {
     /// Print each step and the tools' output.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Print nothing but errors (and the JSON with --json): no progress, notes or summary.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,7 +85,8 @@ enum Command {
         recipe: PathBuf,
         #[command(flatten)]
         out: OutArgs,
-        /// Print the artefacts as JSON.
+        /// Print the result as JSON: the output dir, every artefact (path, size, sha256),
+        /// the time of each phase; on failure `ok`, `exit_code` and `error`.
         #[arg(long)]
         json: bool,
     },
@@ -164,7 +173,8 @@ enum Command {
         /// Write the results as JUnit XML.
         #[arg(long)]
         junit: Option<PathBuf>,
-        /// Print the report as JSON.
+        /// Print the result as JSON: the checks, accelerator, boot to ready, the build and
+        /// the exit code; on failure `ok`, `exit_code` and `error`.
         #[arg(long)]
         json: bool,
     },
@@ -285,33 +295,92 @@ enum CompressionArg {
     Zstd,
 }
 
+/// Progress on stderr: a spinner when stdout and stderr are terminals, each step as a plain line
+/// with `-v`, nothing with `-q`. Records when each step began, for `--json`'s timings.
 struct Steps {
     bar: ProgressBar,
     verbose: bool,
+    quiet: bool,
+    started: Instant,
+    phases: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Steps {
     fn new(verbose: bool, quiet: bool) -> Steps {
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            // Drawn only when stderr is a terminal; hidden in CI logs.
+        // CI logs and pipes (`--json | jq`) get no animation.
+        let terminal = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+        Steps::make(verbose, quiet, !quiet && terminal)
+    }
+    /// Never animated: the terminal belongs to the guest's console (boot) or stdout to a
+    /// port's terms.
+    fn plain(verbose: bool, quiet: bool) -> Steps {
+        Steps::make(verbose, quiet, false)
+    }
+    fn make(verbose: bool, quiet: bool, animate: bool) -> Steps {
+        let bar = if animate {
             ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
         };
         bar.set_style(
             ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Steps { bar, verbose }
+        if animate {
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        }
+        Steps {
+            bar,
+            verbose: verbose && !quiet,
+            quiet,
+            started: Instant::now(),
+            phases: Mutex::new(Vec::new()),
+        }
     }
     fn done(&self) {
         self.bar.finish_and_clear();
+    }
+    /// How long each step took, until now.
+    fn timings(&self) -> Vec<Phase> {
+        let phases = self.phases.lock().map(|p| p.clone()).unwrap_or_default();
+        let now = Instant::now();
+        let mut out: Vec<Phase> = Vec::new();
+        let mut last = self.started;
+        let mut name = None::<String>;
+        for (what, at) in phases {
+            if let Some(n) = name.take() {
+                out.push(Phase {
+                    phase: n,
+                    ms: at.duration_since(last).as_millis() as u64,
+                });
+            } else {
+                // Reading the recipe, checking the host: before the first step.
+                let ms = at.duration_since(last).as_millis() as u64;
+                if ms > 0 {
+                    out.push(Phase {
+                        phase: "starting".into(),
+                        ms,
+                    });
+                }
+            }
+            last = at;
+            name = Some(what);
+        }
+        if let Some(n) = name {
+            out.push(Phase {
+                phase: n,
+                ms: now.duration_since(last).as_millis() as u64,
+            });
+        }
+        out
     }
 }
 
 impl Progress for Steps {
     fn step(&self, what: &str) {
+        if let Ok(mut p) = self.phases.lock() {
+            p.push((what.to_string(), Instant::now()));
+        }
         if self.verbose {
             self.bar.suspend(|| eprintln!("beambake: {what}"));
         }
@@ -323,7 +392,9 @@ impl Progress for Steps {
         }
     }
     fn note(&self, what: &str) {
-        self.bar.suspend(|| eprintln!("beambake: note: {what}"));
+        if !self.quiet {
+            self.bar.suspend(|| eprintln!("beambake: note: {what}"));
+        }
     }
     fn verbose(&self) -> bool {
         self.verbose
@@ -374,19 +445,70 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    let json = cli.command.json();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("beambake: error: {}", error_text(&e));
-            ExitCode::FAILURE
+            let category = category(&e);
+            let text = error_text(&e);
+            eprintln!("beambake: error: {text}");
+            if json {
+                let failure = Failure::new(category, text);
+                if let Ok(j) = serde_json::to_string_pretty(&failure) {
+                    println!("{j}");
+                }
+            }
+            ExitCode::from(category.code())
         }
     }
+}
+
+impl Command {
+    /// The command prints JSON (`--json`): its failures too.
+    fn json(&self) -> bool {
+        match self {
+            Command::Inspect { json, .. }
+            | Command::Rootfs { json, .. }
+            | Command::Build { json, .. }
+            | Command::Smoke { json, .. }
+            | Command::Doctor { json, .. } => *json,
+            Command::Boot { .. }
+            | Command::Port { .. }
+            | Command::Patch { .. }
+            | Command::LibvirtXml { .. }
+            | Command::LibvirtPort { .. } => false,
+        }
+    }
+}
+
+/// The exit code of an error: the first error in its chain whose category is known
+/// ([`Exit`]); any other is [`Exit::Other`].
+fn category(e: &anyhow::Error) -> Exit {
+    for cause in e.chain() {
+        if let Some(e) = cause.downcast_ref::<pipeline::Error>() {
+            return Exit::of_error(e);
+        }
+        if let Some(e) = cause.downcast_ref::<beambake::boot::BootError>() {
+            return Exit::of_boot(e);
+        }
+        if cause
+            .downcast_ref::<beambake::recipe::RecipeError>()
+            .is_some()
+            || cause
+                .downcast_ref::<beambake::boot::accel::AccelError>()
+                .is_some()
+            || cause.downcast_ref::<Usage>().is_some()
+        {
+            return Exit::BadInput;
+        }
+    }
+    Exit::Other
 }
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Inspect { input, json } => {
-            let steps = Steps::new(cli.verbose, false);
+            let steps = Steps::new(cli.verbose, cli.quiet);
             let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps);
             steps.done();
             let p = p?;
@@ -413,7 +535,7 @@ fn run(cli: Cli) -> Result<u8> {
                 None => Compression::from_extension(&output),
             };
             let level = level.unwrap_or(compression.default_level());
-            let steps = Steps::new(cli.verbose, false);
+            let steps = Steps::new(cli.verbose, cli.quiet);
             let result = (|| -> Result<_> {
                 let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps)?;
                 steps.step(&format!("writing {}", output.display()));
@@ -456,18 +578,14 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Build { recipe, out, json } => {
             let recipe = out.recipe(&recipe)?;
-            let steps = Steps::new(cli.verbose, false);
+            let steps = Steps::new(cli.verbose, cli.quiet);
             let built = run::build(&recipe, &out.out, &steps);
             steps.done();
             let built = built?;
             if json {
-                let v = serde_json::json!({
-                    "dir": built.dir, "image": built.image.path, "size": built.image.size,
-                    "sha256": built.image.sha256, "manifest": built.manifest,
-                    "boot_plan": built.dir.join(beambake::boot::PLAN_FILE),
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
+                let o = BuildOutput::new(&built, recipe.target, steps.timings())?;
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else if !cli.quiet {
                 println!("{}", built.image.path.display());
                 let kernel = built.dir.join(&built.plan.kernel);
                 if kernel.is_file() {
@@ -491,13 +609,14 @@ fn run(cli: Cli) -> Result<u8> {
             let ip = ip
                 .map(|v| {
                     beambake_contract::cmdline::parse_cidr(&v)
-                        .map_err(|e| anyhow::anyhow!("--ip {v}: {e}"))
+                        .map_err(|e| anyhow::Error::new(Usage(format!("--ip {v}: {e}"))))
                 })
                 .transpose()?;
             let mac = mac
                 .map(|v| {
-                    beambake::boot_port::parse_mac(&v)
-                        .ok_or_else(|| anyhow::anyhow!("--mac {v}: want aa:bb:cc:dd:ee:ff"))
+                    beambake::boot_port::parse_mac(&v).ok_or_else(|| {
+                        anyhow::Error::new(Usage(format!("--mac {v}: want aa:bb:cc:dd:ee:ff")))
+                    })
                 })
                 .transpose()?;
             let opts = beambake::boot_port::PortOpts {
@@ -507,7 +626,7 @@ fn run(cli: Cli) -> Result<u8> {
                 stop_timeout: std::time::Duration::from_secs(stop_timeout),
             };
             // Progress and errors go to stderr: stdout carries the port's terms.
-            let steps = Steps::new(cli.verbose, true);
+            let steps = Steps::plain(cli.verbose, cli.quiet);
             let dir = if image.is_file() {
                 run::build(&out.recipe(&image)?, &out.out, &steps)?.dir
             } else {
@@ -535,7 +654,7 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             // A bad BEAMBAKE_ACCEL is refused before anything is built.
             beambake::boot::accel::env_accel()?;
-            let steps = Steps::new(cli.verbose, false);
+            let steps = Steps::new(cli.verbose, cli.quiet);
             let dir = if image.is_file() {
                 let recipe = out.recipe(&image)?;
                 // Refused before anything is built.
@@ -547,17 +666,20 @@ fn run(cli: Cli) -> Result<u8> {
             };
             let accel = accel.map(accel_of);
             steps.done();
-            let quiet_steps = Steps::new(cli.verbose, true);
+            let quiet_steps = Steps::plain(cli.verbose, cli.quiet);
             let (_, outcome, logs) =
                 run::boot(&dir, accel, count, sandbox::Mode::Interactive, &quiet_steps)?;
             // The first VM's console is the one on the terminal.
             let log = logs.first().cloned().unwrap_or_default();
+            // The one command whose code is not from the table: the guest's own status.
             match outcome.guest_exit {
                 Some(s) => {
-                    eprintln!(
-                        "beambake: guest exited with status {s} (console log: {})",
-                        log.display()
-                    );
+                    if !cli.quiet {
+                        eprintln!(
+                            "beambake: guest exited with status {s} (console log: {})",
+                            log.display()
+                        );
+                    }
                     Ok(u8::try_from(s).unwrap_or(1))
                 }
                 None => {
@@ -565,7 +687,7 @@ fn run(cli: Cli) -> Result<u8> {
                         "beambake: the VM ended without a guest status (console log: {})",
                         log.display()
                     );
-                    Ok(1)
+                    Ok(Exit::Boot.code())
                 }
             }
         }
@@ -609,7 +731,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Doctor { json, kernel } => {
-            let steps = Steps::new(cli.verbose, false);
+            let steps = Steps::new(cli.verbose, cli.quiet);
             let opts = beambake::doctor::Options {
                 kernel: kernel.map(std::path::absolute).transpose()?,
                 cache_dir: beambake::kernel::default_cache_dir(),
@@ -630,27 +752,38 @@ fn run(cli: Cli) -> Result<u8> {
             json,
         } => {
             beambake::boot::accel::env_accel()?;
-            let steps = Steps::new(cli.verbose, false);
+            let steps = Steps::new(cli.verbose, cli.quiet);
             let result = if recipe.is_dir() {
-                run::smoke_dir(&recipe, &steps).map_err(anyhow::Error::from)
+                run::smoke_dir(&recipe, &steps)
+                    .map(|(report, log)| (None, report, log))
+                    .map_err(anyhow::Error::from)
             } else {
                 out.recipe(&recipe).and_then(|r| {
-                    run::smoke(&r, &out.out, &steps)
-                        .map(|(_, report, log)| (report, log))
-                        .map_err(anyhow::Error::from)
+                    run::smoke_check(&r)?;
+                    let built = run::build(&r, &out.out, &steps)?;
+                    let build_timings = steps.timings();
+                    let (report, log) = run::smoke_dir(&built.dir, &steps)?;
+                    Ok((Some((built, r.target, build_timings)), report, log))
                 })
             };
             steps.done();
-            let (report, log) = result?;
+            let (built, report, log) = result?;
             if let Some(j) = &junit {
                 beambake::smoke::write_junit(&report, j)?;
             }
+            let category = Exit::of_report(&report);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
+                let build = built
+                    .map(|(b, target, timings)| BuildOutput::new(&b, target, timings))
+                    .transpose()?;
+                let o = SmokeOutput::new(report, build, log, steps.timings());
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else if !cli.quiet {
                 print_report(&report, &log);
+            } else if category != Exit::Ok {
+                eprintln!("beambake: error: {}", ci::summary(&report, category));
             }
-            Ok(if report.passed { 0 } else { 1 })
+            Ok(category.code())
         }
         Command::LibvirtXml {
             dir,

@@ -161,7 +161,7 @@ fn choose_accel(
                 &beambake_kernel::kernel::default_cache_dir(),
             )
             .map_err(BootError::from)?;
-            progress.step(&format!("accelerator: {} ({})", c.name(), c.reason));
+            progress.detail(&format!("accelerator: {} ({})", c.name(), c.reason));
             Ok((c.accelerator, c.reason))
         }
     }
@@ -263,17 +263,23 @@ pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf
     Ok((report, first))
 }
 
+/// Refuses a smoke run of `recipe` that cannot be made, before anything is built: no
+/// checks, or a network this process cannot set up.
+pub fn smoke_check(recipe: &Recipe) -> Result<(), Error> {
+    if recipe.checks.is_empty() {
+        return Err(Error::recipe(recipe, "no [[check]] to run"));
+    }
+    sandbox::check_runnable(recipe.network.mode)?;
+    Ok(())
+}
+
 /// Builds and smoke-tests a recipe. The console log is kept only when a check failed.
 pub fn smoke(
     recipe: &Recipe,
     out_root: &Path,
     progress: &dyn Progress,
 ) -> Result<(Built, Report, PathBuf), Error> {
-    if recipe.checks.is_empty() {
-        return Err(Error::recipe(recipe, "no [[check]] to run"));
-    }
-    // A run this process cannot make is refused before anything is built.
-    sandbox::check_runnable(recipe.network.mode)?;
+    smoke_check(recipe)?;
     let built = build(recipe, out_root, progress)?;
     let (report, log) = smoke_dir(&built.dir, progress)?;
     Ok((built, report, log))

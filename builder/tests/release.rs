@@ -178,7 +178,8 @@ fn fails_cleanly(input: &Path, needles: &[&str]) -> String {
         "unexpected success for {}",
         input.display()
     );
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Bad input (README "Exit codes"), or a build failure when reading it fails.
+    assert!(matches!(out.status.code(), Some(2 | 3)), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     for n in needles {
         assert!(err.contains(n), "{n:?} not in: {err}");

@@ -11,6 +11,7 @@
 //!
 //! Must not: know any particular target, or duplicate pipeline steps per target.
 
+pub mod exit;
 pub mod pipeline;
 
 use std::path::{Path, PathBuf};

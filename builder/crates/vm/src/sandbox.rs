@@ -67,7 +67,7 @@ pub struct Outcome {
 /// is built, written or started.
 pub fn check_runnable(net: NetMode) -> Result<(), BootError> {
     if net == NetMode::Tap && !net::is_root() {
-        return Err(BootError::Net(
+        return Err(BootError::Host(
             "tap networking needs root; use network.mode = \"user\" (qemu user networking, rootless)".into(),
         ));
     }
@@ -112,11 +112,11 @@ pub fn run(req: &Request) -> Result<Outcome, BootError> {
     }
     net::sandboxed(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
-        BootError::Net(if e.kind() == std::io::ErrorKind::PermissionDenied {
-            format!("cannot create a private network namespace ({e}): run as root, or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)")
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            BootError::Host(format!("cannot create a private network namespace ({e}): run as root, or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"))
         } else {
-            format!("starting the sandbox: {e}")
-        })
+            BootError::Net(format!("starting the sandbox: {e}"))
+        }
     })?;
     // Only the child holds its ends: EOF when it is gone.
     drop((req_r, out_w));

@@ -40,6 +40,10 @@ pub struct Report {
     #[serde(default)]
     pub accel_reason: Option<String>,
     pub passed: bool,
+    /// Every guest became ready (the first check passed against each): when false and the
+    /// run failed, the guests did not come up, else a check failed on running guests.
+    #[serde(default)]
+    pub ready: bool,
     /// From VM start to the first check passing.
     pub boot_to_ready_ms: Option<u64>,
     pub checks: Vec<CheckResult>,
@@ -222,6 +226,7 @@ pub fn run(name: &str, accel: &str, guests: &mut [Guest], checks: &[Check], t: &
         accel: accel.into(),
         accel_reason: None,
         passed: false,
+        ready: !checks.is_empty(),
         boot_to_ready_ms: None,
         checks: vec![],
         guest_exit: None,
@@ -248,6 +253,9 @@ pub fn run(name: &str, accel: &str, guests: &mut [Guest], checks: &[Check], t: &
                 Ok(m) => (true, m),
                 Err(e) => (false, e.to_string()),
             };
+            if i == 0 && !passed {
+                report.ready = false;
+            }
             if i == 0 && passed {
                 report.boot_to_ready_ms = Some(
                     guests
@@ -1039,6 +1047,7 @@ mod tests {
             accel: "tcg".into(),
             accel_reason: Some("asked for by BEAMBAKE_ACCEL=tcg".into()),
             passed: false,
+            ready: false,
             boot_to_ready_ms: None,
             checks: vec![CheckResult {
                 name: "tcp_echo:8080".into(),

@@ -144,6 +144,7 @@ pub enum BootError {
     },
     #[error("{path}: {message}")]
     Plan { path: PathBuf, message: String },
+    /// qemu is missing or unusable on this host.
     #[error("{0}")]
     Qemu(String),
     #[error("starting {program}: {source}")]
@@ -152,8 +153,15 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
+    /// Setting up or running the sandbox, its network or the VM failed.
     #[error("{0}")]
     Net(String),
+    /// This host lacks what running the VM needs (root for a tap, user namespaces).
+    #[error("{0}")]
+    Host(String),
+    /// The request is invalid (`--count` out of range, ...).
+    #[error("{0}")]
+    Request(String),
     #[error(transparent)]
     Accel(#[from] accel::AccelError),
 }
@@ -257,12 +265,12 @@ impl BootPlan {
     /// Starts `count` VMs instead: addresses from the first one upwards.
     pub fn set_count(&mut self, count: u32) -> Result<(), BootError> {
         if !(1..=16).contains(&count) {
-            return Err(BootError::Net(format!(
+            return Err(BootError::Request(format!(
                 "--count {count}: must be between 1 and 16"
             )));
         }
         if count > 1 && self.data.as_ref().is_some_and(|d| d.path.is_some()) {
-            return Err(BootError::Net(
+            return Err(BootError::Request(
                 "--count > 1 with a data disk named in the recipe (data.path): each VM needs its own disk".into(),
             ));
         }
@@ -274,7 +282,7 @@ impl BootPlan {
             .ok_or_else(|| BootError::Net("the boot plan lists no guest address".into()))?;
         let addrs = beambake_recipe::instance_addrs(first, count);
         beambake_recipe::check_addrs(&addrs, self.net.prefix, self.net.host)
-            .map_err(|e| BootError::Net(format!("--count {count}: {e}")))?;
+            .map_err(|e| BootError::Request(format!("--count {count}: {e}")))?;
         self.net.guests = addrs;
         Ok(())
     }
