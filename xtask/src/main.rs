@@ -111,6 +111,12 @@ fn main() -> Result<()> {
             }
             bench::bench(&sh, &root())
         }
+        Some("bench-cache") => {
+            deps(&sh)?;
+            cmd!(sh, "cargo build --release -q -p beambake").run()?;
+            println!("{}", bench::cache(&sh, &root())?);
+            Ok(())
+        }
         Some("bench-switch") => {
             deps(&sh)?;
             cmd!(sh, "cargo build --release -q -p beambake").run()?;
@@ -119,7 +125,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | bench | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
             );
             std::process::exit(2);
         }
