@@ -43,6 +43,9 @@ pub struct BuildOutput {
     pub boot_plan: PathBuf,
     pub timings_ms: Vec<Phase>,
     pub total_ms: u64,
+    /// How the build cache was used (`key`, `hit`, `verified`, `rejected`); null when it
+    /// was not (`--no-cache`, a target or build that is not cached).
+    pub cache: Option<beambake_target::CacheUse>,
 }
 
 /// `beambake smoke --json` of a run that got as far as a report (passed or not): the
@@ -130,6 +133,7 @@ impl BuildOutput {
             boot_plan: built.dir.join(beambake_vm::boot::PLAN_FILE),
             timings_ms,
             total_ms,
+            cache: built.cache.clone(),
         })
     }
 }

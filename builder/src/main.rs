@@ -152,6 +152,13 @@ enum Command {
         #[arg(long)]
         patches: Option<PathBuf>,
     },
+    /// The build cache (content-addressed output sets of earlier builds): list entries or
+    /// remove old ones. Its dir is $BEAMBAKE_BUILD_CACHE, else builds/ in beambake's cache
+    /// dir ($XDG_CACHE_HOME/beambake or ~/.cache/beambake).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// What this host can do for beambake, and why: KVM (with the probe's evidence), qemu,
     /// tap and user namespaces, User Mode Linux, rebar3/erl/elixir, the cache. Start here
     /// when something fails.
@@ -231,9 +238,17 @@ struct OutArgs {
     /// (no rumprun toolchain needed).
     #[arg(long)]
     no_bake: bool,
+    /// Neither read nor write the build cache (see `beambake cache`).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 impl OutArgs {
+    /// The build cache's dir, unless --no-cache.
+    fn builds(&self) -> Option<PathBuf> {
+        (!self.no_cache).then(run::build_cache_dir)
+    }
+
     /// Loads a recipe and applies the command line's overrides.
     fn recipe(&self, path: &Path) -> Result<Recipe> {
         let mut r = Recipe::load(path)?;
@@ -249,6 +264,41 @@ impl OutArgs {
         }
         Ok(r)
     }
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List the entries, least recently used first (key, name, target, size, unused for).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the least recently used entries until the rest fit in --max-size; without
+    /// it, the entries unused for 30 days. Also removes what killed builds left.
+    Gc {
+        /// Bytes, or with a suffix K, M, G (powers of 1024), e.g. 2G; 0 empties the cache.
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `2G`, `512M`, `100K`, `1234`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| format!("{s:?}: a size in bytes, or with K, M, G or T"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -472,6 +522,9 @@ impl Command {
             | Command::Build { json, .. }
             | Command::Smoke { json, .. }
             | Command::Doctor { json, .. } => *json,
+            Command::Cache {
+                action: CacheAction::Ls { json } | CacheAction::Gc { json, .. },
+            } => *json,
             Command::Boot { .. }
             | Command::Port { .. }
             | Command::Patch { .. }
@@ -579,7 +632,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Build { recipe, out, json } => {
             let recipe = out.recipe(&recipe)?;
             let steps = Steps::new(cli.verbose, cli.quiet);
-            let built = run::build(&recipe, &out.out, &steps);
+            let built = run::build(&recipe, &out.out, out.builds().as_deref(), &steps);
             steps.done();
             let built = built?;
             if json {
@@ -628,7 +681,13 @@ fn run(cli: Cli) -> Result<u8> {
             // Progress and errors go to stderr: stdout carries the port's terms.
             let steps = Steps::plain(cli.verbose, cli.quiet);
             let dir = if image.is_file() {
-                run::build(&out.recipe(&image)?, &out.out, &steps)?.dir
+                run::build(
+                    &out.recipe(&image)?,
+                    &out.out,
+                    out.builds().as_deref(),
+                    &steps,
+                )?
+                .dir
             } else {
                 image
             };
@@ -659,7 +718,7 @@ fn run(cli: Cli) -> Result<u8> {
                 let recipe = out.recipe(&image)?;
                 // Refused before anything is built.
                 sandbox::check_runnable(recipe.network.mode)?;
-                let built = run::build(&recipe, &out.out, &steps);
+                let built = run::build(&recipe, &out.out, out.builds().as_deref(), &steps);
                 built?.dir
             } else {
                 image
@@ -760,7 +819,7 @@ fn run(cli: Cli) -> Result<u8> {
             } else {
                 out.recipe(&recipe).and_then(|r| {
                     run::smoke_check(&r)?;
-                    let built = run::build(&r, &out.out, &steps)?;
+                    let built = run::build(&r, &out.out, out.builds().as_deref(), &steps)?;
                     let build_timings = steps.timings();
                     let (report, log) = run::smoke_dir(&built.dir, &steps)?;
                     Ok((Some((built, r.target, build_timings)), report, log))
@@ -816,6 +875,50 @@ fn run(cli: Cli) -> Result<u8> {
             beambake::libvirt::port::run(&uri)?;
             Ok(0)
         }
+        Command::Cache { action } => {
+            let cache = beambake::target::build_cache::Cache::new(run::build_cache_dir());
+            let (entries, removed, json) = match action {
+                CacheAction::Ls { json } => (cache.list()?, false, json),
+                CacheAction::Gc { max_size, json } => (cache.gc(max_size)?, true, json),
+            };
+            if json {
+                let v = serde_json::json!({
+                    "dir": cache.dir(),
+                    if removed { "removed" } else { "entries" }: entries,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("build cache: {}", cache.dir().display());
+                for e in &entries {
+                    println!(
+                        "{}{}  {:<24} {:<8} {:>10}  unused {}",
+                        if removed { "removed " } else { "" },
+                        e.key,
+                        e.name,
+                        format!("{:?}", e.target).to_lowercase(),
+                        human(e.size),
+                        age(e.unused_secs)
+                    );
+                }
+                let total: u64 = entries.iter().map(|e| e.size).sum();
+                println!(
+                    "{} {} entries, {}",
+                    if removed { "removed" } else { "total" },
+                    entries.len(),
+                    human(total)
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s >= 86400 => format!("{}d", s / 86400),
+        s if s >= 3600 => format!("{}h", s / 3600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 

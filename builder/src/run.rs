@@ -15,7 +15,14 @@ use beambake_vm::port::vm::{port_plan, PortError, PortOpts};
 use beambake_vm::sandbox::{self, Mode, Outcome, Request};
 use beambake_vm::smoke::Report;
 
-pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Built, Error> {
+/// Builds `recipe` into `OUT/NAME`, using the build cache in `builds` when given
+/// ([`build_cache_dir`]; `None`: `--no-cache`).
+pub fn build(
+    recipe: &Recipe,
+    out_root: &Path,
+    builds: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Built, Error> {
     // The checks' CA files, before minutes of building.
     beambake_vm::smoke::tls::check_cas(&recipe.resolved_checks())?;
     let target = crate::targets::find(recipe.target).ok_or_else(|| Error::Unsupported {
@@ -29,8 +36,14 @@ pub fn build(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Resul
     let cx = Context {
         init: crate::INIT,
         cache: &cache,
+        builds,
     };
     beambake_target::build(target, recipe, out_root, &cx, progress)
+}
+
+/// The build cache's dir: `$BEAMBAKE_BUILD_CACHE`, else `builds/` in beambake's cache dir.
+pub fn build_cache_dir() -> PathBuf {
+    beambake_target::build_cache::dir(&beambake_kernel::kernel::default_cache_dir())
 }
 
 /// Boots the image in `dir` (a build's output directory) in a fresh sandbox; `count`
@@ -277,10 +290,11 @@ pub fn smoke_check(recipe: &Recipe) -> Result<(), Error> {
 pub fn smoke(
     recipe: &Recipe,
     out_root: &Path,
+    builds: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<(Built, Report, PathBuf), Error> {
     smoke_check(recipe)?;
-    let built = build(recipe, out_root, progress)?;
+    let built = build(recipe, out_root, builds, progress)?;
     let (report, log) = smoke_dir(&built.dir, progress)?;
     Ok((built, report, log))
 }

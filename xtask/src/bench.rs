@@ -80,13 +80,10 @@ fn smoke_ms(bb: &Path, dir: &Path) -> Result<f64> {
         .context("no boot_to_ready_ms in the report")
 }
 
-pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
-    cmd!(sh, "cargo build --release -q -p beambake").run()?;
-    let bb = root.join("target/release/beambake");
-    let work = root.join("target/bench");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work)?;
-
+/// A built echo release in `work/echo` (the thing measured is release -> image) and the
+/// bench's microvm recipe for it in `work/bench.toml` (TCG, the TCP echo check only, no
+/// distribution): `(release, recipe)`.
+fn built_release(sh: &Shell, root: &Path, work: &Path) -> Result<(PathBuf, PathBuf)> {
     // A built release (the thing being measured is release -> image).
     let project = work.join("echo");
     cmd!(sh, "cp -r {root}/examples/echo {project}").run()?;
@@ -113,6 +110,17 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
         &text[..cut]
     );
     fs::write(&recipe, text)?;
+    Ok((release, recipe))
+}
+
+pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
+    cmd!(sh, "cargo build --release -q -p beambake").run()?;
+    let bb = root.join("target/release/beambake");
+    let work = root.join("target/bench");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+
+    let (release, recipe) = built_release(sh, root, &work)?;
     let out = work.join("out");
     let build = || {
         measured(
@@ -120,7 +128,8 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
                 .arg("build")
                 .arg(&recipe)
                 .arg("--out")
-                .arg(&out),
+                .arg(&out)
+                .arg("--no-cache"), // the build itself, not the build cache
         )
     };
     build()?; // warm the kernel cache
@@ -226,7 +235,8 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
             .arg("build")
             .arg(&emb_recipe)
             .arg("--out")
-            .arg(&emb_out),
+            .arg(&emb_out)
+            .arg("--no-cache"),
     )?;
     let emb_dir = emb_out.join("echo-microvm");
 
@@ -254,7 +264,16 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
             ),
         )?;
         let o = work.join(format!("out-uml-{fs_kind}"));
-        let b = || measured(Command::new(&bb).arg("build").arg(&r).arg("--out").arg(&o));
+        let b = || {
+            measured(
+                Command::new(&bb)
+                    .arg("build")
+                    .arg(&r)
+                    .arg("--out")
+                    .arg(&o)
+                    .arg("--no-cache"),
+            )
+        };
         b()?; // builds the UML kernel into the cache on first use
         let mut times = vec![];
         for _ in 0..RUNS {
@@ -428,10 +447,62 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
             .unwrap_or_else(|| "not recorded".into()),
         osv_cold(&osv_erts.with_file_name(".beambake-build-seconds")),
     ));
+    report.push_str(&format!("\n{}\n", cache(sh, root)?));
     report.push_str(&format!("\n{}\n", switch(sh, root)?));
     fs::write(root.join("target/bench.md"), &report)?;
     println!("{report}");
     Ok(())
+}
+
+/// The build cache: the bench's microvm build from a built release with an empty cache
+/// (a miss: built and stored) against the same build again (a hit: every file verified
+/// and installed), median of [`RUNS`] pairs, in a private cache (`BEAMBAKE_BUILD_CACHE`).
+/// One line.
+pub fn cache(sh: &Shell, root: &Path) -> Result<String> {
+    let bb = root.join("target/release/beambake");
+    let work = root.join("target/bench-cache");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let (_, recipe) = built_release(sh, root, &work)?;
+    let out = work.join("out");
+    let cache = work.join("cache");
+    let build = |extra: &[&str]| -> Result<(f64, serde_json::Value)> {
+        let start = Instant::now();
+        let o = Command::new(&bb)
+            .arg("build")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(&out)
+            .arg("--json")
+            .args(extra)
+            .env("BEAMBAKE_BUILD_CACHE", &cache)
+            .stdin(Stdio::null())
+            .output()?;
+        let secs = start.elapsed().as_secs_f64();
+        if !o.status.success() {
+            bail!("build failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok((secs, serde_json::from_slice(&o.stdout)?))
+    };
+    build(&["--no-cache"])?; // warm the kernel cache
+    let (mut misses, mut hits) = (vec![], vec![]);
+    for _ in 0..RUNS {
+        let _ = fs::remove_dir_all(&cache);
+        let (miss, m) = build(&[])?;
+        let (hit, h) = build(&[])?;
+        if m["cache"]["hit"] != false || h["cache"]["hit"] != true {
+            bail!("expected a miss then a hit: {m:#} {h:#}");
+        }
+        misses.push(miss);
+        hits.push(hit);
+    }
+    let (miss, hit) = (median(misses.clone()), median(hits.clone()));
+    Ok(format!(
+        "build cache (median of {RUNS}): built release -> image {miss:.2} s (miss: built and \
+         stored), again {hit:.3} s (hit: every file verified and installed), {:.0}x; all runs \
+         (s): misses {misses:.2?}, hits {hits:.3?}",
+        miss / hit
+    ))
 }
 
 /// The Erlang switch between two real guests (`erlang/bench/switch_bench.escript`): two

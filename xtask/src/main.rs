@@ -127,6 +127,12 @@ fn main() -> Result<()> {
                 &root().join("target/ci-example"),
             )
         }
+        Some("bench-cache") => {
+            deps(&sh)?;
+            cmd!(sh, "cargo build --release -q -p beambake").run()?;
+            println!("{}", bench::cache(&sh, &root())?);
+            Ok(())
+        }
         Some("bench-switch") => {
             deps(&sh)?;
             cmd!(sh, "cargo build --release -q -p beambake").run()?;
@@ -135,7 +141,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
             );
             std::process::exit(2);
         }

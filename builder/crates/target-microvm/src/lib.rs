@@ -91,6 +91,46 @@ impl Target for Microvm {
         beambake_recipe::Target::Microvm
     }
 
+    /// The kernel: the pin's text (it names the package by sha256), or the kernel file's
+    /// sha256 and each module's it loads (not the whole modules dir: `--modules /` is
+    /// allowed); and the modules the machine loads.
+    fn cache_inputs(&self, recipe: &Recipe, _cx: &Context) -> Result<Option<Vec<String>>, Error> {
+        let k = &recipe.kernel;
+        let modules = machine_modules(recipe);
+        let mut v = match (&k.path, &k.pin) {
+            (Some(p), _) => {
+                let kernel = kernel::from_paths(p, k.modules.as_deref())?;
+                let wanted: Vec<&str> = modules.iter().map(String::as_str).collect();
+                let mut v = vec![format!("kernel {} {}", kernel.release, kernel.sha256)];
+                for m in kernel.resolve_modules(&wanted)? {
+                    let sha = beambake_images::digest::sha256_file(&m.path).map_err(|source| {
+                        Error::Io {
+                            path: m.path.clone(),
+                            source,
+                        }
+                    })?;
+                    v.push(format!("module file {} {}", m.name, sha));
+                }
+                v
+            }
+            (None, Some(pin)) => vec![format!(
+                "pin {}",
+                beambake_images::digest::sha256_bytes(&std::fs::read(pin).map_err(|source| {
+                    Error::Io {
+                        path: pin.to_path_buf(),
+                        source,
+                    }
+                })?)
+            )],
+            (None, None) => vec![format!(
+                "pin {}",
+                beambake_images::digest::sha256_bytes(DEFAULT_PIN.as_bytes())
+            )],
+        };
+        v.extend(modules.into_iter().map(|m| format!("module {m}")));
+        Ok(Some(v))
+    }
+
     fn make(
         &self,
         recipe: &Recipe,

@@ -63,6 +63,20 @@ impl Target for Uml {
         true
     }
 
+    /// The kernel: the recipe's file's sha256, or the key of beambake's UML kernel build.
+    fn cache_inputs(&self, recipe: &Recipe, _cx: &Context) -> Result<Option<Vec<String>>, Error> {
+        Ok(Some(vec![match &recipe.kernel.path {
+            Some(p) => format!(
+                "kernel {}",
+                beambake_images::digest::sha256_file(p).map_err(|source| Error::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?
+            ),
+            None => format!("uml kernel {}", uml_kernel::key()),
+        }]))
+    }
+
     fn make(
         &self,
         recipe: &Recipe,

@@ -7,10 +7,13 @@
 //! [`Target::make`] (what the target adds to the tree, its kernel, its writers and its
 //! part of the boot plan), then [`finish`] (cookie, plan, manifest, and the set swapped
 //! in for the previous one, keeping its console logs and data disks:
-//! [`BootPlan::is_run_file`]).
+//! [`BootPlan::is_run_file`]). With a build cache ([`Context::builds`]), the key is
+//! computed once after `prepare` ([`build_cache::key`]): a verified entry is installed
+//! instead of `make`, and a built set is stored before it is swapped in.
 //!
 //! Must not: know any particular target, or duplicate pipeline steps per target.
 
+pub mod build_cache;
 pub mod exit;
 pub mod pipeline;
 
@@ -33,6 +36,9 @@ pub struct Context<'a> {
     pub init: &'a [u8],
     /// Where kernels and other built-once inputs are cached (`~/.cache/beambake`).
     pub cache: &'a Path,
+    /// The build cache's dir ([`build_cache::dir`]); `None`: neither read nor written
+    /// (`--no-cache`).
+    pub builds: Option<&'a Path>,
 }
 
 /// One target: what it needs from a recipe and what it makes from a prepared release.
@@ -49,6 +55,13 @@ pub trait Target: Sync {
     /// Whether the target mounts the recipe's `[data]`, `[[hostfs]]` and `[[disk]]`.
     fn supports_storage(&self) -> bool {
         false
+    }
+
+    /// What the target's output depends on beyond the recipe, the release's tree and the
+    /// init (its kernel: a pin's sha256, a kernel file's), for the build cache's key;
+    /// `None` (the default): the target's builds are not cached.
+    fn cache_inputs(&self, _recipe: &Recipe, _cx: &Context) -> Result<Option<Vec<String>>, Error> {
+        Ok(None)
     }
 
     /// Adds the target's files to `common`'s tree, writes its image(s) and kernel into
@@ -92,8 +105,94 @@ pub fn build(
     }
     target.check(recipe)?;
     let mut common = prepare(recipe, out_root, progress)?;
+    let cached = match cx.builds {
+        Some(dir) => match target.cache_inputs(recipe, cx)? {
+            Some(kernel) => {
+                progress.step("computing the build cache key");
+                build_cache::key(recipe, &common.prepared, cx.init, &kernel)?
+                    .map(|key| (build_cache::Cache::new(dir.to_path_buf()), key))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    if let Some((cache, key)) = &cached {
+        match cache.install(key, &common.set) {
+            build_cache::Install::Hit { meta, verified } => {
+                progress.detail(&format!("build cache hit {key}: {verified} files verified"));
+                let dir = common.set.commit(&BootPlan::is_run_file)?;
+                let image = dir.join(&meta.image);
+                let file = meta.files.iter().find(|f| f.name == meta.image);
+                return Ok(Built {
+                    plan: BootPlan::load(&dir)?,
+                    image: Written {
+                        path: image,
+                        size: file.map_or(0, |f| f.size),
+                        sha256: file.map(|f| f.sha256.clone()).unwrap_or_default(),
+                    },
+                    manifest: dir.join("manifest.json"),
+                    dir,
+                    cache: Some(CacheUse {
+                        key: key.clone(),
+                        hit: true,
+                        verified,
+                        rejected: None,
+                    }),
+                });
+            }
+            build_cache::Install::Corrupt(why) => {
+                progress.note(&format!(
+                    "build cache entry {key} is corrupt and was removed, rebuilding: {why}"
+                ));
+                let made = target.make(recipe, &mut common, cx, progress)?;
+                return finish_cached(common, made, recipe, cache, key, Some(why), progress);
+            }
+            build_cache::Install::Miss => {
+                let made = target.make(recipe, &mut common, cx, progress)?;
+                return finish_cached(common, made, recipe, cache, key, None, progress);
+            }
+        }
+    }
     let made = target.make(recipe, &mut common, cx, progress)?;
     finish(common, made)
+}
+
+/// [`finish`], storing the staged set in the cache first (a set that cannot be stored
+/// is still built: the reason is a note).
+fn finish_cached(
+    common: Common,
+    made: Made,
+    recipe: &Recipe,
+    cache: &build_cache::Cache,
+    key: &str,
+    rejected: Option<String>,
+    progress: &dyn Progress,
+) -> Result<Built, Error> {
+    let staging = common.dir.clone();
+    let image = made
+        .image
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut built = finish_with(
+        common,
+        made,
+        &|| match cache.store(key, recipe, &image, &staging) {
+            Ok(true) => progress.detail(&format!("stored in the build cache as {key}")),
+            Ok(false) => progress.detail(&format!(
+                "the build cache already has {key} (another build stored it first)"
+            )),
+            Err(e) => progress.note(&format!("not stored in the build cache: {e}")),
+        },
+    )?;
+    built.cache = Some(CacheUse {
+        key: key.to_string(),
+        hit: false,
+        verified: 0,
+        rejected,
+    });
+    Ok(built)
 }
 
 /// Adds beambake's init at `/init` and `/etc/hosts` (a link to the hosts file the init
@@ -111,6 +210,22 @@ pub struct Built {
     /// The bootable image (initramfs or root filesystem).
     pub image: Written,
     pub manifest: PathBuf,
+    /// How the build cache was used; `None`: not at all (`--no-cache`, a target or a
+    /// build that is not cached).
+    pub cache: Option<CacheUse>,
+}
+
+/// A build's use of the build cache.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheUse {
+    pub key: String,
+    /// The output set came from the cache.
+    pub hit: bool,
+    /// Files whose sha256 was checked against the entry (on a hit).
+    pub verified: usize,
+    /// Why an entry for this key was found unusable (then removed, and the set rebuilt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 /// The release prepared for a recipe, with its output set, node name and cookie.
@@ -271,6 +386,12 @@ pub fn absolute(p: &Path) -> PathBuf {
 /// Writes the cookie (0600), the plan and the manifest of the artefacts (plus the
 /// kernel's inputs) into the staging dir and swaps the set in as `OUT/NAME`.
 pub fn finish(common: Common, made: Made) -> Result<Built, Error> {
+    finish_with(common, made, &|| {})
+}
+
+/// [`finish`], calling `staged` once the set is complete in its staging dir, before it
+/// is swapped in.
+fn finish_with(common: Common, made: Made, staged: &dyn Fn()) -> Result<Built, Error> {
     let Made {
         plan,
         image,
@@ -286,6 +407,7 @@ pub fn finish(common: Common, made: Made) -> Result<Built, Error> {
     manifest.inputs.host_files.extend(kernel_inputs);
     let manifest_path = dir.join("manifest.json");
     beambake_images::output::write_bytes(&manifest_path, manifest.to_json().as_bytes())?;
+    staged();
     let dir = common.set.commit(&BootPlan::is_run_file)?;
     let moved = |p: &Path| p.file_name().map_or_else(|| dir.clone(), |n| dir.join(n));
     Ok(Built {
@@ -296,6 +418,7 @@ pub fn finish(common: Common, made: Made) -> Result<Built, Error> {
         manifest: moved(&manifest_path),
         dir,
         plan,
+        cache: None,
     })
 }
 
@@ -333,6 +456,7 @@ mod tests {
         let cx = Context {
             init: b"",
             cache: d.path(),
+            builds: None,
         };
         let e = build(&Plain, &recipe, &out, &cx, &()).err().unwrap();
         assert_eq!(
