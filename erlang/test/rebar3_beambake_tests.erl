@@ -1,8 +1,9 @@
 %% The rebar3 plugin and the mix task for real: `rebar3 beambake smoke` in a copy of
 %% examples/echo_plugin (the plugin from this checkout through `_checkouts/beambake`) and
 %% `mix beambake.smoke` in a copy of examples/echo_mix (beambake as a path dependency, no
-%% Hex), each booting a microvm under qemu; and the bad inputs: an unknown key in the
-%% section (named, with the closest valid one), no release configured, no beambake binary.
+%% Hex), each booting a microvm under qemu; the plugin laid out as a Hex package holds it;
+%% and the bad inputs: an unknown key in the section (named, with the closest valid one),
+%% no release configured, no beambake binary.
 %% Needs `BEAMBAKE` and `BEAMBAKE_ROOT` (set by `cargo xtask test`), else skipped and the
 %% skip recorded in `BEAMBAKE_SKIP_LOG`; the mix tests also need `mix`.
 -module(rebar3_beambake_tests).
@@ -12,6 +13,7 @@ plugin_test_() ->
     case {os:getenv("BEAMBAKE"), os:getenv("BEAMBAKE_ROOT")} of
         {Bin, Root} when is_list(Bin), is_list(Root) ->
             [{timeout, 600, fun() -> rebar3_smoke(Bin, Root) end},
+             {timeout, 300, fun() -> rebar3_hex_layout(Bin, Root) end},
              {timeout, 300, fun() -> rebar3_unknown_key(Bin, Root) end},
              {timeout, 300, fun() -> rebar3_no_release(Bin, Root) end},
              {timeout, 300, fun() -> rebar3_binary_missing(Root) end}]
@@ -48,6 +50,20 @@ rebar3_smoke(Bin, Root) ->
     ?assertMatch({match, _}, re:run(Recipe, "\\[release\\]\nsource = \"" ++ Dir
                                     ++ "/_build/default/rel/echo_plugin\"")),
     ?assert(filelib:is_regular(filename:join(Out, "echo_plugin/boot.json"))),
+    rm(Dir).
+
+%% The plugin as a Hex package holds it (src, lib, rebar.config, mix.exs, README.md; no
+%% test or _build), copied into _checkouts: `rebar3 as prod beambake build` in a profile.
+rebar3_hex_layout(Bin, Root) ->
+    Dir = copy(Root, "examples/echo_plugin"),
+    Pkg = filename:join(Dir, "_checkouts/beambake"),
+    ok = filelib:ensure_dir(filename:join(Pkg, "x")),
+    {0, _} = sh(filename:join(Root, "erlang"), [],
+                "cp -r src lib rebar.config mix.exs README.md " ++ Pkg),
+    {Status, Log} = sh(Dir, [{"BEAMBAKE", Bin}], "rebar3 as prod beambake build"),
+    ?assertEqual(0, Status, Log),
+    ?assert(filelib:is_regular(filename:join(Dir, "_build/prod/beambake/out/echo_plugin/boot.json"))),
+    ?assertMatch({match, _}, re:run(Log, "_build/prod/beambake/out/echo_plugin/vmlinuz"), Log),
     rm(Dir).
 
 rebar3_unknown_key(Bin, Root) ->
