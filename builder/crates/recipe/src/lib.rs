@@ -1,7 +1,8 @@
 //! Recipes: one declarative TOML file says what to build and how to boot and check it.
 //!
 //! Owns: the recipe schema (unknown keys and bad values are errors that name the file, the
-//! key and the line), paths relative to the recipe file, defaults, and address validation.
+//! key and the line; an unknown key also its table and the closest known key), paths
+//! relative to the recipe file, defaults, and address validation.
 //! A loaded [`Recipe`] is validated once: its addresses are typed ([`GuestAddr`],
 //! [`Ipv4Addr`], one address per VM in [`Recipe::guest_addrs`]) and its paths resolved
 //! against the recipe's directory ([`RecipePath`]). What a particular target cannot do is
@@ -994,11 +995,21 @@ impl Recipe {
         &self.guest_addrs
     }
 
+    /// `network.hostname`, else the recipe's name with what a host name cannot hold
+    /// (`echo_plugin`: Erlang release names have underscores) as `-`.
     pub fn hostname(&self) -> String {
-        self.network
-            .hostname
-            .clone()
-            .unwrap_or_else(|| self.name.clone())
+        self.network.hostname.clone().unwrap_or_else(|| {
+            self.name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        })
     }
 
     fn check_guest_dir(&self, what: &str, p: &str) -> Result<(), RecipeError> {
@@ -1081,27 +1092,125 @@ fn check_line(text: &str, i: usize) -> Option<usize> {
     Some(text.get(..start)?.matches('\n').count() + 1)
 }
 
-/// An unknown key inside a table that toml reports at the table's header (tagged tables
-/// such as `[[check]]`): the key's own line instead, `line N: message: <the line>`.
+/// An unknown key as one line: `line N: unknown field `K` in `TABLE` (did you mean `X`?),
+/// expected ...: <the line>`, the closest known key suggested (see [`closest_key`]). toml
+/// reports a key of a tagged table (`[[check]]`) at the table's header: the key's own line
+/// is searched for.
 fn unknown_key_line(text: &str, e: &toml::de::Error) -> Option<String> {
     let msg = e.message();
     let key = msg.strip_prefix("unknown field `")?.split('`').next()?;
-    let start = e.span()?.start;
-    let before = text.get(..start)?.matches('\n').count();
-    // toml points at the first table of an array of tables: search them all.
-    let header = text.lines().nth(before)?.trim();
-    for (i, line) in text.lines().enumerate().skip(before + 1) {
-        let t = line.trim_start();
-        if t.starts_with('[') && t.trim_end() != header {
-            break;
-        }
-        if t.strip_prefix(key)
+    let lines: Vec<&str> = text.lines().collect();
+    let at = text.get(..e.span()?.start)?.matches('\n').count();
+    let is_key_line = |l: &str| {
+        l.trim_start()
+            .strip_prefix(key)
             .is_some_and(|rest| rest.trim_start().starts_with('='))
-        {
-            return Some(format!("line {}: {msg}: {}", i + 1, line.trim()));
+    };
+    // A table whose name is the unknown key (`[[checks]]`): the key of its parent table.
+    let header_name = |l: &str| {
+        let t = l.trim();
+        t.starts_with('[')
+            .then(|| {
+                t.trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+            })
+            .map(str::to_string)
+    };
+    if let Some(name) = header_name(lines.get(at)?) {
+        let (parent, last) = name.rsplit_once('.').unwrap_or(("", &name));
+        if last.trim() == key {
+            let place = if parent.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in `{}`", parent.trim())
+            };
+            return Some(unknown_key_message(key, &place, msg, at, lines[at]));
         }
     }
-    None
+    let line = if is_key_line(lines[at]) {
+        at
+    } else {
+        // toml points at the first table of an array of tables: search them all.
+        let header = lines[at].trim();
+        (at + 1..lines.len())
+            .take_while(|&i| {
+                let t = lines[i].trim_start();
+                !(t.starts_with('[') && t.trim_end() != header)
+            })
+            .find(|&i| is_key_line(lines[i]))?
+    };
+    let place = lines[..line]
+        .iter()
+        .rev()
+        .map(|l| l.trim_start())
+        .find(|l| l.starts_with('['))
+        .and_then(|h| h.trim_start_matches('[').split(']').next())
+        .map_or("at the top level".to_string(), |t| {
+            format!("in `{}`", t.trim())
+        });
+    Some(unknown_key_message(key, &place, msg, line, lines[line]))
+}
+
+/// `line N: unknown field `K` PLACE (did you mean `X`?), expected ...: <the line>`.
+fn unknown_key_message(key: &str, place: &str, msg: &str, line: usize, src: &str) -> String {
+    let expected = msg.split_once(", expected").map(|(_, rest)| rest);
+    let known: Vec<&str> = expected
+        .map(|r| r.split('`').skip(1).step_by(2).collect())
+        .unwrap_or_default();
+    let hint = closest_key(key, &known)
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    let expected = expected.map_or(String::new(), |r| format!(", expected{r}"));
+    format!(
+        "line {}: unknown field `{key}` {place}{hint}{expected}: {}",
+        line + 1,
+        src.trim()
+    )
+}
+
+/// The known key closest to the unknown `key`: fewest edits (adjacent swaps count one),
+/// either to the whole key or to its start (`memory` -> `memory_mib`, one more), within
+/// a third of `key`'s length (at least 2). None when nothing is that close.
+pub fn closest_key<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let k: Vec<char> = key.chars().collect();
+    let limit = (k.len() / 3).max(2);
+    known
+        .iter()
+        .map(|c| {
+            let c_chars: Vec<char> = c.chars().collect();
+            let prefix = &c_chars[..k.len().min(c_chars.len())];
+            let score = edits(&k, &c_chars).min(edits(&k, prefix) + 1);
+            (score, *c)
+        })
+        .filter(|(score, _)| *score <= limit)
+        .min_by_key(|(score, _)| *score)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+/// adjacent characters, one edit each.
+fn edits(a: &[char], b: &[char]) -> usize {
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// toml's errors span several lines (with a source excerpt); keep them, indented.
@@ -1180,6 +1289,58 @@ type = "distribution"
     }
 
     #[test]
+    fn unknown_key_names_its_table_and_the_closest_known_key() {
+        let e = parse_err(&format!("{GOOD}\n[vm]\nmemroy = 5\n"));
+        let line = GOOD.lines().count() + 3;
+        assert_eq!(
+            e,
+            format!(
+                "recipes/x.toml: line {line}: unknown field `memroy` in `vm` (did you mean \
+                 `memory_mib`?), expected one of `memory_mib`, `cpus`, `machine`, `accel`, \
+                 `cpu`, `compression_level`, `count`, `root_fs`: memroy = 5"
+            )
+        );
+        let e = parse_err(&format!("checks = 1\n{GOOD}"));
+        assert!(
+            e.starts_with(
+                "recipes/x.toml: line 1: unknown field `checks` at the top level (did you mean `check`?)"
+            ),
+            "{e}"
+        );
+        let e = parse_err(&format!("{GOOD}\n[vm]\nmemory = 5\n"));
+        assert!(e.contains("(did you mean `memory_mib`?)"), "{e}");
+        // A table (or array of tables) named by the unknown key: the parent's key.
+        let e = parse_err(&format!("{GOOD}\n[[checks]]\ntype = \"tcp_echo\"\n"));
+        let line = GOOD.lines().count() + 2;
+        assert!(
+            e.starts_with(&format!(
+                "recipes/x.toml: line {line}: unknown field `checks` at the top level (did you mean `check`?)"
+            )),
+            "{e}"
+        );
+        assert!(e.ends_with(": [[checks]]"), "{e}");
+        let e = parse_err(&format!("{GOOD}\n[vm]\nzzzzzz = 5\n"));
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn default_hostname_is_the_name_made_a_host_name() {
+        let r = parse(&GOOD.replace("name = \"echo-microvm\"", "name = \"echo_plugin\"")).unwrap();
+        assert_eq!(r.hostname(), "echo-plugin");
+    }
+
+    #[test]
+    fn closest_key_is_within_a_few_edits() {
+        let known = ["memory_mib", "cpus", "machine", "accel", "cpu"];
+        assert_eq!(closest_key("memroy", &known), Some("memory_mib"));
+        assert_eq!(closest_key("memory", &known), Some("memory_mib"));
+        assert_eq!(closest_key("cpsu", &known), Some("cpus"));
+        assert_eq!(closest_key("acel", &known), Some("accel"));
+        assert_eq!(closest_key("kernel", &known), None);
+        assert_eq!(closest_key("x", &[]), None);
+    }
+
+    #[test]
     fn typo_key_is_named_with_its_line() {
         let e = parse_err(&GOOD.replace("[vm]", "").replace("host = ", "hots = "));
         assert!(e.starts_with("recipes/x.toml: "), "{e}");
@@ -1198,6 +1359,7 @@ type = "distribution"
             "{e}"
         );
         assert!(e.ends_with("payloadd = \"x\""), "{e}");
+        assert!(e.contains("in `check` (did you mean `payload`?)"), "{e}");
     }
 
     #[test]
