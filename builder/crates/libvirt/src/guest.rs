@@ -144,16 +144,18 @@ fn accept(
     }
 }
 
+/// The error of an I/O operation on `path`.
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> GuestError {
+    let path = path.to_path_buf();
+    move |source| GuestError::Io { path, source }
+}
+
 /// Binds the three sockets the domain connects or sends to.
 fn bind(sockets: &Sockets) -> Result<(UnixListener, UnixListener, UnixDatagram), GuestError> {
-    let at = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| GuestError::Io { path, source }
-    };
     Ok((
-        UnixListener::bind(&sockets.console).map_err(at(&sockets.console))?,
-        UnixListener::bind(&sockets.control).map_err(at(&sockets.control))?,
-        UnixDatagram::bind(&sockets.nic.peer).map_err(at(&sockets.nic.peer))?,
+        UnixListener::bind(&sockets.console).map_err(io_at(&sockets.console))?,
+        UnixListener::bind(&sockets.control).map_err(io_at(&sockets.control))?,
+        UnixDatagram::bind(&sockets.nic.peer).map_err(io_at(&sockets.nic.peer))?,
     ))
 }
 
@@ -298,10 +300,6 @@ mod with_libvirt {
         let ctl = accept(&ctl_l, &sockets.control, uri, CONNECT_SECS, || {
             alive(&guest.dom)
         })?;
-        let io_at = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| GuestError::Io { path, source }
-        };
         let log = std::fs::File::create(&guest.console_log).map_err(io_at(&guest.console_log))?;
         let wires = Wires {
             console_in: Box::new(console.try_clone().map_err(io_at(&sockets.console))?),

@@ -81,7 +81,7 @@ struct Description<'a> {
     plan_paths: Vec<PathBuf>,
     mtime: u64,
     release: ReleaseDesc<'a>,
-    files: Vec<FileDesc>,
+    files: Vec<beambake_release::manifest::FileRow>,
     host_files: Vec<beambake_release::manifest::HostFile>,
     kernel: &'a [String],
 }
@@ -92,15 +92,6 @@ struct ReleaseDesc<'a> {
     vsn: &'a str,
     source: PathBuf,
     source_sha256: &'a str,
-}
-
-#[derive(Serialize)]
-struct FileDesc {
-    path: String,
-    mode: String,
-    size: u64,
-    sha256: Option<String>,
-    target: Option<String>,
 }
 
 /// The cache key of a build: `None` when the build is not cacheable (a random cookie).
@@ -148,16 +139,7 @@ pub fn key(
             source: fs::canonicalize(source).unwrap_or_else(|_| source.clone()),
             source_sha256: &prepared.source.sha256,
         },
-        files: rows
-            .into_iter()
-            .map(|r| FileDesc {
-                path: r.path,
-                mode: r.mode,
-                size: r.size,
-                sha256: r.sha256,
-                target: r.target,
-            })
-            .collect(),
+        files: rows,
         host_files,
         kernel,
     };
@@ -555,16 +537,7 @@ mod tests {
                 source: PathBuf::from("/rel"),
                 source_sha256: "",
             },
-            files: rows
-                .into_iter()
-                .map(|r| FileDesc {
-                    path: r.path,
-                    mode: r.mode,
-                    size: r.size,
-                    sha256: r.sha256,
-                    target: r.target,
-                })
-                .collect(),
+            files: rows,
             host_files,
             kernel: &["pin sha".to_string()],
         })
