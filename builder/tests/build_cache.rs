@@ -83,8 +83,10 @@ fn a_second_build_is_a_verified_hit_and_a_corrupt_entry_is_rebuilt() {
     assert_eq!(second["cache"]["key"], key.as_str());
     assert_eq!(
         second["cache"]["verified"].as_u64().unwrap(),
-        built.len() as u64
+        built.len() as u64 - 1,
+        "every file but the cookie, which is written by each build"
     );
+    assert!(!cache.join(&key).join("files/cookie").exists());
     assert_eq!(files(&dir), built, "a hit installs the same bytes");
     assert_eq!(second["sha256"], first["sha256"]);
 
@@ -154,14 +156,18 @@ fn two_builds_racing_on_one_key_both_succeed_and_leave_one_entry() {
     let leftovers: Vec<_> = fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && n != ".digests.json")
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // The entry is whole: a third build is a hit that verifies every file.
     let third = build(&cache, &recipe, &outs[0], &[]);
     assert_eq!(third["cache"]["hit"], true, "{third}");
-    assert_eq!(third["cache"]["verified"].as_u64().unwrap(), a.len() as u64);
+    assert_eq!(
+        third["cache"]["verified"].as_u64().unwrap(),
+        a.len() as u64 - 1,
+        "all but the cookie"
+    );
 
     let o = run(&cache, &["cache", "ls"]);
     let text = beambake_testkit::stdout(&o);
@@ -176,4 +182,60 @@ fn two_builds_racing_on_one_key_both_succeed_and_leave_one_entry() {
     assert_eq!(gc["removed"].as_array().unwrap().len(), 1, "{gc}");
     let ls = cache_json(&cache, &["cache", "ls", "--json"]);
     assert!(ls["entries"].as_array().unwrap().is_empty(), "{ls}");
+}
+
+/// A cookie drawn at random is appended to the cached initramfs by each build: a second
+/// build is a hit with a new cookie, and no cookie is ever in the cache. (The smoke tests
+/// of the echo-microvm recipe boot such images and pass the distribution check.)
+#[test]
+fn a_random_cookie_is_per_build_and_never_cached() {
+    skip_if!(kernel_missing());
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("release.source", echo().release.to_str().unwrap())
+        .write(d.path());
+    let out = d.path().join("out");
+    let dir = out.join("echo-microvm");
+    let image_of = |json: &serde_json::Value| {
+        let cookie = fs::read_to_string(dir.join("cookie")).unwrap();
+        let image = fs::read(dir.join("echo-microvm.cpio.zst")).unwrap();
+        let sha = beambake_images::digest::sha256_bytes(&image);
+        assert_eq!(json["artefacts"][0]["sha256"], sha.as_str(), "{json}");
+        let manifest = fs::read_to_string(dir.join("manifest.json")).unwrap();
+        assert_eq!(
+            manifest.matches(&sha).count(),
+            1,
+            "the manifest has the image's sha256"
+        );
+        (cookie, image)
+    };
+
+    let first = build(&cache, &recipe, &out, &[]);
+    assert_eq!(first["cache"]["hit"], false, "{first}");
+    let (cookie1, image1) = image_of(&first);
+    let second = build(&cache, &recipe, &out, &[]);
+    assert_eq!(second["cache"]["hit"], true, "{second}");
+    let (cookie2, image2) = image_of(&second);
+    assert_eq!(cookie1.len(), 32);
+    assert_ne!(cookie1, cookie2, "each build draws its own");
+    assert_ne!(image1, image2);
+
+    let key = second["cache"]["key"].as_str().unwrap();
+    let cached = fs::read(cache.join(key).join("files/echo-microvm.cpio.zst")).unwrap();
+    assert!(
+        image2.starts_with(&cached),
+        "the cached archive, then the cookie's"
+    );
+    let tail = String::from_utf8_lossy(&image2[cached.len()..]);
+    assert!(tail.contains("etc/beambake/cookie.args"), "{tail}");
+    assert!(tail.contains(&format!("-setcookie {cookie2}")), "{tail}");
+    for (path, bytes) in beambake_testkit::snapshot(&cache, &[]) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&cookie1) && !text.contains(&cookie2),
+            "{} holds a cookie",
+            path.display()
+        );
+    }
 }

@@ -7,6 +7,10 @@ pub const LAUNCH_PATH: &str = "/etc/beambake/launch.json";
 /// [`crate::launch::LaunchSpec::to_lines`]).
 pub const LAUNCH_LINES_PATH: &str = "/etc/beambake/launch.lines";
 
+/// A random cookie's `-setcookie` line, read by erlexec (`-args_file`): for targets
+/// that append it to their image per build, so the rest of the image is cached.
+pub const COOKIE_ARGS_PATH: &str = "/etc/beambake/cookie.args";
+
 /// The kernel modules the init loads: one absolute `.ko` path per line, in dependency
 /// order (empty when the kernel needs none).
 pub const MODULES_PATH: &str = "/etc/beambake/modules";

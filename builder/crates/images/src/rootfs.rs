@@ -78,6 +78,14 @@ impl FileSource {
         }
     }
 
+    /// The content's sha256 (a host file's through the digest memo, when one is in use).
+    pub fn sha256(&self) -> io::Result<String> {
+        match self {
+            FileSource::Host(p) => crate::digest::sha256_file(p),
+            FileSource::Bytes(b) => Ok(crate::digest::sha256_bytes(b)),
+        }
+    }
+
     /// Content length in bytes (a host file is measured now).
     pub fn len(&self) -> io::Result<u64> {
         match self {

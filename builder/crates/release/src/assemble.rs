@@ -233,6 +233,7 @@ fn base_layout(tree: &mut Tree) -> Result<(), TreeError> {
 fn add_elf_closure(tree: &mut Tree) -> Result<Vec<HostLib>, AssembleError> {
     let mut roots = Vec::new();
     let mut guest_of: HashMap<PathBuf, String> = HashMap::new();
+    let mut canon_dirs = HashMap::new();
     for (path, entry) in tree.iter() {
         if let EntryKind::File(FileSource::Host(host)) = &entry.kind {
             let io = |source| AssembleError::Io {
@@ -242,7 +243,10 @@ fn add_elf_closure(tree: &mut Tree) -> Result<Vec<HostLib>, AssembleError> {
             if elf::is_elf(host).map_err(io)? {
                 roots.push(host.clone());
             }
-            guest_of.insert(fs::canonicalize(host).map_err(io)?, path.to_string());
+            guest_of.insert(
+                canonicalize_in(host, &mut canon_dirs).map_err(io)?,
+                path.to_string(),
+            );
         }
     }
     let closure = Resolver::host()?.closure(&roots)?;
@@ -268,4 +272,51 @@ fn add_elf_closure(tree: &mut Tree) -> Result<Vec<HostLib>, AssembleError> {
         });
     }
     Ok(out)
+}
+
+/// `fs::canonicalize(p)` with each parent dir resolved once (`dirs` remembers them): a
+/// release has hundreds of files in a few dozen dirs, and resolving every path component
+/// of every file again costs a `readlink` each.
+fn canonicalize_in(p: &Path, dirs: &mut HashMap<PathBuf, PathBuf>) -> std::io::Result<PathBuf> {
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return fs::canonicalize(p);
+    };
+    if parent.as_os_str().is_empty() || fs::symlink_metadata(p)?.file_type().is_symlink() {
+        return fs::canonicalize(p);
+    }
+    let dir = match dirs.get(parent) {
+        Some(d) => d.clone(),
+        None => {
+            let d = fs::canonicalize(parent)?;
+            dirs.insert(parent.to_path_buf(), d.clone());
+            d
+        }
+    };
+    Ok(dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonicalize_in_agrees_with_canonicalize() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        fs::create_dir_all(real.join("sub")).unwrap();
+        fs::write(real.join("sub/f"), b"f").unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("via")).unwrap();
+        std::os::unix::fs::symlink("sub/f", real.join("lnk")).unwrap();
+        let mut dirs = HashMap::new();
+        for p in ["via/sub/f", "via/lnk", "real/sub/f", "via/sub/../sub/f"] {
+            let p = d.path().join(p);
+            assert_eq!(
+                canonicalize_in(&p, &mut dirs).unwrap(),
+                fs::canonicalize(&p).unwrap(),
+                "{}",
+                p.display()
+            );
+        }
+        assert!(canonicalize_in(&d.path().join("via/none"), &mut dirs).is_err());
+    }
 }

@@ -143,11 +143,15 @@ impl LaunchSpecExt for LaunchSpec {
             Names::Long => "-name",
             Names::Short => "-sname",
         };
+        let cookie = match &dist.cookie_file {
+            Some(file) => ["-args_file", file.as_str()],
+            None => ["-setcookie", dist.cookie.as_str()],
+        };
         let mut spec = self.with_args(&[
             flag,
             &dist.node,
-            "-setcookie",
-            &dist.cookie,
+            cookie[0],
+            cookie[1],
             "-start_epmd",
             "false",
         ]);
@@ -246,6 +250,11 @@ pub struct Distribution {
     #[serde(skip)]
     pub cookie: String,
     pub cookie_source: CookieSource,
+    /// A random cookie is read from this guest file (`-args_file`; the target adds the
+    /// file to its image per build, outside the tree) rather than passed in the launch
+    /// spec: [`DistributionRequest::cookie_file`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie_file: Option<String>,
     /// What beambake changed from the release's `vm.args`, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -262,6 +271,9 @@ pub struct DistributionRequest {
     pub cookie: Option<String>,
     /// The guest's address (`NAME@HERE` for long names); `None` when unknown (`rootfs`).
     pub host: Option<String>,
+    /// Where a random cookie goes, when the target keeps it out of the tree (the tree,
+    /// and so the build cache's key, then do not depend on it).
+    pub cookie_file: Option<String>,
 }
 
 /// How a release runs distributed: the recipe's `[distribution]` (`req`) wins; else the
@@ -353,6 +365,10 @@ pub fn resolve_distribution(
         name,
         names,
         cookie,
+        cookie_file: req
+            .cookie_file
+            .clone()
+            .filter(|_| cookie_source == CookieSource::Random),
         cookie_source,
         notes,
     }))
@@ -428,6 +444,7 @@ mod tests {
             names,
             cookie: "c".into(),
             cookie_source: CookieSource::Recipe,
+            cookie_file: None,
             notes: vec![],
         }
     }
@@ -493,6 +510,7 @@ mod tests {
             node: Some("n".into()),
             cookie: Some("rc".into()),
             host: Some("10.0.0.2".into()),
+            cookie_file: None,
         };
         let d = resolve("-sname myrel\n-setcookie x", &req)
             .unwrap()
@@ -551,5 +569,35 @@ mod tests {
         assert_eq!(s.services[0].argv, ["/o/erts/bin/epmd"]);
         assert_eq!(s.services[0].wait_tcp, Some(4369));
         assert_eq!(LaunchSpec::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn a_random_cookie_kept_out_of_the_tree_is_read_from_its_file() {
+        let req = DistributionRequest {
+            wanted: true,
+            cookie_file: Some("/etc/c.args".into()),
+            ..guest()
+        };
+        let d = resolve("", &req).unwrap().unwrap();
+        assert_eq!(d.cookie_source, CookieSource::Random);
+        assert_eq!(d.cookie_file.as_deref(), Some("/etc/c.args"));
+        let s = spec().with_distribution(&[], &d);
+        assert!(s
+            .argv
+            .windows(2)
+            .any(|w| w == ["-args_file", "/etc/c.args"]));
+        assert!(
+            !s.to_json().contains("RANDOM"),
+            "the cookie is not in the spec"
+        );
+
+        let chosen = DistributionRequest {
+            cookie: Some("mine".into()),
+            ..req
+        };
+        let d = resolve("", &chosen).unwrap().unwrap();
+        assert_eq!(d.cookie_file, None, "a chosen cookie stays in the spec");
+        let s = spec().with_distribution(&[], &d);
+        assert!(s.argv.windows(2).any(|w| w == ["-setcookie", "mine"]));
     }
 }

@@ -7,7 +7,6 @@
 
 use serde::Serialize;
 
-use beambake_images::digest;
 use beambake_images::rootfs::{EntryKind, Tree};
 
 pub const SCHEMA: u32 = 1;
@@ -95,6 +94,17 @@ pub struct FileRow {
     pub origin: String,
 }
 
+/// `json`, a manifest as [`Manifest::to_json`] wrote it, with the artefact of size and
+/// sha256 `old` given `new`'s instead: for an image that a per-build file was appended
+/// to after its manifest was written (the rest of the bytes stay as they were). `None`
+/// when no single artefact has `old`.
+pub fn replace_artefact(json: &str, old: (u64, &str), new: (u64, &str)) -> Option<String> {
+    let row =
+        |(size, sha256): (u64, &str)| format!("\"size\": {size},\n      \"sha256\": \"{sha256}\"");
+    let from = row(old);
+    (json.matches(&from).count() == 1).then(|| json.replacen(&from, &row(new), 1))
+}
+
 /// Per-file rows and the host files among them (those not from `release_dir`).
 pub fn file_table(
     tree: &Tree,
@@ -105,7 +115,7 @@ pub fn file_table(
     for (path, e) in tree.iter() {
         let (size, sha256, target) = match &e.kind {
             EntryKind::File(src) => {
-                let sha = digest::sha256_reader(src.open()?)?;
+                let sha = src.sha256()?;
                 if let Some(h) = src.host_path() {
                     if !h.starts_with(release_dir) {
                         host.push(HostFile {

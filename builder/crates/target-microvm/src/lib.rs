@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use beambake_contract::paths;
 use beambake_images::image::compress::Compression;
 use beambake_images::image::{self, Format};
+use beambake_images::output::Written;
 use beambake_images::rootfs::Tree;
 use beambake_kernel::kernel::{self, Kernel};
 use beambake_recipe::{Machine, NetMode, Recipe};
@@ -129,6 +130,15 @@ impl Target for Microvm {
         };
         v.extend(modules.into_iter().map(|m| format!("module {m}")));
         Ok(Some(v))
+    }
+
+    /// The initramfs is a cpio archive: the kernel unpacks archives appended to it.
+    fn appends_files(&self) -> bool {
+        true
+    }
+
+    fn append_file(&self, image: &Path, path: &str, content: &[u8]) -> Result<Written, Error> {
+        Ok(image::append_to_initramfs(image, path, content, 0o400)?)
     }
 
     fn make(

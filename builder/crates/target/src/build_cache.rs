@@ -15,9 +15,10 @@
 //! sha256 and link target, so the release, its ERTS, the ELF closure and the launch spec),
 //! the host files outside the release and the release's canonical source path (both named
 //! in `manifest.json`, so part of its bytes), and what the target says its kernel is made
-//! of ([`crate::Target::cache_inputs`]; a target that cannot say is not cached). A build
-//! whose cookie is drawn at random is not cached: its bytes are not a function of its
-//! inputs, and each such build keeps its own cookie.
+//! of ([`crate::Target::cache_inputs`]; a target that cannot say is not cached). A cookie
+//! drawn at random is never cached: a target that appends it to its image per build
+//! ([`crate::Target::appends_files`]) keeps it out of the tree, and so out of the key and
+//! the entry; on other targets, a build with a random cookie is not cached at all.
 //!
 //! Races, without locks: an entry is written in a temp dir inside `DIR` and `rename`d to
 //! its key; a rename onto an existing entry fails, and the loser discards its copy (both
@@ -26,9 +27,15 @@
 //! a reader sees a whole entry or none; a reader whose files vanish under it, or whose
 //! sha256 do not match, has put nothing into the output and rebuilds. A hit hard-links
 //! the entry's files into the output set (a copy across file systems): nothing beambake
-//! does writes an output file in place, and one changed by hand is caught by its sha256
-//! at the next hit. Temp dirs are
-//! locked (`flock`) by their writer while it lives; gc removes only unlocked ones.
+//! does writes an output file in place, and one changed by hand is caught at the next
+//! hit: stored files get an mtime in the past, so a write changes their [`EntryStamp`],
+//! and a file whose stamp changed is hashed and checked (one whose stamp is unchanged is
+//! not read again). Temp dirs are locked (`flock`) by their writer while it lives; gc
+//! removes only unlocked ones.
+//!
+//! The inputs' digests come through [`digest::sha256_file`]: with the cache in use, its
+//! memo ([`MEMO_FILE`] in `DIR`) spares re-reading release files, the ERTS and
+//! beambake's own executable whose stamps are unchanged (see [`digest::use_memo`]).
 
 use std::fs::{self, File};
 use std::io;
@@ -49,8 +56,10 @@ pub const ENV: &str = "BEAMBAKE_BUILD_CACHE";
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Bump when the key's description or the entry layout changes.
-const SCHEMA: u32 = 1;
+const SCHEMA: u32 = 2;
 const ENTRY_FILE: &str = "entry.json";
+/// The digest memo ([`digest::use_memo`]) of the builds using this cache.
+pub const MEMO_FILE: &str = ".digests.json";
 const FILES_DIR: &str = "files";
 const TEMP_PREFIX: &str = ".tmp-";
 const DOOMED_PREFIX: &str = ".del-";
@@ -102,12 +111,9 @@ pub fn key(
     init: &[u8],
     kernel: &[String],
 ) -> Result<Option<String>, Error> {
-    if prepared
-        .assembly
-        .distribution
-        .as_ref()
-        .is_some_and(|d| d.cookie_source == beambake_release::launch::CookieSource::Random)
-    {
+    if prepared.assembly.distribution.as_ref().is_some_and(|d| {
+        d.cookie_source == beambake_release::launch::CookieSource::Random && d.cookie_file.is_none()
+    }) {
         return Ok(None);
     }
     let Some(tool) = tool_id() else {
@@ -167,8 +173,9 @@ fn describe_key(d: &Description) -> String {
 }
 
 /// Checks the stored file `src` against `f` and puts it at `dest`: a hard link, or a
-/// copy (checked again as it is written) across file systems.
-fn place(f: &StoredFile, src: &Path, dest: &Path) -> Result<(), String> {
+/// copy (checked again as it is written) across file systems. Returns whether the
+/// content was hashed (else its stamp showed it unchanged since it was stored).
+fn place(f: &StoredFile, src: &Path, dest: &Path) -> Result<bool, String> {
     if f.name.is_empty() || f.name.contains('/') || f.name.starts_with('.') {
         return Err(format!("{:?}: not a plain file name", f.name));
     }
@@ -185,15 +192,50 @@ fn place(f: &StoredFile, src: &Path, dest: &Path) -> Result<(), String> {
         }
     };
     let read = |e: io::Error| format!("{}: {e}", src.display());
-    let size = fs::metadata(src).map_err(read)?.len();
-    check(&digest::sha256_file(src).map_err(read)?, size)?;
+    let meta = fs::metadata(src).map_err(read)?;
+    let hashed = f.stamp != Some(EntryStamp::of(&meta));
+    if hashed {
+        let mut file = File::open(src).map_err(read)?;
+        check(&digest::sha256_reader(&mut file).map_err(read)?, meta.len())?;
+    }
     match fs::hard_link(src, dest) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(hashed),
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
             let w = output::copy_file(src, dest, f.mode).map_err(|e| e.to_string())?;
-            check(&w.sha256, w.size)
+            check(&w.sha256, w.size).map(|()| true)
         }
         Err(e) => Err(format!("{}: {e}", dest.display())),
+    }
+}
+
+/// A stored file's identity and mtime as `store` left them. Stored files get an mtime
+/// in the past ([`STORED_AGE`] before they were stored), so any later write, which sets
+/// the mtime to the present, changes the stamp (even within one tick of the clock); a
+/// file whose stamp is unchanged is not read again at a hit. The ctime is left out:
+/// every hard link made at a hit changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// How far in the past a stored file's mtime is set.
+const STORED_AGE: Duration = Duration::from_secs(2);
+
+impl EntryStamp {
+    fn of(m: &fs::Metadata) -> EntryStamp {
+        use std::os::unix::fs::MetadataExt;
+        EntryStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+        }
     }
 }
 
@@ -204,6 +246,9 @@ pub struct StoredFile {
     pub mode: u32,
     pub size: u64,
     pub sha256: String,
+    /// The file as stored ([`EntryStamp`]); `None`: always hashed at a hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<EntryStamp>,
 }
 
 /// `DIR/<key>/entry.json`.
@@ -220,10 +265,12 @@ pub struct EntryMeta {
 
 /// What a lookup found.
 pub enum Install {
-    /// The entry's files, verified, are in the output set's staging dir.
+    /// The entry's files, verified, are in the output set's staging dir: `verified`
+    /// files, `hashed` of them read and hashed (the others' stamps were unchanged).
     Hit {
         meta: EntryMeta,
         verified: usize,
+        hashed: usize,
     },
     Miss,
     /// The entry was unusable (the reason), has been removed, and nothing was installed.
@@ -278,23 +325,31 @@ impl Cache {
             );
         }
         let mut placed = Vec::new();
+        let mut hashed = 0;
         for f in &meta.files {
             let src = entry.join(FILES_DIR).join(&f.name);
             let dest = set.dir().join(&f.name);
-            if let Err(p) = place(f, &src, &dest) {
-                if dest.exists() {
-                    placed.push(dest);
+            match place(f, &src, &dest) {
+                Ok(h) => hashed += usize::from(h),
+                Err(p) => {
+                    if dest.exists() {
+                        placed.push(dest);
+                    }
+                    for c in &placed {
+                        let _ = fs::remove_file(c);
+                    }
+                    return self.corrupt(key, p);
                 }
-                for c in &placed {
-                    let _ = fs::remove_file(c);
-                }
-                return self.corrupt(key, p);
             }
             placed.push(dest);
         }
         let _ = File::open(&meta_path).and_then(|f| f.set_modified(SystemTime::now()));
         let verified = meta.files.len();
-        Install::Hit { meta, verified }
+        Install::Hit {
+            meta,
+            verified,
+            hashed,
+        }
     }
 
     fn corrupt(&self, key: &str, why: String) -> Install {
@@ -353,12 +408,21 @@ impl Cache {
             };
             use std::os::unix::fs::PermissionsExt;
             let mode = m.permissions().mode() & 0o7777;
-            let w = output::copy_file(&p, &files_dir.join(name), mode)?;
+            let dest = files_dir.join(name);
+            let w = output::copy_file(&p, &dest, mode)?;
+            let past = SystemTime::now() - STORED_AGE;
+            let stamp = File::open(&dest)
+                .and_then(|f| {
+                    f.set_modified(past)?;
+                    f.metadata()
+                })
+                .map_err(io_err(&dest))?;
             files.push(StoredFile {
                 name: name.to_string(),
                 mode,
                 size: w.size,
                 sha256: w.sha256,
+                stamp: Some(EntryStamp::of(&stamp)),
             });
         }
         let meta = EntryMeta {
@@ -463,7 +527,9 @@ impl Cache {
             let e = e.map_err(io_err(&self.dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let p = e.path();
-            if name.starts_with(TEMP_PREFIX) {
+            if name == MEMO_FILE {
+                continue;
+            } else if name.starts_with(TEMP_PREFIX) {
                 let free = File::open(&p).is_ok_and(|f| f.try_lock().is_ok());
                 if free {
                     let _ = fs::remove_dir_all(&p);
@@ -592,8 +658,13 @@ mod tests {
         let out = d.path().join("out");
         let set = OutputSet::begin(&out, "x").unwrap();
         match cache.install(&key, &set) {
-            Install::Hit { meta, verified } => {
+            Install::Hit {
+                meta,
+                verified,
+                hashed,
+            } => {
                 assert_eq!(verified, 2);
+                assert_eq!(hashed, 0, "unchanged since stored: stamps suffice");
                 assert_eq!(meta.image, "x.cpio.zst");
             }
             _ => panic!("expected a hit"),

@@ -64,6 +64,24 @@ pub trait Target: Sync {
         Ok(None)
     }
 
+    /// Whether the target can add a file to its image after writing it
+    /// ([`Target::append_file`]). Then a cookie drawn at random stays out of the tree
+    /// (the launch spec reads it from [`paths::COOKIE_ARGS_PATH`]) and is appended per
+    /// build, so the rest of the image is the same bytes for the same inputs, and cached.
+    fn appends_files(&self) -> bool {
+        false
+    }
+
+    /// Writes `image` anew (it may be a hard link into the build cache) with the file
+    /// `path` (guest path, mode 0400, `content`) added, and returns it. Called only when
+    /// [`Target::appends_files`].
+    fn append_file(&self, image: &Path, path: &str, _content: &[u8]) -> Result<Written, Error> {
+        Err(Error::Unsupported {
+            path: image.to_path_buf(),
+            message: format!("target {:?} cannot add {path} to its image", self.kind()),
+        })
+    }
+
     /// Adds the target's files to `common`'s tree, writes its image(s) and kernel into
     /// the staging dir (`common.dir`) and returns them with the boot plan (start from
     /// [`plan`]).
@@ -104,7 +122,28 @@ pub fn build(
         ));
     }
     target.check(recipe)?;
-    let mut common = prepare(recipe, out_root, progress)?;
+    if let Some(dir) = cx.builds {
+        beambake_images::digest::use_memo(&dir.join(build_cache::MEMO_FILE));
+    }
+    let built = build_with(target, recipe, out_root, cx, progress);
+    if cx.builds.is_some() {
+        if let Err(e) = beambake_images::digest::save_memo() {
+            progress.detail(&format!("digest memo not saved: {e}"));
+        }
+        beambake_images::digest::drop_memo();
+    }
+    built
+}
+
+fn build_with(
+    target: &dyn Target,
+    recipe: &Recipe,
+    out_root: &Path,
+    cx: &Context,
+    progress: &dyn Progress,
+) -> Result<Built, Error> {
+    let cookie_file = target.appends_files().then_some(paths::COOKIE_ARGS_PATH);
+    let mut common = prepare(recipe, out_root, cookie_file, progress)?;
     let cached = match cx.builds {
         Some(dir) => match target.cache_inputs(recipe, cx)? {
             Some(kernel) => {
@@ -118,19 +157,31 @@ pub fn build(
     };
     if let Some((cache, key)) = &cached {
         match cache.install(key, &common.set) {
-            build_cache::Install::Hit { meta, verified } => {
-                progress.detail(&format!("build cache hit {key}: {verified} files verified"));
-                let dir = common.set.commit(&BootPlan::is_run_file)?;
-                let image = dir.join(&meta.image);
+            build_cache::Install::Hit {
+                meta,
+                verified,
+                hashed,
+            } => {
+                progress.detail(&format!(
+                    "build cache hit {key}: {verified} files verified ({hashed} hashed, the \
+                     others unchanged since stored)"
+                ));
                 let file = meta.files.iter().find(|f| f.name == meta.image);
+                let image = Written {
+                    path: common.dir.join(&meta.image),
+                    size: file.map_or(0, |f| f.size),
+                    sha256: file.map(|f| f.sha256.clone()).unwrap_or_default(),
+                };
+                let manifest = common.dir.join(MANIFEST_FILE);
+                let image = personalize(target, &common, image, &manifest)?;
+                let dir = common.set.commit(&BootPlan::is_run_file)?;
                 return Ok(Built {
                     plan: BootPlan::load(&dir)?,
                     image: Written {
-                        path: image,
-                        size: file.map_or(0, |f| f.size),
-                        sha256: file.map(|f| f.sha256.clone()).unwrap_or_default(),
+                        path: dir.join(&meta.image),
+                        ..image
                     },
-                    manifest: dir.join("manifest.json"),
+                    manifest: dir.join(MANIFEST_FILE),
                     dir,
                     cache: Some(CacheUse {
                         key: key.clone(),
@@ -145,21 +196,24 @@ pub fn build(
                     "build cache entry {key} is corrupt and was removed, rebuilding: {why}"
                 ));
                 let made = target.make(recipe, &mut common, cx, progress)?;
-                return finish_cached(common, made, recipe, cache, key, Some(why), progress);
+                let why = Some(why);
+                return finish_cached(target, common, made, recipe, cache, key, why, progress);
             }
             build_cache::Install::Miss => {
                 let made = target.make(recipe, &mut common, cx, progress)?;
-                return finish_cached(common, made, recipe, cache, key, None, progress);
+                return finish_cached(target, common, made, recipe, cache, key, None, progress);
             }
         }
     }
     let made = target.make(recipe, &mut common, cx, progress)?;
-    finish(common, made)
+    finish_with(target, common, made, &|| {})
 }
 
-/// [`finish`], storing the staged set in the cache first (a set that cannot be stored
-/// is still built: the reason is a note).
+/// [`finish_with`], storing the staged set in the cache (a set that cannot be stored is
+/// still built: the reason is a note).
+#[allow(clippy::too_many_arguments)]
 fn finish_cached(
+    target: &dyn Target,
     common: Common,
     made: Made,
     recipe: &Recipe,
@@ -175,17 +229,15 @@ fn finish_cached(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut built = finish_with(
-        common,
-        made,
-        &|| match cache.store(key, recipe, &image, &staging) {
-            Ok(true) => progress.detail(&format!("stored in the build cache as {key}")),
-            Ok(false) => progress.detail(&format!(
-                "the build cache already has {key} (another build stored it first)"
-            )),
-            Err(e) => progress.note(&format!("not stored in the build cache: {e}")),
-        },
-    )?;
+    let mut built = finish_with(target, common, made, &|| match cache
+        .store(key, recipe, &image, &staging)
+    {
+        Ok(true) => progress.detail(&format!("stored in the build cache as {key}")),
+        Ok(false) => progress.detail(&format!(
+            "the build cache already has {key} (another build stored it first)"
+        )),
+        Err(e) => progress.note(&format!("not stored in the build cache: {e}")),
+    })?;
     built.cache = Some(CacheUse {
         key: key.to_string(),
         hit: false,
@@ -246,7 +298,14 @@ pub struct Common {
 /// Prepares the release's tree with the recipe's launch options (the node is named after
 /// the first VM's address; each VM gets its own at boot), then starts the output set (a
 /// release that cannot be prepared creates nothing in `out_root`).
-pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Result<Common, Error> {
+/// `cookie_file`: where a random cookie goes when the target keeps it out of the tree
+/// ([`Target::appends_files`]).
+pub fn prepare(
+    recipe: &Recipe,
+    out_root: &Path,
+    cookie_file: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Common, Error> {
     let input = Input {
         path: recipe.release.source.to_path_buf(),
         resolve: beambake_release::source::Resolve {
@@ -266,6 +325,7 @@ pub fn prepare(recipe: &Recipe, out_root: &Path, progress: &dyn Progress) -> Res
             node: recipe.distribution.as_ref().and_then(|d| d.node.clone()),
             cookie: recipe.distribution.as_ref().and_then(|d| d.cookie.clone()),
             host: Some(recipe.guest_addrs()[0].to_string()),
+            cookie_file: cookie_file.map(str::to_string),
         },
         code_loading: recipe.launch.code_loading.map(|m| {
             match m {
@@ -383,15 +443,17 @@ pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Writes the cookie (0600), the plan and the manifest of the artefacts (plus the
-/// kernel's inputs) into the staging dir and swaps the set in as `OUT/NAME`.
-pub fn finish(common: Common, made: Made) -> Result<Built, Error> {
-    finish_with(common, made, &|| {})
-}
+const MANIFEST_FILE: &str = "manifest.json";
 
-/// [`finish`], calling `staged` once the set is complete in its staging dir, before it
-/// is swapped in.
-fn finish_with(common: Common, made: Made, staged: &dyn Fn()) -> Result<Built, Error> {
+/// Writes the plan and the manifest of the artefacts (plus the kernel's inputs) into the
+/// staging dir, calls `staged` (the set as the build cache stores it), adds what is this
+/// build's own ([`personalize`]) and swaps the set in as `OUT/NAME`.
+fn finish_with(
+    target: &dyn Target,
+    common: Common,
+    made: Made,
+    staged: &dyn Fn(),
+) -> Result<Built, Error> {
     let Made {
         plan,
         image,
@@ -399,15 +461,13 @@ fn finish_with(common: Common, made: Made, staged: &dyn Fn()) -> Result<Built, E
         kernel_inputs,
     } = made;
     let dir = &common.dir;
-    if let Some(c) = &common.cookie {
-        beambake_images::output::write_bytes_mode(&dir.join("cookie"), c.as_bytes(), 0o600)?;
-    }
     beambake_images::output::write_bytes(&dir.join(PLAN_FILE), plan.to_json().as_bytes())?;
     let mut manifest = pipeline::manifest(&common.prepared, &artefacts, dir, false)?;
     manifest.inputs.host_files.extend(kernel_inputs);
-    let manifest_path = dir.join("manifest.json");
+    let manifest_path = dir.join(MANIFEST_FILE);
     beambake_images::output::write_bytes(&manifest_path, manifest.to_json().as_bytes())?;
     staged();
+    let image = personalize(target, &common, image, &manifest_path)?;
     let dir = common.set.commit(&BootPlan::is_run_file)?;
     let moved = |p: &Path| p.file_name().map_or_else(|| dir.clone(), |n| dir.join(n));
     Ok(Built {
@@ -420,6 +480,50 @@ fn finish_with(common: Common, made: Made, staged: &dyn Fn()) -> Result<Built, E
         plan,
         cache: None,
     })
+}
+
+/// What is this build's own, never cached: the cookie file (0600) beside the image, and
+/// a cookie drawn at random appended to the image (`-setcookie` for erlexec's
+/// `-args_file`, [`Target::append_file`]), with the manifest's row for the image updated.
+fn personalize(
+    target: &dyn Target,
+    common: &Common,
+    image: Written,
+    manifest: &Path,
+) -> Result<Written, Error> {
+    let Some(c) = &common.cookie else {
+        return Ok(image);
+    };
+    let dir = &common.dir;
+    beambake_images::output::write_bytes_mode(&dir.join("cookie"), c.as_bytes(), 0o600)?;
+    let Some(file) = common
+        .prepared
+        .assembly
+        .distribution
+        .as_ref()
+        .and_then(|d| d.cookie_file.as_deref())
+    else {
+        return Ok(image);
+    };
+    let appended = target.append_file(&image.path, file, format!("-setcookie {c}\n").as_bytes())?;
+    let io = |source| Error::Io {
+        path: manifest.to_path_buf(),
+        source,
+    };
+    let json = std::fs::read_to_string(manifest).map_err(io)?;
+    let json = beambake_release::manifest::replace_artefact(
+        &json,
+        (image.size, &image.sha256),
+        (appended.size, &appended.sha256),
+    )
+    .ok_or_else(|| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("no artefact of sha256 {} to update", image.sha256),
+        ))
+    })?;
+    beambake_images::output::write_bytes(manifest, json.as_bytes())?;
+    Ok(appended)
 }
 
 #[cfg(test)]

@@ -79,6 +79,40 @@ pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W, CpioError> {
     cpio::newc::trailer(w).map_err(CpioError::Write)
 }
 
+/// Alignment of an archive appended to another: the kernel's initramfs unpacker takes an
+/// uncompressed archive only at a multiple of 4 bytes, and skips the zeros before it.
+pub const APPEND_ALIGN: u64 = 512;
+
+/// Writes, after `written` bytes of other archives (compressed or not) already in `w`,
+/// zeros up to [`APPEND_ALIGN`] and an uncompressed newc archive of the one regular file
+/// `path` (absolute; its parent dir must come from the archives before it, as the kernel
+/// unpacks concatenated archives into one root). For a per-build file (a random cookie)
+/// appended to a cached initramfs.
+pub fn append_file<W: Write>(
+    mut w: W,
+    written: u64,
+    path: &str,
+    content: &[u8],
+    mode: u32,
+    mtime: u32,
+) -> Result<W, CpioError> {
+    let pad = (APPEND_ALIGN - written % APPEND_ALIGN) % APPEND_ALIGN;
+    w.write_all(&vec![0; pad as usize])
+        .map_err(CpioError::Write)?;
+    let name = path.trim_start_matches('/');
+    let mut wr = cpio::newc::Builder::new(name)
+        .ino(1)
+        .mode(0o100000 | (mode & 0o7777))
+        .uid(0)
+        .gid(0)
+        .mtime(mtime)
+        .nlink(1)
+        .write(w, len32(path, content.len() as u64)?);
+    wr.write_all(content).map_err(CpioError::Write)?;
+    let w = wr.finish().map_err(CpioError::Write)?;
+    cpio::newc::trailer(w).map_err(CpioError::Write)
+}
+
 fn len32(path: &str, size: u64) -> Result<u32, CpioError> {
     u32::try_from(size).map_err(|_| CpioError::TooLarge {
         path: path.into(),
@@ -101,6 +135,21 @@ mod tests {
         t.add_device("/dev/console", DeviceKind::Char, 5, 1, 0o600)
             .unwrap();
         t
+    }
+
+    #[test]
+    fn an_appended_file_starts_aligned_after_the_archive_before_it() {
+        let first = write(&sample(), Vec::new()).unwrap();
+        let n = first.len() as u64 + 3;
+        let mut bytes = first.clone();
+        bytes.extend([0; 3]);
+        let bytes = append_file(bytes, n, "/etc/c.args", b"-setcookie X\n", 0o400, 7).unwrap();
+        let at = n.next_multiple_of(APPEND_ALIGN) as usize;
+        assert!(bytes[first.len()..at].iter().all(|b| *b == 0));
+        let tail = dump(&bytes[at..]);
+        assert!(tail.starts_with("070701 00000001 00008100"), "{tail}");
+        assert!(tail.contains("etc/c.args \"-setcookie X\\n\""), "{tail}");
+        assert!(tail.contains("TRAILER!!!"), "{tail}");
     }
 
     /// A readable dump of a newc archive: one line per entry with the 13 header fields,

@@ -91,6 +91,31 @@ pub enum ImageError {
     },
 }
 
+/// Writes the initramfs `image` anew, atomically, as its bytes followed by a newc
+/// archive of the one file `path` (mode `mode`, mtime 0): see [`cpio::append_file`].
+/// `image` may be a hard link (into the build cache): it is replaced, never written to.
+pub fn append_to_initramfs(
+    image: &Path,
+    path: &str,
+    content: &[u8],
+    mode: u32,
+) -> Result<Written, ImageError> {
+    let io = |source| ImageError::Io {
+        path: image.to_path_buf(),
+        source,
+    };
+    let mut input = std::fs::File::open(image).map_err(io)?;
+    let mut file = AtomicFile::create(image)?;
+    let n = std::io::copy(&mut input, file.writer()).map_err(io)?;
+    cpio::append_file(file.writer(), n, path, content, mode, 0).map_err(|source| {
+        ImageError::Cpio {
+            path: image.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(file.commit()?)
+}
+
 /// Writes `tree` at `dest` in `format`, atomically (a failed write leaves whatever was at
 /// `dest` untouched).
 pub fn write(tree: &Tree, format: &Format, dest: &Path) -> Result<Written, ImageError> {
