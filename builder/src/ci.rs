@@ -43,7 +43,7 @@ pub struct BuildOutput {
     pub boot_plan: PathBuf,
     pub timings_ms: Vec<Phase>,
     pub total_ms: u64,
-    /// How the build cache was used (`key`, `hit`, `verified`, `rejected`); null when it
+    /// How the build cache was used (`key`, `hit`, `verified`, `hashed`, `rejected`); null when it
     /// was not (`--no-cache`, a target or build that is not cached).
     pub cache: Option<beambake_target::CacheUse>,
 }

@@ -135,7 +135,14 @@ pub fn port_libvirt(
     opts: &PortOpts,
 ) -> Result<(), Error> {
     use beambake_libvirt::guest::{self, GuestError};
-    let lv = |e: GuestError| Error::Boot(BootError::Net(e.to_string()));
+    // A daemon that cannot be reached, or no libvirt at all, is the host's problem.
+    let lv = |e: GuestError| match e {
+        GuestError::Libvirt {
+            what: "connecting", ..
+        }
+        | GuestError::NotBuilt(_) => Error::Boot(BootError::Host(e.to_string())),
+        e => Error::Boot(BootError::Net(e.to_string())),
+    };
     let plan = beambake_libvirt::xml::load(dir).map_err(|e| lv(e.into()))?;
     let plan = port_plan(plan, dir, opts).map_err(port_error)?;
     let (dir_abs, run_dir) = port_dirs(dir)?;

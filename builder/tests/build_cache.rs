@@ -86,6 +86,7 @@ fn a_second_build_is_a_verified_hit_and_a_corrupt_entry_is_rebuilt() {
         built.len() as u64 - 1,
         "every file but the cookie, which is written by each build"
     );
+    assert_eq!(second["cache"]["hashed"], 0, "nothing changed since stored");
     assert!(!cache.join(&key).join("files/cookie").exists());
     assert_eq!(files(&dir), built, "a hit installs the same bytes");
     assert_eq!(second["sha256"], first["sha256"]);
@@ -105,6 +106,17 @@ fn a_second_build_is_a_verified_hit_and_a_corrupt_entry_is_rebuilt() {
     assert_eq!(files(&dir), built, "the rebuilt output is right");
     let fourth = build(&cache, &recipe, &out, &[]);
     assert_eq!(fourth["cache"]["hit"], true, "the rebuild was stored again");
+
+    // A stored file written in place (same bytes, so the entry is still right): its
+    // stamp changed, so it is hashed, checked, and the hit stands.
+    let kernel = cache.join(&key).join("files/vmlinuz");
+    let mut perm = fs::metadata(&kernel).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+    fs::set_permissions(&kernel, perm).unwrap();
+    fs::write(&kernel, fs::read(&kernel).unwrap()).unwrap();
+    let fifth = build(&cache, &recipe, &out, &[]);
+    assert_eq!(fifth["cache"]["hit"], true, "{fifth}");
+    assert_eq!(fifth["cache"]["hashed"], 1, "{fifth}");
     assert_eq!(files(&dir), built);
 
     // --no-cache neither reads nor writes.

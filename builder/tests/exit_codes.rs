@@ -192,3 +192,25 @@ fn code_6_environment() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("beambake: error:"), "{err}");
 }
+
+#[test]
+fn code_6_a_libvirt_daemon_that_cannot_be_reached() {
+    skip_if!(needs_vm_host());
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("vm.machine", "pc")
+        .write(d.path());
+    let o = run("build", &recipe, &d.path().join("out"), &["--json"]);
+    assert!(o.status.success(), "build failed: {}", stderr(&o));
+    let dir = stdout_json(&o)["dir"].as_str().unwrap().to_string();
+    let socket = d.path().join("no-daemon.sock");
+    let uri = format!("qemu+unix:///system?socket={}", socket.display());
+    let o = output(
+        cli()
+            .command(["port", "--libvirt", &uri, &dir])
+            .stdin(std::process::Stdio::null()),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(err.contains(&uri) && err.contains("connecting"), "{err}");
+}

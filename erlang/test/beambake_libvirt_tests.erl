@@ -303,10 +303,10 @@ vm_backend(Tmp, Dir) ->
                                                     <<"dgram,id=bbnet0">>]],
         {ok, Q} = beambake_vm:start(Dir, [{switch, Sw}, {ip, {"10.0.126.3", 24, none}}]),
         %% ARP and ICMP between the domain and the local VM, through the switch.
-        ?assertMatch({ok, _}, ping_retry(L, "10.0.126.3", 120)),
-        ?assertMatch({ok, _}, ping_retry(Q, "10.0.126.2", 10)),
+        ?assertMatch({ok, _}, beambake_test_vm:ping_retry(L, "10.0.126.3", 120)),
+        ?assertMatch({ok, _}, beambake_test_vm:ping_retry(Q, "10.0.126.2", 10)),
         %% The domain's console comes as messages.
-        ?assertMatch({ok, _}, wait_console(L, <<"Echo server started">>, 180000)),
+        ?assertMatch({ok, _}, beambake_test_vm:wait_console(L, <<"Echo server started">>, 180000)),
         Ref = erlang:monitor(process, L),
         ?assertEqual({ok, 0}, beambake_vm:stop(L)),
         receive {'DOWN', Ref, process, L, Why} -> ?assertEqual({guest_exit, 0}, Why)
@@ -330,23 +330,6 @@ vm_backend(Tmp, Dir) ->
     after
         beambake_switch:stop(Sw),
         beambake_libvirt:close(C)
-    end.
-
-ping_retry(From, To, 0) -> beambake_vm:ping(From, To);
-ping_retry(From, To, N) ->
-    case beambake_vm:ping(From, To) of
-        {ok, Us} -> {ok, Us};
-        {error, _} -> timer:sleep(500), ping_retry(From, To, N - 1)
-    end.
-
-wait_console(Vm, Want, Timeout) ->
-    receive
-        {beambake_vm, Vm, {console, Line}} ->
-            case has(Line, Want) of
-                true -> {ok, Line};
-                false -> wait_console(Vm, Want, Timeout)
-            end
-    after Timeout -> {timeout, Want}
     end.
 
 wait_state(C, Name, _Want, 0) ->

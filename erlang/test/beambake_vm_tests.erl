@@ -65,13 +65,13 @@ three_vms_on_one_switch(Dir) ->
     [?assertEqual(ok, beambake_vm:ifconfig(Vm, {Ip, "255.255.255.0", none}))
      || {Vm, Ip} <- lists:zip(Vms, Ips)],
     %% ARP and ICMP through the switch, every pair.
-    [?assertMatch({ok, Us} when is_integer(Us), ping_retry(From, To, 5))
+    [?assertMatch({ok, Us} when is_integer(Us), beambake_test_vm:ping_retry(From, To, 5))
      || From <- Vms, {To, Vm} <- lists:zip(Ips, Vms), Vm =/= From],
     ?assertEqual({error, timeout}, beambake_vm:ping(A, "10.0.124.99", 500)),
     Macs = beambake_switch:mac_table(Sw),
     ?assertEqual(3, length(Macs)),
     %% Each console is the release's Erlang shell: its answer comes back as lines.
-    [wait_for(Vm, "Echo server started", ?BOOT_MS) || Vm <- Vms],
+    [beambake_test_vm:wait_console(Vm, "Echo server started", ?BOOT_MS) || Vm <- Vms],
     ?assertMatch({ok, _}, ask(A, "erlang:system_info(otp_release).", "\"25\"")),
     ?assertMatch({ok, _}, ask(B, "is_list(erlang:memory()).", "true")),
     %% A TCP echo from guest A to the echo server of guest C, across the switch.
@@ -102,13 +102,13 @@ uml_and_microvm_share_a_switch(Uml, Microvm) ->
     {ok, U} = beambake_vm:start(Uml, [{switch, Sw}, {ip, {"10.0.125.2", 24, none}}]),
     {ok, M} = beambake_vm:start(Microvm, [{switch, Sw}, {ip, {"10.0.125.3", 24, none}}]),
     ?assertEqual(uml, proplists:get_value(accel, beambake_vm:info(U))),
-    ?assertMatch({ok, _}, ping_retry(U, "10.0.125.3", 60)),
-    ?assertMatch({ok, _}, ping_retry(M, "10.0.125.2", 5)),
+    ?assertMatch({ok, _}, beambake_test_vm:ping_retry(U, "10.0.125.3", 60)),
+    ?assertMatch({ok, _}, beambake_test_vm:ping_retry(M, "10.0.125.2", 5)),
     %% A packet from the port that is not a term is logged and dropped; the VM runs on.
     Port = element(3, sys:get_state(M)),
     ?assert(is_port(Port)),
     M ! {Port, {data, <<"not a term">>}},
-    ?assertMatch({ok, _}, ping_retry(M, "10.0.125.2", 5)),
+    ?assertMatch({ok, _}, beambake_test_vm:ping_retry(M, "10.0.125.2", 5)),
     ?assertEqual({ok, 0}, beambake_vm:stop(U)),
     %% A VM that has ended: sends and requests say so.
     ?assertEqual({error, not_running}, beambake_vm:send(U, "io:format(\"late\").")),
@@ -122,7 +122,7 @@ uml_and_microvm_share_a_switch(Uml, Microvm) ->
 %% off with a status of its own instead of being killed at the stop bound.
 stop_while_the_release_starts(Dir) ->
     {ok, Vm} = beambake_vm:start(Dir, [{stop_timeout, 60}]),
-    ?assertMatch({ok, _}, wait_for(Vm, "starting echo", ?BOOT_MS)),
+    ?assertMatch({ok, _}, beambake_test_vm:wait_console(Vm, "starting echo", ?BOOT_MS)),
     {ok, Status} = beambake_vm:stop(Vm, 90000),
     ?assert(is_integer(Status), Status).
 
@@ -151,38 +151,15 @@ bad_image_is_refused(Root) ->
                  beambake_vm:start(filename:join(Root, "erlang"), [])),
     process_flag(trap_exit, false).
 
-ping_retry(From, To, 0) -> beambake_vm:ping(From, To);
-ping_retry(From, To, N) ->
-    case beambake_vm:ping(From, To) of
-        {ok, Us} -> {ok, Us};
-        {error, _} -> timer:sleep(500), ping_retry(From, To, N - 1)
-    end.
-
 %% Types `Expr' on the VM's shell and waits for a console line holding `Want'.
 ask(Vm, Expr, Want) ->
     beambake_vm:subscribe(Vm),
     flush(Vm),
     beambake_vm:send(Vm, Expr),
-    wait_for(Vm, Want, 60000).
+    beambake_test_vm:wait_console(Vm, Want, 60000).
 
 flush(Vm) ->
     receive {beambake_vm, Vm, _} -> flush(Vm) after 0 -> ok end.
-
-wait_for(Vm, Want, Timeout) ->
-    Deadline = erlang:monotonic_time(millisecond) + Timeout,
-    wait_until(Vm, Want, Deadline).
-
-wait_until(Vm, Want, Deadline) ->
-    Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
-    receive
-        {beambake_vm, Vm, {console, Line}} ->
-            case string:find(Line, Want) of
-                nomatch -> wait_until(Vm, Want, Deadline);
-                _ -> {ok, Line}
-            end
-    after Left ->
-        {timeout, Want}
-    end.
 
 alive(OsPid) -> filelib:is_dir("/proc/" ++ integer_to_list(OsPid)) andalso not zombie(OsPid).
 

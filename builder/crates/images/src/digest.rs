@@ -179,6 +179,16 @@ pub fn drop_memo() {
     *MEMO.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
+/// The names in `dir`, sorted (bytewise): every walk whose result must not depend on
+/// the file system's directory order.
+pub fn sorted_names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut names = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
 /// A digest of a directory tree: sorted relative paths, their type, executable bit, and
 /// content (or symlink target). Independent of mtimes, owners and directory order.
 /// An error names the file or directory it is about.
@@ -193,13 +203,7 @@ fn walk(root: &Path, dir: &Path, h: &mut Sha256) -> Result<(), (PathBuf, io::Err
         let p = p.to_path_buf();
         move |e| (p, e)
     };
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .map_err(at(dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(at(dir))?;
-    names.sort();
-    for n in names {
+    for n in sorted_names(dir).map_err(at(dir))? {
         let p = dir.join(&n);
         let rel = p.strip_prefix(root).unwrap_or(&p);
         let meta = fs::symlink_metadata(&p).map_err(at(&p))?;

@@ -502,12 +502,7 @@ impl Tree {
             let p = p.to_path_buf();
             move |e| TreeError::HostIo { host: p, source: e }
         };
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .map_err(io(dir))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io(dir))?;
-        names.sort();
+        let names = crate::digest::sorted_names(dir).map_err(io(dir))?;
         for name in names {
             let host = dir.join(&name);
             let rel = host.strip_prefix(root).unwrap_or(&host);

@@ -32,11 +32,8 @@ use crate::xml::{self, ConsoleOut, DgramNic, XmlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error(
-        "this beambake was built without libvirt (cargo feature `libvirt`, on by default; \
-         it needs Debian's libvirt-dev to build)"
-    )]
-    NotBuilt,
+    #[error(transparent)]
+    NotBuilt(#[from] crate::NotBuilt),
     #[error(transparent)]
     Xml(#[from] XmlError),
     #[error(transparent)]
@@ -159,23 +156,28 @@ fn bind(sockets: &Sockets) -> Result<(UnixListener, UnixListener, UnixDatagram),
     ))
 }
 
-#[cfg(not(feature = "libvirt"))]
+/// Runs the port VM of `plan` (files in `dir`, sockets and console log in `run_dir`)
+/// as a transient domain of `uri`, relayed to Erlang until it ends; the status it
+/// reported last.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    _uri: &str,
-    _plan: &BootPlan,
-    _dir: &Path,
-    _run_dir: &Path,
-    _base: &xml::Options,
-    _input: Box<dyn io::Read + Send>,
-    _output: Box<dyn io::Write + Send>,
-    _opts: &PortOpts,
+    uri: &str,
+    plan: &BootPlan,
+    dir: &Path,
+    run_dir: &Path,
+    base: &xml::Options,
+    input: Box<dyn io::Read + Send>,
+    output: Box<dyn io::Write + Send>,
+    opts: &PortOpts,
 ) -> Result<Term, GuestError> {
-    Err(GuestError::NotBuilt)
+    #[cfg(feature = "libvirt")]
+    return with_libvirt::run(uri, plan, dir, run_dir, base, input, output, opts);
+    #[cfg(not(feature = "libvirt"))]
+    {
+        let _ = (uri, plan, dir, run_dir, base, input, output, opts);
+        Err(crate::NotBuilt.into())
+    }
 }
-
-#[cfg(feature = "libvirt")]
-pub use with_libvirt::run;
 
 #[cfg(feature = "libvirt")]
 mod with_libvirt {
@@ -262,9 +264,7 @@ mod with_libvirt {
         }
     }
 
-    /// Runs the port VM of `plan` (files in `dir`, sockets and console log in `run_dir`)
-    /// as a transient domain of `uri`, relayed to Erlang until it ends; the status it
-    /// reported last.
+    /// [`super::run`] with libvirt.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         uri: &str,

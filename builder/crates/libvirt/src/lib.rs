@@ -11,3 +11,11 @@
 pub mod guest;
 pub mod port;
 pub mod xml;
+
+/// What every libvirt call says in a beambake built without the `libvirt` feature.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "this beambake was built without libvirt (cargo feature `libvirt`, on by default; it \
+     needs Debian's libvirt-dev to build)"
+)]
+pub struct NotBuilt;

@@ -47,11 +47,8 @@ pub const VIR_ERR_INVALID_ARG: i32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error(
-        "this beambake was built without libvirt (cargo feature `libvirt`, on by default; \
-         it needs Debian's libvirt-dev to build)"
-    )]
-    NotBuilt,
+    #[error(transparent)]
+    NotBuilt(#[from] crate::NotBuilt),
     #[error("libvirt-port: {0}")]
     Codec(#[from] CodecError),
     #[error("libvirt-port: writing to Erlang: {0}")]
@@ -252,7 +249,7 @@ pub fn run(uri: &str) -> Result<(), PortError> {
 
 #[cfg(not(feature = "libvirt"))]
 fn connect(_uri: &str) -> Result<Unbuilt, PortError> {
-    Err(PortError::NotBuilt)
+    Err(crate::NotBuilt.into())
 }
 
 #[cfg(not(feature = "libvirt"))]
@@ -263,7 +260,7 @@ impl Backend for Unbuilt {
     fn call(&self, _: Call) -> Reply {
         Reply::Err {
             code: VIR_ERR_NO_SUPPORT,
-            message: PortError::NotBuilt.to_string(),
+            message: crate::NotBuilt.to_string(),
         }
     }
 }

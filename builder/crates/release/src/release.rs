@@ -722,13 +722,7 @@ fn collect_natives(
         let p = p.to_path_buf();
         move |source| ReleaseError::Io { path: p, source }
     };
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .map_err(io(dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(io(dir))?;
-    names.sort();
-    for n in names {
+    for n in beambake_images::digest::sorted_names(dir).map_err(io(dir))? {
         let p = dir.join(&n);
         let name = n.to_string_lossy();
         let meta = match fs::metadata(&p) {

@@ -394,13 +394,7 @@ impl Cache {
         let files_dir = tmp.path().join(FILES_DIR);
         fs::create_dir(&files_dir).map_err(io_err(&files_dir))?;
         let mut files = Vec::new();
-        let mut names: Vec<_> = fs::read_dir(staging)
-            .map_err(io_err(staging))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err(staging))?;
-        names.sort();
-        for n in names {
+        for n in digest::sorted_names(staging).map_err(io_err(staging))? {
             let p = staging.join(&n);
             let m = fs::symlink_metadata(&p).map_err(io_err(&p))?;
             let Some(name) = n.to_str().filter(|_| m.is_file()) else {

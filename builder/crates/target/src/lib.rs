@@ -187,6 +187,7 @@ fn build_with(
                         key: key.clone(),
                         hit: true,
                         verified,
+                        hashed,
                         rejected: None,
                     }),
                 });
@@ -242,6 +243,7 @@ fn finish_cached(
         key: key.to_string(),
         hit: false,
         verified: 0,
+        hashed: 0,
         rejected,
     });
     Ok(built)
@@ -273,8 +275,10 @@ pub struct CacheUse {
     pub key: String,
     /// The output set came from the cache.
     pub hit: bool,
-    /// Files whose sha256 was checked against the entry (on a hit).
+    /// Files checked against the entry (on a hit): by their stamp, or `hashed`.
     pub verified: usize,
+    /// Of those, the files read and hashed (their stamp had changed since stored).
+    pub hashed: usize,
     /// Why an entry for this key was found unusable (then removed, and the set rebuilt).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
