@@ -54,6 +54,13 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Report the image tree's size instead: its 20 biggest files (release, ERTS,
+        /// libraries, launch spec), each compressed alone with zstd at `--level`.
+        #[arg(long)]
+        sizes: bool,
+        /// The zstd level for `--sizes` (the microvm initramfs's default: 9).
+        #[arg(long, default_value_t = 9, requires = "sizes", value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
     },
     /// Write the release's root filesystem as a cpio initramfs (or, for `.iso`, an ISO 9660
     /// image with Rock Ridge), with its manifest.
@@ -560,12 +567,25 @@ fn category(e: &anyhow::Error) -> Exit {
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Inspect { input, json } => {
+        Command::Inspect {
+            input,
+            json,
+            sizes,
+            level,
+        } => {
             let steps = Steps::new(cli.verbose, cli.quiet);
             let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps);
             steps.done();
             let p = p?;
-            if json {
+            if sizes {
+                let s = beambake_images::sizes::measure(&p.assembly.tree, level, 20)
+                    .map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print_sizes(&s);
+                }
+            } else if json {
                 println!("{}", serde_json::to_string_pretty(&inspect_json(&p)?)?);
             } else {
                 print_inspect(&p)?;
@@ -1055,6 +1075,27 @@ fn human(n: u64) -> String {
         format!("{:.1} KiB", n as f64 / 1024.0)
     } else {
         format!("{n} B")
+    }
+}
+
+fn print_sizes(s: &beambake_images::sizes::Sizes) {
+    println!(
+        "{} files: {} raw, {} compressed one by one (zstd -{})",
+        s.files,
+        human(s.raw),
+        human(s.compressed),
+        s.level
+    );
+    println!("{:>10} {:>10} {:>6}  path (origin)", "zstd", "raw", "share");
+    for f in &s.biggest {
+        println!(
+            "{:>10} {:>10} {:>5.1}%  {} ({})",
+            human(f.compressed),
+            human(f.raw),
+            100.0 * f.compressed as f64 / s.compressed.max(1) as f64,
+            f.path,
+            f.origin
+        );
     }
 }
 

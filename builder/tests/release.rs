@@ -153,6 +153,44 @@ fn inspect_a_rebar3_project_and_json() {
     assert!(libs.contains(&"/lib64/ld-linux-x86-64.so.2"), "{libs:?}");
 }
 
+#[test]
+fn inspect_sizes_ranks_the_biggest_files() {
+    let e = echo();
+    let out = beambake(&["inspect", "--sizes", "--json", e.release.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = stdout_json(&out);
+    let biggest = v["biggest"].as_array().unwrap();
+    assert_eq!(biggest.len(), 20);
+    let sizes: Vec<u64> = biggest
+        .iter()
+        .map(|f| f["compressed"].as_u64().unwrap())
+        .collect();
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+    assert!(
+        biggest[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/bin/beam.smp"),
+        "{v:#}"
+    );
+    assert!(v["raw"].as_u64().unwrap() > v["compressed"].as_u64().unwrap());
+    assert_eq!(v["level"], 9);
+    let out = beambake(&[
+        "inspect",
+        "--sizes",
+        "--level",
+        "3",
+        e.release.to_str().unwrap(),
+    ]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("(zstd -3)") && text.contains("beam.smp"),
+        "{text}"
+    );
+    let out = beambake(&["inspect", "--level", "3", e.release.to_str().unwrap()]);
+    assert!(!out.status.success(), "--level needs --sizes");
+}
+
 // ---------------------------------------------------------------- bad input
 
 /// A private copy of the echo release to break.

@@ -11,3 +11,4 @@ pub mod host;
 pub mod image;
 pub mod output;
 pub mod rootfs;
+pub mod sizes;
