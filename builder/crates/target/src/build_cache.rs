@@ -209,7 +209,7 @@ fn place(f: &StoredFile, src: &Path, dest: &Path) -> Result<bool, String> {
 }
 
 /// A stored file's identity and mtime as `store` left them. Stored files get an mtime
-/// in the past ([`STORED_AGE`] before they were stored), so any later write, which sets
+/// in the past (`STORED_AGE` before they were stored), so any later write, which sets
 /// the mtime to the present, changes the stamp (even within one tick of the clock); a
 /// file whose stamp is unchanged is not read again at a hit. The ctime is left out:
 /// every hard link made at a hit changes it.

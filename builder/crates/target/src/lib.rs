@@ -5,11 +5,13 @@
 //! [`Target::supports_storage`] (before anything is built), [`prepare`] (the release with
 //! the recipe's launch options, node name and cookie, and the output set),
 //! [`Target::make`] (what the target adds to the tree, its kernel, its writers and its
-//! part of the boot plan), then [`finish`] (cookie, plan, manifest, and the set swapped
-//! in for the previous one, keeping its console logs and data disks:
+//! part of the boot plan), then `finish_with` (plan, manifest, what is the build's own:
+//! the cookie file and a random cookie appended to the image by [`Target::append_file`],
+//! and the set swapped in for the previous one, keeping its console logs and data disks:
 //! [`BootPlan::is_run_file`]). With a build cache ([`Context::builds`]), the key is
 //! computed once after `prepare` ([`build_cache::key`]): a verified entry is installed
-//! instead of `make`, and a built set is stored before it is swapped in.
+//! instead of `make` (then the build's own files are added), and a built set is stored
+//! before its own files are added and it is swapped in.
 //!
 //! Must not: know any particular target, or duplicate pipeline steps per target.
 
@@ -287,7 +289,7 @@ pub struct CacheUse {
 /// The release prepared for a recipe, with its output set, node name and cookie.
 pub struct Common {
     /// Where the target writes its files: the output set's staging dir, which becomes
-    /// `OUT/NAME` in [`finish`] (the final dir is `set.final_dir()`).
+    /// `OUT/NAME` when the build finishes (the final dir is `set.final_dir()`).
     pub dir: PathBuf,
     pub set: OutputSet,
     pub prepared: Prepared,
