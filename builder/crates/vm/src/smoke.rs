@@ -710,6 +710,7 @@ fn host_node(
         f.write_all(text.as_bytes()).map_err(CheckError::Inetrc)?;
         Some(f)
     };
+    ensure_epmd(bound);
     let mut cmd = Command::new("erl");
     cmd.args(["-noshell", "-noinput"]);
     match &inetrc {
@@ -757,6 +758,32 @@ fn host_node(
                 stderr,
             })
         }
+    }
+}
+
+/// Makes sure an epmd listens on loopback (in the check's network namespace) before a
+/// host node starts. `erl` starts one itself (`epmd -daemon`) but does not wait for it to
+/// listen, and a node that registers first fails with "register/listen error:
+/// econnrefused", which a loaded machine shows. Waits at most `bound`; a failure here is
+/// left to `erl`, which says what is wrong.
+fn ensure_epmd(bound: Duration) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4369));
+    let up = || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+    if up() {
+        return;
+    }
+    let started = Command::new("epmd")
+        .arg("-daemon")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !started.is_ok_and(|s| s.success()) {
+        return;
+    }
+    let start = Instant::now();
+    while !up() && start.elapsed() < bound {
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
