@@ -22,7 +22,8 @@ pub const CONFIG_FILE: &str = "images/linux-minimal.config";
 /// the initramfs (zstd), the filesystems it mounts (proc, sysfs, devtmpfs, devpts,
 /// tmpfs), the console, ELF programs, the system calls the BEAM and epmd use, TCP/IP and
 /// Unix sockets, the virtio NIC on machine microvm (virtio-mmio, devices on the command
-/// line) and the PVH entry `vmlinux` is booted through.
+/// line), ioperm(2) for the exit device the init powers off through (no ACPI), and the
+/// PVH entry `vmlinux` is booted through.
 pub const INIT_NEEDS: &[&str] = &[
     "64BIT",
     "PRINTK",
@@ -45,6 +46,8 @@ pub const INIT_NEEDS: &[&str] = &[
     "EVENTFD",
     "TIMERFD",
     "POSIX_TIMERS",
+    // The power-off with the guest's status: ioperm(2) on qemu's exit port.
+    "X86_IOPL_IOPERM",
     "NET",
     "INET",
     "UNIX",
