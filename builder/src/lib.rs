@@ -12,7 +12,9 @@ pub mod run;
 pub mod targets;
 
 pub use beambake_images::{digest, host, image, output, rootfs};
-pub use beambake_kernel::{build_cache, kernel, osv_kernel, uml_kernel};
+pub use beambake_kernel::{
+    build_cache, kernel, minimal_kernel, osv_kernel, source_kernel, uml_kernel,
+};
 pub use beambake_libvirt as libvirt;
 pub use beambake_patch::{patch, patchset};
 pub use beambake_recipe as recipe;

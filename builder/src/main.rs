@@ -261,6 +261,8 @@ impl OutArgs {
         let mut r = Recipe::load(path)?;
         r.rumprun.no_bake = self.no_bake;
         if let Some(k) = &self.kernel {
+            // Your own kernel replaces the recipe's, the minimal one included.
+            r.kernel.source = beambake::recipe::KernelSource::Debian;
             r.kernel.path = Some(std::path::absolute(k)?.into());
             r.kernel.modules = self
                 .modules

@@ -168,6 +168,8 @@ fn have(sh: &Shell, tool: &str) -> bool {
 const LIBS: &[&str] = &[
     "libncurses-dev",
     "libssl-dev",
+    // objtool's headers, for the minimal microvm kernel (x86_64 Linux) built from source.
+    "libelf-dev",
     // OSv's build (osv target).
     "libboost-all-dev",
     "libedit-dev",

@@ -1,4 +1,4 @@
-//! What every kernel beambake builds from source shares ([`crate::uml_kernel`],
+//! What every kernel beambake builds from source shares ([`crate::source_kernel`],
 //! [`crate::osv_kernel`]): the cache key's form, the one-build-at-a-time lock, the
 //! build-in-a-temp-dir-then-rename skeleton ([`get_or_build`]), unpacking a verified
 //! source tarball ([`unpack_tar_xz`]) and running a long build with its output in a log

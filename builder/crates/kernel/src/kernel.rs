@@ -184,6 +184,12 @@ pub enum KernelError {
          `apt-get install {packages}`"
     )]
     MissingTools { what: String, packages: String },
+    #[error("kernel config fragment {}: {reason}", fragment.display())]
+    BadFragment {
+        fragment: PathBuf,
+        option: String,
+        reason: String,
+    },
     #[error("no source snapshot for {what}: {reason}")]
     NoSnapshot { what: String, reason: String },
     #[error("unpacked package {} in {}: {reason}", pin_spec, dir.display())]

@@ -1,10 +1,14 @@
 //! Kernels: Debian kernel packages pinned in `images/` ([`kernel`]) and the kernels
-//! beambake builds from source ([`uml_kernel`], [`osv_kernel`]; what they share:
-//! [`build_cache`]), all cached under `~/.cache/beambake`.
+//! beambake builds from source — Linux from the pinned `linux-source-6.1`, one
+//! [`source_kernel::Spec`] each ([`uml_kernel`], [`minimal_kernel`]), and OSv
+//! ([`osv_kernel`]); what they share: [`build_cache`] — all cached under
+//! `~/.cache/beambake`.
 //!
 //! Must not: boot anything.
 
 pub mod build_cache;
 pub mod kernel;
+pub mod minimal_kernel;
 pub mod osv_kernel;
+pub mod source_kernel;
 pub mod uml_kernel;

@@ -311,6 +311,10 @@ pub enum CodeLoading {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelCfg {
+    /// Which kernel: Debian's cloud kernel (a pin, the default) or beambake's minimal
+    /// kernel built from source (microvm only).
+    #[serde(default, skip_serializing_if = "KernelSource::is_debian")]
+    pub source: KernelSource,
     /// A pinned Debian kernel package (TOML file); the default when `path` is unset.
     pub pin: Option<RecipePath>,
     /// A kernel image of the user's own (bzImage).
@@ -323,6 +327,25 @@ pub struct KernelCfg {
     /// Extra kernel command line.
     #[serde(default)]
     pub cmdline: String,
+}
+
+/// `[kernel] source`: where the kernel comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelSource {
+    /// A Debian kernel package (`pin`, default `images/kernel-debian-cloud.toml`) or the
+    /// user's own (`path`).
+    #[default]
+    Debian,
+    /// beambake's minimal kernel, built from source (`images/linux-minimal.config`):
+    /// everything built in, booted as the uncompressed PVH `vmlinux`.
+    Minimal,
+}
+
+impl KernelSource {
+    pub fn is_debian(&self) -> bool {
+        *self == KernelSource::Debian
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -839,6 +862,38 @@ impl Recipe {
                 self.name
             )));
         }
+        let k = &self.kernel;
+        if k.source == KernelSource::Minimal {
+            let set: Vec<&str> = [
+                ("pin", k.pin.is_some()),
+                ("path", k.path.is_some()),
+                ("modules", k.modules.is_some()),
+                ("extra_modules", !k.extra_modules.is_empty()),
+            ]
+            .into_iter()
+            .filter_map(|(key, on)| on.then_some(key))
+            .collect();
+            if !set.is_empty() {
+                return Err(self.invalid(format!(
+                    "kernel.source = \"minimal\" is beambake's kernel built from source, with \
+                     everything built in: drop kernel.{}",
+                    set.join(", kernel.")
+                )));
+            }
+            if self.target != Target::Microvm {
+                return Err(self.invalid(
+                    "kernel.source = \"minimal\" is a kernel for target = \"microvm\" only"
+                        .to_string(),
+                ));
+            }
+            if self.vm.machine != Machine::Microvm {
+                return Err(self.invalid(
+                    "kernel.source = \"minimal\" boots on vm.machine = \"microvm\" only \
+                     (it has no ACPI power button driver for machine pc)"
+                        .to_string(),
+                ));
+            }
+        }
         let (g, h) = (self.network.guest, self.network.host);
         if g.ip == h {
             return Err(self.invalid(format!(
@@ -1264,6 +1319,38 @@ type = "distribution"
         assert_eq!(r.network.host, Ipv4Addr::new(10, 0, 120, 100));
         assert_eq!(r.guest_addrs(), [Ipv4Addr::new(10, 0, 120, 101)]);
         assert!(r.distribution.unwrap().cookie.is_none());
+    }
+
+    #[test]
+    fn kernel_source_minimal_stands_alone_on_microvm() {
+        let r =
+            parse(&GOOD.replace("[network]", "[kernel]\nsource = \"minimal\"\n[network]")).unwrap();
+        assert_eq!(r.kernel.source, KernelSource::Minimal);
+        assert_eq!(parse(GOOD).unwrap().kernel.source, KernelSource::Debian);
+        for (extra, said) in [
+            ("pin = \"k.toml\"\n", "drop kernel.pin"),
+            (
+                "path = \"bz\"\nextra_modules = [\"x\"]\n",
+                "drop kernel.path, kernel.extra_modules",
+            ),
+            ("[vm]\nmachine = \"pc\"\n", "vm.machine = \"microvm\" only"),
+        ] {
+            let text = GOOD.replace(
+                "[network]",
+                &format!("[kernel]\nsource = \"minimal\"\n{extra}[network]"),
+            );
+            let e = parse_err(&text);
+            assert!(e.contains("recipes/x.toml") && e.contains(said), "{e}");
+        }
+        let uml = GOOD
+            .replace("target = \"microvm\"", "target = \"uml\"")
+            .replace("[network]", "[kernel]\nsource = \"minimal\"\n[network]");
+        assert!(parse_err(&uml).contains("target = \"microvm\" only"));
+        let typo =
+            parse_err(&GOOD.replace("[network]", "[kernel]\nsorce = \"minimal\"\n[network]"));
+        assert!(typo.contains("did you mean `source`"), "{typo}");
+        let bad = parse_err(&GOOD.replace("[network]", "[kernel]\nsource = \"tiny\"\n[network]"));
+        assert!(bad.contains("minimal"), "{bad}");
     }
 
     #[test]

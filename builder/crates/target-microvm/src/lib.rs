@@ -1,6 +1,8 @@
 //! The microvm target: the release's tree plus beambake's init at `/init` and the kernel
-//! modules the machine needs, as a zstd cpio initramfs; the kernel beside it; a boot plan
-//! for `beambake boot`.
+//! modules the machine needs, as a zstd cpio initramfs; the kernel beside it (Debian's
+//! `vmlinuz`, or with `[kernel] source = "minimal"` beambake's minimal kernel as the
+//! uncompressed PVH `vmlinux`, booted on `-M microvm,acpi=off` with no modules); a boot
+//! plan for `beambake boot`.
 //!
 //! Must not: boot (see [`beambake_vm::boot`]), know release internals or other targets.
 
@@ -12,7 +14,8 @@ use beambake_images::image::{self, Format};
 use beambake_images::output::Written;
 use beambake_images::rootfs::Tree;
 use beambake_kernel::kernel::{self, Kernel};
-use beambake_recipe::{Machine, NetMode, Recipe};
+use beambake_kernel::minimal_kernel;
+use beambake_recipe::{KernelSource, Machine, NetMode, Recipe};
 use beambake_release::manifest::HostFile;
 use beambake_target::{Common, Context, Error, Made, Progress, Target};
 use beambake_vm::boot::qemu;
@@ -25,8 +28,12 @@ pub struct Microvm;
 
 /// Modules the machine needs for its devices. Machine pc has an ACPI power button
 /// (qemu's `system_powerdown`, libvirt's shutdown): `button` turns a press into an input
-/// event and `evdev` gives it a `/dev/input/event*` node, which the init watches.
+/// event and `evdev` gives it a `/dev/input/event*` node, which the init watches. The
+/// minimal kernel has everything built in: none.
 pub fn machine_modules(recipe: &Recipe) -> Vec<String> {
+    if recipe.kernel.source == KernelSource::Minimal {
+        return vec![];
+    }
     let mut v: Vec<String> = match recipe.vm.machine {
         Machine::Microvm => vec!["virtio_mmio".into()],
         Machine::Pc => vec!["virtio_pci".into(), "button".into(), "evdev".into()],
@@ -39,9 +46,25 @@ pub fn machine_modules(recipe: &Recipe) -> Vec<String> {
 }
 
 /// The recipe's kernel (`kernel.path`, `kernel.pin`, or the default pin), fetched into
-/// `cache` when it is a Debian package.
-pub fn kernel_for(recipe: &Recipe, cache: &Path) -> Result<Kernel, Error> {
+/// `cache` when it is a Debian package; the minimal kernel built into `cache` (minutes,
+/// once: `progress` is told).
+pub fn kernel_for(recipe: &Recipe, cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, Error> {
     let k = &recipe.kernel;
+    if k.source == KernelSource::Minimal {
+        let built = minimal_kernel::get(cache, progress)?;
+        let sha256 =
+            beambake_images::digest::sha256_file(&built.image).map_err(|source| Error::Io {
+                path: built.image.clone(),
+                source,
+            })?;
+        return Ok(Kernel {
+            image: built.image,
+            release: built.release,
+            modules_dir: None,
+            sha256,
+            package: None,
+        });
+    }
     Ok(match (&k.path, &k.pin) {
         (Some(p), _) => kernel::from_paths(p, k.modules.as_deref())?,
         (None, Some(pin)) => kernel::fetch_debian(&kernel::Pin::load(pin)?, cache)?,
@@ -98,6 +121,12 @@ impl Target for Microvm {
     fn cache_inputs(&self, recipe: &Recipe, _cx: &Context) -> Result<Option<Vec<String>>, Error> {
         let k = &recipe.kernel;
         let modules = machine_modules(recipe);
+        if k.source == KernelSource::Minimal {
+            return Ok(Some(vec![format!(
+                "minimal kernel {}",
+                minimal_kernel::key()?
+            )]));
+        }
         let mut v = match (&k.path, &k.pin) {
             (Some(p), _) => {
                 let kernel = kernel::from_paths(p, k.modules.as_deref())?;
@@ -148,8 +177,13 @@ impl Target for Microvm {
         cx: &Context,
         progress: &dyn Progress,
     ) -> Result<Made, Error> {
-        progress.step("fetching the kernel");
-        let kernel = kernel_for(recipe, cx.cache)?;
+        let minimal = recipe.kernel.source == KernelSource::Minimal;
+        progress.step(if minimal {
+            "building the minimal kernel"
+        } else {
+            "fetching the kernel"
+        });
+        let kernel = kernel_for(recipe, cx.cache, &|m| progress.step(m))?;
         add_boot_files(
             &mut common.prepared.assembly.tree,
             cx.init,
@@ -169,10 +203,16 @@ impl Target for Microvm {
             &format,
             &dir.join(&initrd_name),
         )?;
+        // The minimal kernel is the uncompressed ELF qemu enters through its PVH note.
+        let (kernel_name, cmdline, label) = if minimal {
+            ("vmlinux", qemu::MINIMAL_CMDLINE, "linux-vmlinux-pvh")
+        } else {
+            ("vmlinuz", qemu::FAST_CMDLINE, "linux-bzimage")
+        };
         let kernel_out =
-            beambake_images::output::copy_file(&kernel.image, &dir.join("vmlinuz"), 0o644)?;
-        let mut plan =
-            beambake_target::plan(recipe, common, "vmlinuz", qemu::FAST_CMDLINE.to_string());
+            beambake_images::output::copy_file(&kernel.image, &dir.join(kernel_name), 0o644)?;
+        let mut plan = beambake_target::plan(recipe, common, kernel_name, cmdline.to_string());
+        plan.acpi_off = minimal;
         plan.initrd = Some(PathBuf::from(&initrd_name));
         plan.vmm = Some(beambake_vm::boot::vmm::VmmKind::Qemu);
         let mut kernel_inputs = vec![HostFile {
@@ -188,7 +228,7 @@ impl Target for Microvm {
         Ok(Made {
             plan,
             image: image.clone(),
-            artefacts: vec![(image, format.label()), (kernel_out, "linux-bzimage")],
+            artefacts: vec![(image, format.label()), (kernel_out, label)],
             kernel_inputs,
         })
     }
@@ -222,5 +262,6 @@ mod tests {
             )),
             ["virtio_mmio", "virtio_net", "dummy"]
         );
+        assert!(machine_modules(&recipe("[kernel]\nsource = \"minimal\"\n")).is_empty());
     }
 }

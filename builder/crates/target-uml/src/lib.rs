@@ -73,7 +73,7 @@ impl Target for Uml {
                     source,
                 })?
             ),
-            None => format!("uml kernel {}", uml_kernel::key()),
+            None => format!("uml kernel {}", uml_kernel::key()?),
         }]))
     }
 

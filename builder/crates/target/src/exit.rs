@@ -239,7 +239,8 @@ fn of_kernel(e: &KernelError) -> Exit {
         | KernelError::CompressedModule { .. }
         | KernelError::BadModule { .. }
         | KernelError::VermagicMismatch { .. }
-        | KernelError::DependencyCycle { .. } => Exit::BadInput,
+        | KernelError::DependencyCycle { .. }
+        | KernelError::BadFragment { .. } => Exit::BadInput,
         KernelError::CommandNotRun { .. } | KernelError::MissingTools { .. } => Exit::Environment,
         KernelError::CommandFailed { .. }
         | KernelError::ChecksumMismatch { .. }

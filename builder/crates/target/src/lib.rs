@@ -403,6 +403,7 @@ pub fn plan(recipe: &Recipe, common: &Common, kernel: &str, cmdline: String) -> 
         memory_mib: recipe.vm.memory_mib,
         cpus: recipe.vm.cpus,
         machine: recipe.vm.machine,
+        acpi_off: false,
         accel: recipe.vm.accel,
         cpu: recipe.vm.cpu.clone(),
         net: NetPlan {

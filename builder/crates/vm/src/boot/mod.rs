@@ -48,6 +48,11 @@ pub struct BootPlan {
     pub memory_mib: u32,
     pub cpus: u32,
     pub machine: Machine,
+    /// Machine microvm without ACPI tables (`-M microvm,acpi=off`): for a kernel that
+    /// finds its virtio-mmio devices on the command line (beambake's minimal kernel);
+    /// the VM still ends through the exit device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acpi_off: bool,
     pub accel: Accel,
     /// qemu `-cpu` model; by default `qemu64` under TCG, `host` under KVM.
     #[serde(default)]

@@ -35,6 +35,12 @@ pub fn program() -> PathBuf {
 pub const FAST_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable \
     no_timer_check cryptomgr.notests i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
+/// Kernel parameters for beambake's minimal kernel (built from source, everything built
+/// in: no crypto self-tests or PS/2 controller to skip), as measured in
+/// `shared/notes/boot-speed.md`.
+pub const MINIMAL_CMDLINE: &str =
+    "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check";
+
 /// How the console is wired.
 pub enum Console<'a> {
     /// To a log file only.
@@ -160,9 +166,10 @@ pub fn command(
     accel: Accelerator,
     console: Console,
 ) -> Command {
-    let machine = match plan.machine {
-        Machine::Microvm => "microvm",
-        Machine::Pc => "pc",
+    let machine = match (plan.machine, plan.acpi_off) {
+        (Machine::Microvm, false) => "microvm",
+        (Machine::Microvm, true) => "microvm,acpi=off",
+        (Machine::Pc, _) => "pc",
     };
     let mut c = base_command(plan, inst, machine, accel);
     c.arg("-kernel").arg(dir.join(&plan.kernel));
@@ -567,6 +574,32 @@ mod tests {
             Console::File(&inst.console_log),
         );
         assert!(!args(&c).contains(&"-qmp".to_string()));
+    }
+
+    #[test]
+    fn a_plan_without_acpi_gets_microvm_without_acpi_tables() {
+        let dir = Path::new("/out/x");
+        let mut p = plan("microvm");
+        let machine = |p: &BootPlan| {
+            let inst = &p.instances(dir)[0];
+            let a = args(&command(
+                p,
+                dir,
+                inst,
+                Accelerator::Tcg,
+                Console::File(&inst.console_log),
+            ));
+            let i = a.iter().position(|a| a == "-M").expect("-M");
+            a[i + 1].clone()
+        };
+        assert_eq!(machine(&p), "microvm");
+        p.acpi_off = true;
+        assert_eq!(machine(&p), "microvm,acpi=off");
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"acpi_off\":true"), "{json}");
+        assert!(!serde_json::to_string(&plan("microvm"))
+            .unwrap()
+            .contains("acpi_off"));
     }
 
     #[test]
