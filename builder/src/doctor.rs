@@ -384,7 +384,7 @@ pub fn xsave_sizes() -> Option<(u32, u32)> {
 
 fn uml_finding(cache_dir: &Path) -> Uml {
     let sizes = xsave_sizes();
-    let image = beambake_kernel::uml_kernel::image_path(cache_dir).ok();
+    let image = beambake_kernel::uml_kernel::SPEC.image_path(cache_dir).ok();
     let built = image.as_ref().is_some_and(|p| p.is_file());
     let mut evidence = Vec::new();
     let debian_runs = sizes.map(|(ebx, _)| ebx <= UML_61_XSAVE_BYTES);

@@ -146,17 +146,15 @@ pub fn port_libvirt(
     let plan = beambake_libvirt::xml::load(dir).map_err(|e| lv(e.into()))?;
     let plan = port_plan(plan, dir, opts).map_err(port_error)?;
     let (dir_abs, run_dir) = port_dirs(dir)?;
-    guest::run(
+    let r = guest::PortRun {
         uri,
-        &plan,
-        &dir_abs,
-        run_dir.path(),
+        plan: &plan,
+        dir: &dir_abs,
+        run_dir: run_dir.path(),
         base,
-        Box::new(std::io::stdin()),
-        Box::new(std::io::stdout()),
         opts,
-    )
-    .map_err(lv)?;
+    };
+    guest::run(&r, Box::new(std::io::stdin()), Box::new(std::io::stdout())).map_err(lv)?;
     Ok(())
 }
 

@@ -8,10 +8,7 @@
 //! Owns: the spec and [`INIT_NEEDS`], the options a fragment may not drop.
 //! Must not: boot anything or know about images.
 
-use std::path::{Path, PathBuf};
-
-use crate::kernel::KernelError;
-use crate::source_kernel::{self, SourceKernel, Spec};
+use crate::source_kernel::Spec;
 
 /// Config options set on top of `tinyconfig`.
 pub const CONFIG: &str = include_str!("../../../../images/linux-minimal.config");
@@ -74,27 +71,10 @@ pub const SPEC: Spec = Spec {
     headers: &[("/usr/include/gelf.h", "libelf-dev")],
 };
 
-/// The cache key (pin, config, compiler).
-pub fn key() -> Result<String, KernelError> {
-    Ok(source_kernel::key(
-        &SPEC,
-        &source_kernel::compiler_version()?,
-    ))
-}
-
-/// Where [`get`] keeps the kernel in `cache_dir` (whether or not it is built yet).
-pub fn image_path(cache_dir: &Path) -> Result<PathBuf, KernelError> {
-    source_kernel::image_path(&SPEC, cache_dir)
-}
-
-/// The kernel from the cache, building it first when absent (~5.5 minutes on 2 cores).
-pub fn get(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<SourceKernel, KernelError> {
-    source_kernel::get(&SPEC, cache_dir, progress)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source_kernel;
 
     #[test]
     fn the_fragment_has_everything_the_init_needs_and_no_modules() {

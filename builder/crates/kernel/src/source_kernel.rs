@@ -104,6 +104,27 @@ pub fn compiler_version() -> Result<String, KernelError> {
     Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
+impl Spec {
+    /// The cache key with this host's compiler ([`key`]).
+    pub fn cache_key(&self) -> Result<String, KernelError> {
+        Ok(key(self, &compiler_version()?))
+    }
+
+    /// Where [`Spec::get`] keeps the result ([`image_path`]).
+    pub fn image_path(&self, cache_dir: &Path) -> Result<PathBuf, KernelError> {
+        image_path(self, cache_dir)
+    }
+
+    /// The kernel from the cache, built first when absent ([`get`]).
+    pub fn get(
+        &self,
+        cache_dir: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<SourceKernel, KernelError> {
+        get(self, cache_dir, progress)
+    }
+}
+
 /// The cache key of `spec` built by `compiler`: sha256 over the pin, each patch (name
 /// and bytes), the base config, the fragment, the make target and the compiler line.
 pub fn key(spec: &Spec, compiler: &str) -> String {

@@ -6,10 +6,7 @@
 //! compiled into the binary; the result `linux` in `CACHE/uml/<package>_<version>-<key>/`.
 //! Must not: boot anything or know about images.
 
-use std::path::{Path, PathBuf};
-
-use crate::kernel::KernelError;
-use crate::source_kernel::{self, SourceKernel, Spec};
+use crate::source_kernel::{SourceKernel, Spec};
 
 pub use crate::source_kernel::{missing_options, pin, wanted_options, PIN};
 
@@ -42,24 +39,6 @@ pub const SPEC: Spec = Spec {
 
 /// A built UML kernel.
 pub type UmlKernel = SourceKernel;
-
-/// The cache key (pin, patches, config, compiler).
-pub fn key() -> Result<String, KernelError> {
-    Ok(source_kernel::key(
-        &SPEC,
-        &source_kernel::compiler_version()?,
-    ))
-}
-
-/// Where [`get`] keeps the kernel in `cache_dir` (whether or not it is built yet).
-pub fn image_path(cache_dir: &Path) -> Result<PathBuf, KernelError> {
-    source_kernel::image_path(&SPEC, cache_dir)
-}
-
-/// The kernel from the cache, building it first when absent.
-pub fn get(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<UmlKernel, KernelError> {
-    source_kernel::get(&SPEC, cache_dir, progress)
-}
 
 #[cfg(test)]
 mod tests {

@@ -156,25 +156,31 @@ fn bind(sockets: &Sockets) -> Result<(UnixListener, UnixListener, UnixDatagram),
     ))
 }
 
-/// Runs the port VM of `plan` (files in `dir`, sockets and console log in `run_dir`)
-/// as a transient domain of `uri`, relayed to Erlang until it ends; the status it
-/// reported last.
-#[allow(clippy::too_many_arguments)]
+/// What [`run`] runs: the port VM of `plan` (files in `dir`, sockets and console log in
+/// `run_dir`) as a transient domain of the daemon at `uri`, from `base` (accelerator,
+/// TSC, emulator) and the port's options.
+#[derive(Clone, Copy)]
+pub struct PortRun<'a> {
+    pub uri: &'a str,
+    pub plan: &'a BootPlan,
+    pub dir: &'a Path,
+    pub run_dir: &'a Path,
+    pub base: &'a xml::Options,
+    pub opts: &'a PortOpts,
+}
+
+/// Runs `r`'s port VM, relayed to Erlang (`input`, `output`) until it ends; the status
+/// it reported last.
 pub fn run(
-    uri: &str,
-    plan: &BootPlan,
-    dir: &Path,
-    run_dir: &Path,
-    base: &xml::Options,
+    r: &PortRun,
     input: Box<dyn io::Read + Send>,
     output: Box<dyn io::Write + Send>,
-    opts: &PortOpts,
 ) -> Result<Term, GuestError> {
     #[cfg(feature = "libvirt")]
-    return with_libvirt::run(uri, plan, dir, run_dir, base, input, output, opts);
+    return with_libvirt::run(r, input, output);
     #[cfg(not(feature = "libvirt"))]
     {
-        let _ = (uri, plan, dir, run_dir, base, input, output, opts);
+        let _ = (r, input, output);
         Err(crate::NotBuilt.into())
     }
 }
@@ -265,17 +271,19 @@ mod with_libvirt {
     }
 
     /// [`super::run`] with libvirt.
-    #[allow(clippy::too_many_arguments)]
     pub fn run(
-        uri: &str,
-        plan: &BootPlan,
-        dir: &Path,
-        run_dir: &Path,
-        base: &xml::Options,
+        r: &PortRun,
         input: Box<dyn io::Read + Send>,
         output: Box<dyn io::Write + Send>,
-        opts: &PortOpts,
     ) -> Result<Term, GuestError> {
+        let PortRun {
+            uri,
+            plan,
+            dir,
+            run_dir,
+            base,
+            opts,
+        } = *r;
         let sockets = Sockets::in_dir(run_dir);
         let text = port_domain_xml(plan, dir, run_dir, &sockets, base, opts)?;
         let (console_l, ctl_l, nic) = bind(&sockets)?;

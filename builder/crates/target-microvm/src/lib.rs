@@ -51,7 +51,7 @@ pub fn machine_modules(recipe: &Recipe) -> Vec<String> {
 pub fn kernel_for(recipe: &Recipe, cache: &Path, progress: &dyn Fn(&str)) -> Result<Kernel, Error> {
     let k = &recipe.kernel;
     if k.source == KernelSource::Minimal {
-        let built = minimal_kernel::get(cache, progress)?;
+        let built = minimal_kernel::SPEC.get(cache, progress)?;
         let sha256 =
             beambake_images::digest::sha256_file(&built.image).map_err(|source| Error::Io {
                 path: built.image.clone(),
@@ -124,7 +124,7 @@ impl Target for Microvm {
         if k.source == KernelSource::Minimal {
             return Ok(Some(vec![format!(
                 "minimal kernel {}",
-                minimal_kernel::key()?
+                minimal_kernel::SPEC.cache_key()?
             )]));
         }
         let mut v = match (&k.path, &k.pin) {

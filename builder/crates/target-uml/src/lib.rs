@@ -27,7 +27,7 @@ pub fn kernel_for(
     if let Some(p) = &recipe.kernel.path {
         return Ok((p.to_path_buf(), None));
     }
-    let k = uml_kernel::get(cache, &|m| progress.step(m))?;
+    let k = uml_kernel::SPEC.get(cache, &|m| progress.step(m))?;
     let source = HostFile {
         path: format!(
             "debian:{}={}.deb + patches/linux/6.1/uml + images/uml-kernel.config (key {})",
@@ -73,7 +73,7 @@ impl Target for Uml {
                     source,
                 })?
             ),
-            None => format!("uml kernel {}", uml_kernel::key()?),
+            None => format!("uml kernel {}", uml_kernel::SPEC.cache_key()?),
         }]))
     }
 

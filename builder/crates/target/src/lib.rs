@@ -124,26 +124,7 @@ pub fn build(
         ));
     }
     target.check(recipe)?;
-    if let Some(dir) = cx.builds {
-        beambake_images::digest::use_memo(&dir.join(build_cache::MEMO_FILE));
-    }
-    let built = build_with(target, recipe, out_root, cx, progress);
-    if cx.builds.is_some() {
-        if let Err(e) = beambake_images::digest::save_memo() {
-            progress.detail(&format!("digest memo not saved: {e}"));
-        }
-        beambake_images::digest::drop_memo();
-    }
-    built
-}
-
-fn build_with(
-    target: &dyn Target,
-    recipe: &Recipe,
-    out_root: &Path,
-    cx: &Context,
-    progress: &dyn Progress,
-) -> Result<Built, Error> {
+    let _memo = cx.builds.map(|dir| DigestMemo::new(dir, progress));
     let cookie_file = target.appends_files().then_some(paths::COOKIE_ARGS_PATH);
     let mut common = prepare(recipe, out_root, cookie_file, progress)?;
     let cached = match cx.builds {
@@ -210,6 +191,28 @@ fn build_with(
     }
     let made = target.make(recipe, &mut common, cx, progress)?;
     finish_with(target, common, made, &|| {})
+}
+
+/// The build cache's digest memo in use for as long as this lives; saved when dropped,
+/// whichever way the build ends.
+struct DigestMemo<'a> {
+    progress: &'a dyn Progress,
+}
+
+impl<'a> DigestMemo<'a> {
+    fn new(builds: &Path, progress: &'a dyn Progress) -> DigestMemo<'a> {
+        beambake_images::digest::use_memo(&builds.join(build_cache::MEMO_FILE));
+        DigestMemo { progress }
+    }
+}
+
+impl Drop for DigestMemo<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = beambake_images::digest::save_memo() {
+            self.progress.detail(&format!("digest memo not saved: {e}"));
+        }
+        beambake_images::digest::drop_memo();
+    }
 }
 
 /// [`finish_with`], storing the staged set in the cache (a set that cannot be stored is
