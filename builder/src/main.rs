@@ -472,6 +472,7 @@ impl InputArgs {
             discover: Discover {
                 otp_root: self.otp_root.clone(),
             },
+            trace: false,
         }
     }
     fn options(&self) -> Result<assemble::Options> {
@@ -480,6 +481,7 @@ impl InputArgs {
             mtime: Tree::epoch_from_env()?,
             distribution: Default::default(),
             code_loading: None,
+            preload: None,
             extra_args: Vec::new(),
             shell: false,
             erts_from: self.erts_from.clone(),

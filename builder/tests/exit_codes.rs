@@ -11,7 +11,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 
 use beambake_testkit::{
-    check, is_root, output, skip_if, stderr, stdout, tempdir, vm_lock, which, RecipeEdit,
+    check, output, skip_if, stderr, stdout, tempdir, vm_lock, which, RecipeEdit,
 };
 use common::{cli, command_on, fresh_project, stdout_json};
 
@@ -38,13 +38,7 @@ fn needs_rebar3() -> Option<&'static str> {
 }
 
 fn needs_vm_host() -> Option<&'static str> {
-    if !is_root() {
-        return Some("tap networking in a private namespace needs root");
-    }
-    if which("qemu-system-x86_64").is_none() {
-        return Some("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
-    }
-    needs_rebar3()
+    common::needs_vm_host().or_else(needs_rebar3)
 }
 
 fn run(cmd: &str, input: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -8,23 +8,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use beambake_testkit::{
-    as_nobody, check, copy_dir, fails_with, give_to_nobody, is_root, output, repo_root, skip,
-    skip_if, stderr, stdout, tempdir, vm_lock, which, Guarded, RecipeEdit,
+    as_nobody, check, copy_dir, fails_with, give_to_nobody, output, repo_root, skip, skip_if,
+    stderr, stdout, tempdir, vm_lock, which, Guarded, RecipeEdit,
 };
 use common::{
     assert_signal_leaves_nothing, beambake, beambake_in, boot_expecting_clean_exit, build_fails,
-    build_recipe, cli, field_strs, fresh_project, nobody_base, read_json, smoke, stdout_json,
+    build_recipe, cli, field_strs, fresh_project, needs_vm_host, nobody_base, read_json, smoke,
+    stdout_json,
 };
-
-fn needs_vm_host() -> Option<&'static str> {
-    if !is_root() {
-        return Some("tap networking in a private namespace needs root");
-    }
-    if which("qemu-system-x86_64").is_none() {
-        return Some("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
-    }
-    None
-}
 
 #[test]
 fn echo_microvm_passes_echo_http_and_distribution() {
@@ -628,4 +619,75 @@ fn help_says_where_the_recipe_format_is_described() {
         s.contains("Recipe format") && s.contains("README.md"),
         "{s}"
     );
+}
+
+/// `[launch] code_loading = "traced"`: the build runs the release once on the host (in a
+/// namespace of its own) and the image boots a script that loads what that run loaded;
+/// a module outside the trace is not loaded at ready and still loads on its first call
+/// (interactive mode: a pruned embedded boot could not load it). Smoke passes as before.
+#[test]
+fn a_traced_boot_loads_the_trace_at_start_and_the_rest_on_demand() {
+    skip_if!(needs_vm_host());
+    let d = tempdir();
+    let rpc = |call: &str, expect: &str| check("rpc").set("call", call).set("expect", expect);
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("launch.code_loading", "traced")
+        .add_check(rpc(
+            "init:get_argument(boot)",
+            "{ok,[[\"/opt/echo/releases/0.1.0/beambake_preload\"]]}",
+        ))
+        .add_check(rpc("erlang:module_loaded(echo_server)", "true"))
+        .add_check(rpc("erlang:module_loaded(base64)", "false"))
+        .add_check(rpc("base64:encode(\"hi\")", "<<\"aGk=\">>"))
+        .add_check(rpc("erlang:module_loaded(base64)", "true"))
+        .write(d.path());
+    let out = d.path().join("out");
+    let b = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-v",
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    let log = stderr(&b);
+    let n: usize = log
+        .split("trace: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no trace line: {log}"));
+    // More than the kernel's first list (29 modules), far fewer than the script's 230.
+    assert!((60..200).contains(&n), "{n} modules traced");
+
+    let _vm = vm_lock();
+    let o = smoke(&out.join("echo-microvm"), &out, &["--json"]);
+    let report = stdout_json(&o);
+    assert!(o.status.success(), "{report:#}\n{}", stderr(&o));
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["checks"].as_array().map(Vec::len), Some(8));
+}
+
+/// A release that stops during its boot cannot be traced: the build fails before
+/// anything is written, naming the release and quoting its output.
+#[test]
+fn a_release_that_stops_at_boot_cannot_be_traced() {
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm")
+        .set("launch.code_loading", "traced")
+        .set(
+            "launch.extra_args",
+            ["-eval", "io:format(\"giving up~n\"), erlang:halt(3)"],
+        )
+        .write(d.path());
+    let out = d.path().join("out");
+    let err = build_fails(&recipe, &out, &[], "tracing the release");
+    for want in [
+        "exit status: 3",
+        "before its boot script finished",
+        "giving up",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    assert!(!out.join("echo-microvm").exists(), "an output set was made");
 }

@@ -9,18 +9,16 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use beambake_testkit::{is_root, skip_if, stderr, tempdir, vm_lock, which, RecipeEdit};
+use beambake_testkit::{skip_if, stderr, tempdir, vm_lock, which, RecipeEdit};
 use common::{
-    beambake, boot_expecting_clean_exit, build_recipe, field_strs, read_json, smoke, stdout_json,
+    beambake, boot_expecting_clean_exit, build_recipe, field_strs, needs_vm_host, read_json, smoke,
+    stdout_json,
 };
 
 /// What building the kernel and booting it on a tap need, or why this host cannot.
 fn needs_minimal_kernel_host() -> Option<&'static str> {
-    if !is_root() {
-        return Some("tap networking in a private namespace needs root");
-    }
-    if which("qemu-system-x86_64").is_none() {
-        return Some("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
+    if let Some(why) = needs_vm_host() {
+        return Some(why);
     }
     for (tool, why) in [
         ("make", "make not installed (building the minimal kernel)"),

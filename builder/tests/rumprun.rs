@@ -324,3 +324,19 @@ fn a_file_iso9660_cannot_hold_is_a_clear_error() {
     assert!(err.contains("big.bin"), "{err}");
     assert!(!d.path().join("b.iso").exists());
 }
+
+/// A traced boot runs the release on the host: not with rumprun's cross-built ERTS.
+#[test]
+fn a_traced_boot_is_refused() {
+    let d = tempdir();
+    let recipe = rumprun_recipe()
+        .set("launch.code_loading", "traced")
+        .write(d.path());
+    let err = build_fails(
+        &recipe,
+        &d.path().join("out"),
+        &["--no-bake"],
+        "launch.code_loading",
+    );
+    assert!(err.contains("microvm and uml only"), "{err}");
+}

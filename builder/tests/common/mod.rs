@@ -19,6 +19,17 @@ use beambake_testkit::{
     tempdir, tempdir_named, which, Cli, Guarded,
 };
 
+/// What booting a microvm on a tap needs (root, qemu), or why this host cannot.
+pub fn needs_vm_host() -> Option<&'static str> {
+    if !beambake_testkit::is_root() {
+        return Some("tap networking in a private namespace needs root");
+    }
+    if which("qemu-system-x86_64").is_none() {
+        return Some("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
+    }
+    None
+}
+
 /// The `beambake` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_beambake");
 

@@ -289,8 +289,10 @@ pub enum RootFs {
 #[serde(deny_unknown_fields)]
 pub struct LaunchCfg {
     /// `embedded` (the release's own choice, relx's default: every module of the boot
-    /// script loaded at start) or `interactive` (modules loaded on first use: faster
-    /// boot, measured in BENCHMARKS.md).
+    /// script loaded at start), `interactive` (modules loaded on first use: faster
+    /// boot, measured in BENCHMARKS.md) or `traced` (the modules the release loads up to
+    /// the end of its boot script, found by one run on the host at build time, loaded at
+    /// start; the others on first use. Targets whose ERTS runs on the host only).
     pub code_loading: Option<CodeLoading>,
     /// Extra emulator/init arguments (e.g. `["+S", "1:1"]`).
     #[serde(default)]
@@ -306,6 +308,17 @@ pub struct LaunchCfg {
 pub enum CodeLoading {
     Embedded,
     Interactive,
+    Traced,
+}
+
+impl CodeLoading {
+    /// The BEAM's `-mode` for this choice (a traced boot script runs interactive).
+    pub fn mode(self) -> &'static str {
+        match self {
+            CodeLoading::Embedded => "embedded",
+            CodeLoading::Interactive | CodeLoading::Traced => "interactive",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

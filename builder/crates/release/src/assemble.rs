@@ -8,12 +8,13 @@
 //! Must not: write images, or know about targets (kernels, inits and boot come later, as
 //! additions to the same tree).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::boot_script;
 use crate::elf::{self, Resolver};
 use crate::launch::{self, LaunchSpec, LaunchSpecExt};
 use crate::release::Release;
@@ -35,6 +36,8 @@ pub enum AssembleError {
     BadPrefix(String),
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    BootScript(#[from] crate::boot_script::BootScriptError),
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +51,10 @@ pub struct Options {
     pub distribution: launch::DistributionRequest,
     /// Code loading mode replacing the release's (`embedded`/`interactive`).
     pub code_loading: Option<String>,
+    /// Modules to load at boot (a trace of the release): the release's boot script is
+    /// rewritten to load these and nothing else ([`boot_script::preload_only`]) and the node
+    /// runs in interactive mode, so any other module loads when first called.
+    pub preload: Option<BTreeSet<String>>,
     /// Extra emulator/init arguments for the launch spec.
     pub extra_args: Vec<String>,
     /// The release's Erlang shell on the console ([`launch::LaunchSpecExt::with_shell`]).
@@ -139,7 +146,53 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
         }
     }
 
-    let mut launch = LaunchSpec::for_release(rel, &prefix);
+    let (mut launch, distribution) = launch_spec(rel, &prefix, opts)?;
+    if let Some(keep) = &opts.preload {
+        let boot = rel.root.join(format!("{}.boot", rel.boot_rel));
+        let script = boot_script::preload_only(&boot, keep)?;
+        let at = format!("{prefix}/releases/{}/{PRELOAD_BOOT}", rel.vsn);
+        tree.add_bytes(
+            &format!("{at}.boot"),
+            script.boot,
+            0o644,
+            "beambake (the boot script, pruned to the traced modules)",
+        )?;
+        launch = launch.with_boot(&at).with_mode("interactive");
+    }
+    for dir in &launch.writable {
+        if !tree.contains(dir) {
+            tree.mkdir_p(dir, "beambake (writable, tmpfs at boot)")?;
+        }
+    }
+    tree.add_bytes(
+        launch::LAUNCH_PATH,
+        launch.to_json().into_bytes(),
+        0o644,
+        "beambake",
+    )?;
+
+    let host_libs = add_elf_closure(&mut tree)?;
+    Ok(Assembly {
+        tree,
+        prefix,
+        launch,
+        distribution,
+        host_libs,
+    })
+}
+
+/// Name (without `.boot`) of the rewritten boot script in the guest's `releases/VSN`.
+pub const PRELOAD_BOOT: &str = "beambake_preload";
+
+/// The launch spec of `rel` installed at `root` with `opts` (mode, distribution, shell,
+/// extra arguments), and the node's distribution: the one place a release's command line
+/// is derived, for the guest and for a run on the host (the trace).
+pub fn launch_spec(
+    rel: &Release,
+    root: &str,
+    opts: &Options,
+) -> Result<(LaunchSpec, Option<launch::Distribution>), AssembleError> {
+    let mut launch = LaunchSpec::for_release(rel, root);
     let vm_args_file = rel
         .root
         .join(rel.vm_args_rel.as_deref().unwrap_or("vm.args"))
@@ -166,26 +219,7 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
         let extra: Vec<&str> = opts.extra_args.iter().map(String::as_str).collect();
         launch = launch.with_args(&extra);
     }
-    for dir in &launch.writable {
-        if !tree.contains(dir) {
-            tree.mkdir_p(dir, "beambake (writable, tmpfs at boot)")?;
-        }
-    }
-    tree.add_bytes(
-        launch::LAUNCH_PATH,
-        launch.to_json().into_bytes(),
-        0o644,
-        "beambake",
-    )?;
-
-    let host_libs = add_elf_closure(&mut tree)?;
-    Ok(Assembly {
-        tree,
-        prefix,
-        launch,
-        distribution,
-        host_libs,
-    })
+    Ok((launch, distribution))
 }
 
 /// `ROOT/erts-VSN` (or `ROOT/lib/erlang/erts-VSN`) of an installed OTP; a clear error when

@@ -27,6 +27,8 @@ pub trait LaunchSpecExt: Sized {
 
     /// Replaces the code loading mode (`embedded` or `interactive`).
     fn with_mode(self, mode: &str) -> Self;
+    /// The boot script (a path without `.boot`) replacing the release's.
+    fn with_boot(self, boot: &str) -> Self;
 
     /// Runs the release as the distributed node `dist`, with epmd started by the init
     /// (`-start_epmd false`: erlexec would need a shell to start it). The release's
@@ -125,6 +127,15 @@ impl LaunchSpecExt for LaunchSpec {
         if let Some(i) = self.argv.iter().position(|a| a == "-mode") {
             if let Some(v) = self.argv.get_mut(i + 1) {
                 *v = mode.to_string();
+            }
+        }
+        self
+    }
+
+    fn with_boot(mut self, boot: &str) -> LaunchSpec {
+        if let Some(i) = self.argv.iter().position(|a| a == "-boot") {
+            if let Some(v) = self.argv.get_mut(i + 1) {
+                *v = boot.to_string();
             }
         }
         self

@@ -7,6 +7,7 @@
 //! Must not: boot, touch networks, or know targets and recipes.
 
 pub mod assemble;
+pub mod boot_script;
 pub mod elf;
 pub mod launch;
 pub mod manifest;

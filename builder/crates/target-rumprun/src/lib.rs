@@ -356,13 +356,7 @@ impl Target for Rumprun {
         }
         if let Some(m) = recipe.launch.code_loading {
             p.start.push("-mode".into());
-            p.start.push(
-                match m {
-                    beambake_recipe::CodeLoading::Embedded => "embedded",
-                    beambake_recipe::CodeLoading::Interactive => "interactive",
-                }
-                .into(),
-            );
+            p.start.push(m.mode().into());
         }
         p.start.extend(recipe.launch.extra_args.iter().cloned());
         if let (Some(node), Some(cookie)) = (&common.node, &common.cookie) {

@@ -140,7 +140,7 @@ impl Exit {
             }
             Error::Tls(e) => of_tls(e),
             Error::Toolchain { .. } => Exit::Environment,
-            Error::Tool { .. } => Exit::Build,
+            Error::Tool { .. } | Error::Trace { .. } => Exit::Build,
             Error::Storage { .. } => Exit::BadInput,
             Error::Launch { source, .. } => match source {
                 RumprunError::Invalid { .. } | RumprunError::CommandLineTooLong { .. } => {
@@ -207,7 +207,9 @@ fn of_assemble(e: &AssembleError) -> Exit {
         AssembleError::Tree(e) => of_tree(e),
         AssembleError::Elf(_) => Exit::BadInput,
         AssembleError::Io { source, .. } => io(source, Exit::Build),
-        AssembleError::BadPrefix(_) | AssembleError::Conflict(_) => Exit::BadInput,
+        AssembleError::BadPrefix(_) | AssembleError::Conflict(_) | AssembleError::BootScript(_) => {
+            Exit::BadInput
+        }
     }
 }
 

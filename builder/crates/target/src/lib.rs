@@ -18,6 +18,7 @@
 pub mod build_cache;
 pub mod exit;
 pub mod pipeline;
+pub mod trace;
 
 use std::path::{Path, PathBuf};
 
@@ -325,7 +326,24 @@ pub fn prepare(
         discover: beambake_release::release::Discover {
             otp_root: recipe.release.otp_root.as_deref().map(Path::to_path_buf),
         },
+        trace: recipe.launch.code_loading == Some(beambake_recipe::CodeLoading::Traced),
     };
+    if input.trace
+        && (recipe.release.erts_from.is_some()
+            || !matches!(
+                recipe.target,
+                beambake_recipe::Target::Microvm | beambake_recipe::Target::Uml
+            ))
+    {
+        return Err(Error::recipe(
+            recipe,
+            format!(
+                "{} = \"traced\" runs the release on the host at build time: it needs the host's \
+                 ERTS, so targets microvm and uml only, without release.erts_from",
+                recipe.locate("launch", "code_loading")
+            ),
+        ));
+    }
     let opts = assemble::Options {
         prefix: recipe.release.prefix.clone(),
         mtime: Tree::epoch_from_env()?,
@@ -336,13 +354,8 @@ pub fn prepare(
             host: Some(recipe.guest_addrs()[0].to_string()),
             cookie_file: cookie_file.map(str::to_string),
         },
-        code_loading: recipe.launch.code_loading.map(|m| {
-            match m {
-                beambake_recipe::CodeLoading::Embedded => "embedded",
-                beambake_recipe::CodeLoading::Interactive => "interactive",
-            }
-            .to_string()
-        }),
+        code_loading: recipe.launch.code_loading.map(|m| m.mode().to_string()),
+        preload: None,
         extra_args: recipe.launch.extra_args.clone(),
         shell: recipe.launch.shell,
         erts_from: recipe.release.erts_from.as_deref().map(Path::to_path_buf),

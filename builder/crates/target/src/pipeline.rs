@@ -70,6 +70,9 @@ pub enum Error {
         #[source]
         source: beambake_vm::rumprun::RumprunError,
     },
+    /// The release could not be traced on the host (`code_loading = "traced"`).
+    #[error("tracing the release {release}: {message}")]
+    Trace { release: PathBuf, message: String },
     /// The smoke run of the image in `dir` ended without a report.
     #[error("{dir}: the sandbox returned no report")]
     NoReport { dir: PathBuf },
@@ -139,6 +142,9 @@ pub struct Input {
     pub path: PathBuf,
     pub resolve: source::Resolve,
     pub discover: release::Discover,
+    /// Trace the modules the release loads at boot and preload only those
+    /// ([`crate::trace`]).
+    pub trace: bool,
 }
 
 /// A resolved, discovered and assembled release.
@@ -180,6 +186,18 @@ pub fn prepare(
     let source = Source::resolve(&input.path, &input.resolve)?;
     progress.step("discovering the release");
     let release = Release::discover(&source.release_dir, &input.discover)?;
+    let traced;
+    let opts = if input.trace {
+        let modules =
+            crate::trace::loaded_modules(&release, opts, crate::trace::TIMEOUT, progress)?;
+        traced = assemble::Options {
+            preload: Some(modules),
+            ..opts.clone()
+        };
+        &traced
+    } else {
+        opts
+    };
     progress.step("assembling the root filesystem and its library closure");
     let assembly = assemble::assemble(&release, opts)?;
     for l in assembly.tree.skipped_links() {

@@ -59,6 +59,84 @@ pub fn sandboxed(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Makes `cmd`'s child die with its parent (SIGKILL) and, before exec, enter a new network
+/// namespace with nothing in it but its loopback, brought up: a release run on the host
+/// (e.g. traced at build time) can listen and reach its epmd there and reach nothing
+/// else. Not root: inside a new user namespace too. The namespace lives as long as the
+/// child and whatever joins it ([`join_netns_of`]).
+pub fn private_loopback(cmd: &mut Command) -> io::Result<&mut Command> {
+    let parent = std::process::id() as libc::pid_t;
+    let rootless = !is_root();
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let uid_map = format!("0 {uid} 1");
+    let gid_map = format!("0 {gid} 1");
+    // Built before fork: nothing is allocated between fork and exec.
+    let lo = ifreq("lo")?.ifr_name;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    Ok(unsafe {
+        cmd.pre_exec(move || {
+            die_with_parent(parent)?;
+            let mut flags = libc::CLONE_NEWNET;
+            if rootless {
+                flags |= libc::CLONE_NEWUSER;
+            }
+            if libc::unshare(flags) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if rootless {
+                write_proc(b"/proc/self/setgroups\0", b"deny")?;
+                write_proc(b"/proc/self/uid_map\0", uid_map.as_bytes())?;
+                write_proc(b"/proc/self/gid_map\0", gid_map.as_bytes())?;
+            }
+            // SAFETY: an all-zero ifreq is valid; only its name is set.
+            let mut req: libc::ifreq = std::mem::zeroed();
+            req.ifr_name = lo;
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+            if rc == 0 {
+                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req);
+            }
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(err);
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Makes `cmd`'s child die with its parent and, before exec, join the network namespace
+/// of the running process `pid` (one made by [`private_loopback`]), and its user namespace
+/// when not root.
+pub fn join_netns_of(cmd: &mut Command, pid: u32) -> io::Result<&mut Command> {
+    let parent = std::process::id() as libc::pid_t;
+    let open = |what: &str| std::fs::File::open(format!("/proc/{pid}/ns/{what}"));
+    let user = if is_root() { None } else { Some(open("user")?) };
+    let net = open("net")?;
+    // SAFETY: only async-signal-safe calls between fork and exec; the files are moved into
+    // the closure, so their fds stay open until the child execs (they are close-on-exec).
+    Ok(unsafe {
+        cmd.pre_exec(move || {
+            die_with_parent(parent)?;
+            if let Some(user) = &user {
+                if libc::setns(user.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    })
+}
+
 /// open/write/close of a NUL-terminated path (async-signal-safe).
 fn write_proc(path: &[u8], data: &[u8]) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated; plain syscalls.
