@@ -70,6 +70,9 @@ pub struct SmokeOutput {
     pub console_log: PathBuf,
     pub timings_ms: Vec<Phase>,
     pub total_ms: u64,
+    /// What `--save-snapshot` saved or `--from-snapshot` did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<beambake_vm::sandbox::SnapshotOutcome>,
 }
 
 /// What any `--json` command prints when it fails before it has a result.
@@ -161,6 +164,7 @@ impl SmokeOutput {
             console_log,
             timings_ms,
             total_ms,
+            snapshot: None,
         }
     }
 }

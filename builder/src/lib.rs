@@ -18,10 +18,12 @@ pub use beambake_kernel::{
 pub use beambake_libvirt as libvirt;
 pub use beambake_patch::{patch, patchset};
 pub use beambake_recipe as recipe;
-pub use beambake_release::{assemble, elf, launch, manifest, release, source, tarball, term};
+pub use beambake_release::{
+    assemble, boot_script, elf, launch, manifest, release, source, tarball, term,
+};
 pub use beambake_target::{exit, pipeline};
 pub use beambake_vm::port::vm as boot_port;
-pub use beambake_vm::{boot, net, osv_upload, port, rumprun, sandbox, smoke};
+pub use beambake_vm::{boot, net, osv_upload, port, rumprun, sandbox, smoke, snapshot};
 
 /// beambake's init (static), built from the workspace's `init` crate by build.rs.
 pub const INIT: &[u8] = include_bytes!(env!("BEAMBAKE_INIT_BIN"));

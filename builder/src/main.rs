@@ -191,6 +191,15 @@ enum Command {
         /// the exit code; on failure `ok`, `exit_code` and `error`.
         #[arg(long)]
         json: bool,
+        /// Once the first check passes, save the guest beside the image (`snapshot.state`,
+        /// qemu's migration stream, and `snapshot.json`) and stop: microvm, one VM.
+        #[arg(long, conflicts_with = "from_snapshot")]
+        save_snapshot: bool,
+        /// Start the guest from the image's snapshot instead of booting it (its clock and
+        /// random pool resynced first), then run every check. Refused when the snapshot
+        /// was made from another image, memory size, machine, qemu or accelerator.
+        #[arg(long)]
+        from_snapshot: bool,
     },
     /// Write the libvirt domain XML of a built microvm image: direct kernel boot of its
     /// kernel, initramfs and VM command line, machine pc (libvirt 9.0 drives qemu's microvm
@@ -750,8 +759,14 @@ fn run(cli: Cli) -> Result<u8> {
             let accel = accel.map(accel_of);
             steps.done();
             let quiet_steps = Steps::plain(cli.verbose, cli.quiet);
-            let (_, outcome, logs) =
-                run::boot(&dir, accel, count, sandbox::Mode::Interactive, &quiet_steps)?;
+            let (_, outcome, logs) = run::boot(
+                &dir,
+                accel,
+                count,
+                sandbox::Mode::Interactive,
+                None,
+                &quiet_steps,
+            )?;
             // The first VM's console is the one on the terminal.
             let log = logs.first().cloned().unwrap_or_default();
             // The one command whose code is not from the table: the guest's own status.
@@ -833,24 +848,31 @@ fn run(cli: Cli) -> Result<u8> {
             out,
             junit,
             json,
+            save_snapshot,
+            from_snapshot,
         } => {
             beambake::boot::accel::env_accel()?;
             let steps = Steps::new(cli.verbose, cli.quiet);
+            let op = match (save_snapshot, from_snapshot) {
+                (true, _) => Some(sandbox::SnapshotOp::Save),
+                (_, true) => Some(sandbox::SnapshotOp::Restore),
+                _ => None,
+            };
             let result = if recipe.is_dir() {
-                run::smoke_dir(&recipe, &steps)
-                    .map(|(report, log)| (None, report, log))
+                run::smoke_snapshot(&recipe, op, &steps)
+                    .map(|(report, log, snap)| (None, report, log, snap))
                     .map_err(anyhow::Error::from)
             } else {
                 out.recipe(&recipe).and_then(|r| {
                     run::smoke_check(&r)?;
                     let built = run::build(&r, &out.out, out.builds().as_deref(), &steps)?;
                     let build_timings = steps.timings();
-                    let (report, log) = run::smoke_dir(&built.dir, &steps)?;
-                    Ok((Some((built, r.target, build_timings)), report, log))
+                    let (report, log, snap) = run::smoke_snapshot(&built.dir, op, &steps)?;
+                    Ok((Some((built, r.target, build_timings)), report, log, snap))
                 })
             };
             steps.done();
-            let (built, report, log) = result?;
+            let (built, report, log, snap) = result?;
             if let Some(j) = &junit {
                 beambake::smoke::write_junit(&report, j)?;
             }
@@ -859,10 +881,14 @@ fn run(cli: Cli) -> Result<u8> {
                 let build = built
                     .map(|(b, target, timings)| BuildOutput::new(&b, target, timings))
                     .transpose()?;
-                let o = SmokeOutput::new(report, build, log, steps.timings());
+                let mut o = SmokeOutput::new(report, build, log, steps.timings());
+                o.snapshot = snap;
                 println!("{}", serde_json::to_string_pretty(&o)?);
             } else if !cli.quiet {
                 print_report(&report, &log);
+                if let Some(s) = &snap {
+                    print_snapshot(s);
+                }
             } else if category != Exit::Ok {
                 eprintln!("beambake: error: {}", ci::summary(&report, category));
             }
@@ -1021,6 +1047,22 @@ fn libvirt_base(
         ..xml::Options::default()
     };
     Ok((plan, base))
+}
+
+fn print_snapshot(s: &sandbox::SnapshotOutcome) {
+    if let (Some(m), Some(ms)) = (&s.saved, s.save_ms) {
+        println!(
+            "snapshot saved: {} ({:.1} MiB) in {:.2}s",
+            beambake::snapshot::STATE_FILE,
+            m.state_bytes as f64 / (1u64 << 20) as f64,
+            ms as f64 / 1000.0
+        );
+    }
+    if let Some(step) = s.clock_step_ms {
+        println!(
+            "restored from the snapshot; guest clock stepped by {step} ms, random pool reseeded"
+        );
+    }
 }
 
 fn print_report(r: &beambake::smoke::Report, log: &Path) {

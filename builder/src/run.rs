@@ -12,7 +12,7 @@ use beambake_target::{Built, Context};
 use beambake_vm::boot::vmm::{vmm_for, AccelUse};
 use beambake_vm::boot::{accel, qemu, BootError, BootPlan};
 use beambake_vm::port::vm::{port_plan, PortError, PortOpts};
-use beambake_vm::sandbox::{self, Mode, Outcome, Request};
+use beambake_vm::sandbox::{self, Mode, Outcome, Request, SnapshotOp, SnapshotOutcome};
 use beambake_vm::smoke::Report;
 
 /// Builds `recipe` into `OUT/NAME`, using the build cache in `builds` when given
@@ -53,6 +53,7 @@ pub fn boot(
     accel: Option<Accel>,
     count: Option<u32>,
     mode: Mode,
+    snapshot: Option<SnapshotOp>,
     progress: &dyn Progress,
 ) -> Result<(BootPlan, Outcome, Vec<PathBuf>), Error> {
     let mut plan = BootPlan::load(dir)?;
@@ -69,14 +70,22 @@ pub fn boot(
         path: dir.to_path_buf(),
         source,
     })?;
+    if let Some(op) = snapshot {
+        let accel = if kvm { "kvm" } else { "tcg" };
+        beambake_vm::snapshot::preflight(&plan, &dir_abs, op == SnapshotOp::Restore, accel)?;
+    }
     let instances = plan.instances(&dir_abs);
     prepare_storage(&plan, &instances, progress)?;
     if mode == Mode::Smoke {
         beambake_vm::smoke::tls::check_cas(&plan.checks)?;
     }
-    progress.step(match mode {
-        Mode::Smoke => "booting and running the checks",
-        Mode::Interactive => "booting",
+    progress.step(match (mode, snapshot) {
+        (Mode::Smoke, Some(SnapshotOp::Save)) => "booting, and saving the guest once it is ready",
+        (Mode::Smoke, Some(SnapshotOp::Restore)) => {
+            "starting from the snapshot and running the checks"
+        }
+        (Mode::Smoke, None) => "booting and running the checks",
+        (Mode::Interactive, _) => "booting",
     });
     let console_logs = instances.iter().map(|i| i.console_log.clone()).collect();
     let req = Request {
@@ -85,6 +94,7 @@ pub fn boot(
         mode,
         kvm,
         verbose: progress.verbose(),
+        snapshot,
     };
     let outcome = sandbox::run(&req);
     vmm.clean_up(&req.dir);
@@ -259,7 +269,17 @@ fn prepare_storage(
 
 /// Smoke-tests an already built image (a build's output directory).
 pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf), Error> {
-    let (plan, outcome, logs) = boot(dir, None, None, Mode::Smoke, progress)?;
+    smoke_snapshot(dir, None, progress).map(|(r, log, _)| (r, log))
+}
+
+/// [`smoke_dir`], saving the guest once ready (`Save`: only the first check runs) or
+/// starting it from the saved state (`Restore`): [`beambake_vm::snapshot`].
+pub fn smoke_snapshot(
+    dir: &Path,
+    snapshot: Option<SnapshotOp>,
+    progress: &dyn Progress,
+) -> Result<(Report, PathBuf, Option<SnapshotOutcome>), Error> {
+    let (plan, outcome, logs) = boot(dir, None, None, Mode::Smoke, snapshot, progress)?;
     if plan.checks.is_empty() {
         return Err(Error::Unsupported {
             path: dir.to_path_buf(),
@@ -278,7 +298,7 @@ pub fn smoke_dir(dir: &Path, progress: &dyn Progress) -> Result<(Report, PathBuf
         .into_iter()
         .next()
         .unwrap_or_else(|| dir.join("console.log"));
-    Ok((report, first))
+    Ok((report, first, outcome.snapshot))
 }
 
 /// Refuses a smoke run of `recipe` that cannot be made, before anything is built: no

@@ -691,3 +691,89 @@ fn a_release_that_stops_at_boot_cannot_be_traced() {
     }
     assert!(!out.join("echo-microvm").exists(), "an output set was made");
 }
+
+/// Restore from a snapshot: a smoke run saves the guest once its first check passes
+/// (`--save-snapshot`: qemu's migration stream beside the image, with what it was made
+/// from); each later run starts from that state in a namespace of its own
+/// (`--from-snapshot`), steps the guest's clock and reseeds its random pool over the
+/// control line, and passes every check. A missing, damaged or foreign snapshot (another
+/// image, another memory size) is refused with the reason, exit code 2, before any VM.
+#[test]
+fn a_snapshot_restores_passes_smoke_and_refuses_what_does_not_fit() {
+    skip_if!(needs_vm_host());
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-microvm").write(d.path());
+    let out = d.path().join("out");
+    build_recipe(&recipe, &out, &[]);
+    let dir = out.join("echo-microvm");
+    let refused = |needles: &[&str]| {
+        let o = smoke(&dir, &out, &["--from-snapshot"]);
+        fails_with(&o, needles);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    };
+    refused(&["snapshot.json: no snapshot", "beambake snapshot"]);
+
+    let _vm = vm_lock();
+    let o = smoke(&dir, &out, &["--save-snapshot", "--json"]);
+    let r = stdout_json(&o);
+    assert!(o.status.success(), "{r:#}\n{}", stderr(&o));
+    assert_eq!(field_strs(&r["checks"], "name"), ["tcp_echo:8080"]);
+    let saved = &r["snapshot"]["saved"];
+    assert_eq!(saved["memory_mib"], 256);
+    assert_eq!(saved["accel"], "tcg");
+    let state = fs::read(dir.join("snapshot.state")).unwrap();
+    assert_eq!(saved["state_bytes"], state.len() as u64);
+    let names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".qmp") || n.starts_with(".snapshot")),
+        "left behind: {names:?}"
+    );
+
+    for _ in 0..2 {
+        let o = smoke(&dir, &out, &["--from-snapshot", "--json"]);
+        let r = stdout_json(&o);
+        assert!(o.status.success(), "{r:#}\n{}", stderr(&o));
+        assert_eq!(
+            field_strs(&r["checks"], "name"),
+            ["tcp_echo:8080", "http:8081/", "distribution"]
+        );
+        assert!(r["snapshot"]["clock_step_ms"].is_i64(), "{r:#}");
+    }
+
+    // Another memory size.
+    let plan_file = dir.join("boot.json");
+    let plan = fs::read_to_string(&plan_file).unwrap();
+    fs::write(
+        &plan_file,
+        plan.replace("\"memory_mib\": 256", "\"memory_mib\": 512"),
+    )
+    .unwrap();
+    refused(&[
+        "refusing to restore",
+        "memory 256 MiB, this image has 512 MiB",
+    ]);
+    fs::write(&plan_file, &plan).unwrap();
+    // Another image: the same recipe with another argument.
+    fs::create_dir_all(d.path().join("other")).unwrap();
+    let other = RecipeEdit::copy("echo-microvm")
+        .set("launch.extra_args", ["+A", "2"])
+        .write(&d.path().join("other"));
+    let other_out = d.path().join("other-out");
+    build_recipe(&other, &other_out, &[]);
+    let other_dir = other_out.join("echo-microvm");
+    for f in ["snapshot.state", "snapshot.json"] {
+        fs::copy(dir.join(f), other_dir.join(f)).unwrap();
+    }
+    let o = smoke(&other_dir, &other_out, &["--from-snapshot"]);
+    fails_with(&o, &["refusing to restore", "saved from another image"]);
+    // A damaged state.
+    let mut damaged = state;
+    damaged[4096] ^= 1;
+    fs::write(dir.join("snapshot.state"), damaged).unwrap();
+    refused(&["snapshot.state: refusing to restore", "sha256"]);
+}

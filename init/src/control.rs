@@ -1,7 +1,8 @@
 //! The control line (`beambake.ctl=ttyS1`, protocol in `beambake_contract::control`): a
 //! thread that answers the host's requests on a second serial line while the release
 //! runs — `ifconfig` (address, netmask, default route), `ping` (one ICMP echo from a raw
-//! socket) and `poweroff` (the shutdown SIGTERM asks for).
+//! socket), `poweroff` (the shutdown SIGTERM asks for) and `resync` (after a restore from
+//! a snapshot: the wall clock stepped, the random pool fed and the CRNG reseeded).
 //!
 //! Owns: the line's termios (raw: no echo, no line editing), the ICMP echo, and the
 //! thread. Must not: touch the console, decide what is fatal (a control line that fails
@@ -86,7 +87,58 @@ fn handle(iface: &str, req: &Request) -> Result<String, String> {
             Err(e) => Err(e.to_string()),
         },
         Request::Poweroff => Ok(String::new()),
+        Request::Resync { realtime, seed } => resync(realtime, &seed)
+            .map(|step_ms| step_ms.to_string())
+            .map_err(|e| e.to_string()),
     }
+}
+
+/// Steps `CLOCK_REALTIME` to `realtime`, credits `seed` to the random pool
+/// (`RNDADDENTROPY`) and reseeds the CRNG (`RNDRESEEDCRNG`); returns how far the clock
+/// moved, in ms (negative: backwards).
+fn resync(realtime: Duration, seed: &[u8; control::SEED_BYTES]) -> io::Result<i64> {
+    let mut before = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: realtime.as_secs() as libc::time_t,
+        tv_nsec: realtime.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: clock_gettime/clock_settime with valid timespecs.
+    unsafe {
+        if libc::clock_gettime(libc::CLOCK_REALTIME, &mut before) != 0
+            || libc::clock_settime(libc::CLOCK_REALTIME, &ts) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // time_t and c_long are i64 on the init's one platform (x86_64 Linux).
+    let step_ms = (ts.tv_sec - before.tv_sec) * 1000 + (ts.tv_nsec - before.tv_nsec) / 1_000_000;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    #[repr(C)]
+    struct PoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; control::SEED_BYTES],
+    }
+    let info = PoolInfo {
+        entropy_count: (control::SEED_BYTES * 8) as libc::c_int,
+        buf_size: control::SEED_BYTES as libc::c_int,
+        buf: *seed,
+    };
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let random = OpenOptions::new().write(true).open("/dev/urandom")?;
+    // SAFETY: the ioctls take a rand_pool_info and nothing, on an open random device.
+    unsafe {
+        if libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, &info) != 0
+            || libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(step_ms)
 }
 
 fn ifconfig(iface: &str, ip: Ipv4Cidr, gw: Option<Ipv4Addr>) -> io::Result<()> {

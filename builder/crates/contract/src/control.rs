@@ -11,6 +11,11 @@
 //!   `ID ok ADDR MICROSECONDS` or `ID error timeout`.
 //! - `ID poweroff`: the release is stopped as on SIGTERM and the VM powers off with its
 //!   status; answers `ID ok` first.
+//! - `ID resync SECS.NANOS SEED`: what a guest restored from a snapshot needs: its wall
+//!   clock stepped to the host's (`CLOCK_REALTIME` := SECS.NANOS since the epoch) and
+//!   the kernel's random pool given SEED (64 hex digits, 32 bytes from the host's
+//!   CSPRNG, credited as entropy) and its CRNG reseeded; answers `ID ok STEP_MS` (how far
+//!   the clock moved).
 //!
 //! When the line is open the init says `0 ready` once. Anything else gets `ID error ...`
 //! (`0 error ...` when not even an ID could be read).
@@ -29,9 +34,55 @@ pub const PING_TIMEOUT_MS: u64 = 1000;
 /// What a request asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Ifconfig { ip: Ipv4Cidr, gw: Option<Ipv4Addr> },
-    Ping { addr: Ipv4Addr, timeout_ms: u64 },
+    Ifconfig {
+        ip: Ipv4Cidr,
+        gw: Option<Ipv4Addr>,
+    },
+    Ping {
+        addr: Ipv4Addr,
+        timeout_ms: u64,
+    },
     Poweroff,
+    Resync {
+        /// Since the Unix epoch.
+        realtime: std::time::Duration,
+        seed: [u8; SEED_BYTES],
+    },
+}
+
+/// Bytes of entropy a `resync` carries.
+pub const SEED_BYTES: usize = 32;
+
+/// The `resync` request line.
+pub fn resync_line(id: u64, realtime: std::time::Duration, seed: &[u8; SEED_BYTES]) -> String {
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{id} resync {}.{:09} {hex}",
+        realtime.as_secs(),
+        realtime.subsec_nanos()
+    )
+}
+
+fn parse_realtime(s: &str) -> Option<std::time::Duration> {
+    let (secs, nanos) = s.split_once('.')?;
+    if nanos.len() != 9 || !nanos.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(std::time::Duration::new(
+        secs.parse().ok()?,
+        nanos.parse().ok()?,
+    ))
+}
+
+fn parse_seed(s: &str) -> Option<[u8; SEED_BYTES]> {
+    if s.len() != 2 * SEED_BYTES {
+        return None;
+    }
+    let mut seed = [0u8; SEED_BYTES];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(seed)
 }
 
 /// Parses one request line into its ID and request; an error is the reply line to send.
@@ -70,7 +121,14 @@ pub fn parse_request(line: &str) -> Result<(u64, Request), String> {
             Request::Ping { addr, timeout_ms }
         }
         ("poweroff", []) => Request::Poweroff,
-        ("ifconfig" | "ping" | "poweroff", _) => {
+        ("resync", [time, seed]) => Request::Resync {
+            realtime: parse_realtime(time)
+                .ok_or_else(|| error_line(id, &format!("{time}: want SECONDS.NANOSECONDS")))?,
+            seed: parse_seed(seed).ok_or_else(|| {
+                error_line(id, &format!("want {} hex digits of seed", 2 * SEED_BYTES))
+            })?,
+        },
+        ("ifconfig" | "ping" | "poweroff" | "resync", _) => {
             return Err(error_line(id, &format!("{verb}: wrong arguments")))
         }
         _ => return Err(error_line(id, &format!("unknown request {verb:?}"))),
@@ -127,6 +185,17 @@ mod tests {
             )
         );
         assert_eq!(parse_request(" 9 poweroff\r").unwrap().1, Request::Poweroff);
+        let seed: [u8; SEED_BYTES] = std::array::from_fn(|i| i as u8 * 7);
+        let t = std::time::Duration::new(1_780_000_000, 5);
+        let line = resync_line(4, t, &seed);
+        assert!(
+            line.starts_with("4 resync 1780000000.000000005 00070e15"),
+            "{line}"
+        );
+        assert_eq!(
+            parse_request(&line).unwrap(),
+            (4, Request::Resync { realtime: t, seed })
+        );
     }
 
     #[test]
@@ -138,6 +207,9 @@ mod tests {
             ("3 ping", "3 error ping: wrong arguments"),
             ("3 ping 1.2.3", "3 error 1.2.3: not an IPv4 address"),
             ("3 ping 1.2.3.4 0", "3 error 0: want 1 to 60000 ms"),
+            ("3 resync 12 00", "3 error 12: want SECONDS.NANOSECONDS"),
+            ("3 resync 12.000000001 0g", "3 error want 64 hex digits"),
+            ("3 resync", "3 error resync: wrong arguments"),
             ("3 ifconfig 10.0.0.2", "3 error 10.0.0.2:"),
             ("3 ifconfig 10.0.0.2/24 gw", "3 error gw: not an IPv4"),
             ("3 poweroff now", "3 error poweroff: wrong arguments"),

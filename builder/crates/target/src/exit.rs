@@ -27,6 +27,7 @@ use beambake_vm::boot::BootError;
 use beambake_vm::rumprun::RumprunError;
 use beambake_vm::smoke::tls::TlsError;
 use beambake_vm::smoke::Report;
+use beambake_vm::snapshot::SnapshotError;
 
 use crate::pipeline::Error;
 
@@ -135,6 +136,13 @@ impl Exit {
             Error::Tree(e) => of_tree(e),
             Error::Kernel(e) => of_kernel(e),
             Error::Boot(e) => Exit::of_boot(e),
+            Error::Snapshot(e) => match e {
+                SnapshotError::Mismatch { .. }
+                | SnapshotError::Missing { .. }
+                | SnapshotError::Unsupported { .. } => Exit::BadInput,
+                SnapshotError::Io { source, .. } => io(source, Exit::Boot),
+                SnapshotError::Qmp(_) | SnapshotError::Resync(_) => Exit::Boot,
+            },
             Error::RecipeFile(_) | Error::Recipe { .. } | Error::Unsupported { .. } => {
                 Exit::BadInput
             }

@@ -32,6 +32,8 @@ pub enum Error {
     #[error(transparent)]
     Boot(#[from] beambake_vm::boot::BootError),
     #[error(transparent)]
+    Snapshot(#[from] beambake_vm::snapshot::SnapshotError),
+    #[error(transparent)]
     RecipeFile(#[from] beambake_recipe::RecipeError),
     #[error(transparent)]
     Tls(#[from] beambake_vm::smoke::tls::TlsError),

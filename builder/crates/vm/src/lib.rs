@@ -13,3 +13,4 @@ pub mod port;
 pub mod rumprun;
 pub mod sandbox;
 pub mod smoke;
+pub mod snapshot;

@@ -393,6 +393,25 @@ pub fn bridge_add_port(bridge: &str, port: &str) -> io::Result<()> {
     )
 }
 
+/// Sets `name`'s Ethernet address (while it is down).
+pub fn set_hwaddr(name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let mut req = ifreq(name)?;
+    // SAFETY: writing the hwaddr member of a zeroed union.
+    unsafe {
+        req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+            *d = s as libc::c_char;
+        }
+    }
+    ioctl(
+        &sock,
+        libc::SIOCSIFHWADDR,
+        &mut req,
+        &format!("set the address of {name}"),
+    )
+}
+
 /// Brings `name` up.
 pub fn link_up(name: &str) -> io::Result<()> {
     let sock = inet_socket()?;

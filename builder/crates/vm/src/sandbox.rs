@@ -52,6 +52,30 @@ pub struct Request {
     /// Print the VM's command line.
     #[serde(default)]
     pub verbose: bool,
+    /// Save the guest once ready, or start it from the saved state
+    /// ([`crate::snapshot`]); smoke mode, one Linux guest under qemu.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotOp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotOp {
+    /// Boot, wait for the first check to pass, save the guest beside the image, stop.
+    Save,
+    /// Start from the image's snapshot, resync the guest, run every check.
+    Restore,
+}
+
+/// What a snapshot run did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotOutcome {
+    /// The snapshot saved (save).
+    pub saved: Option<crate::snapshot::Meta>,
+    /// How long the save took.
+    pub save_ms: Option<u64>,
+    /// How far the restored guest's clock was stepped (restore).
+    pub clock_step_ms: Option<i64>,
 }
 
 /// What the sandbox reports back.
@@ -61,6 +85,8 @@ pub struct Outcome {
     pub guest_exit: Option<i32>,
     pub report: Option<Report>,
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotOutcome>,
 }
 
 /// The refusal of a plan this process cannot run (a tap needs root), before anything
@@ -197,6 +223,7 @@ pub fn main(req_fd: &str, out_fd: &str) -> i32 {
             guest_exit: None,
             report: None,
             error: Some(e.to_string()),
+            snapshot: None,
         },
     };
     let json = serde_json::to_string(&outcome).unwrap_or_default();
@@ -226,14 +253,22 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
         ));
     }
     net::link_up("lo").map_err(|e| neterr("bringing lo up", e))?;
-    let plan = &req.plan;
+    let mut plan = req.plan.clone();
+    // The caller checked the request ([`crate::snapshot::preflight`]); the control line
+    // carries the resync and must exist when the guest is saved.
+    plan.control |= req.snapshot.is_some();
+    let plan = &plan;
     let vmm = vmm_for(plan)?;
     let insts = plan.instances(&req.dir);
     let mut taps = Vec::new();
     if plan.net.mode == NetMode::Tap {
-        for inst in &insts {
+        for (i, inst) in insts.iter().enumerate() {
             let what = |e| neterr(&format!("creating {}", inst.tap), e);
             taps.push(net::Tap::create(&inst.tap, vmm.vnet_hdr()).map_err(what)?);
+            // The same host-side address in every sandbox: a guest restored from a
+            // snapshot still has it in its ARP cache.
+            net::set_hwaddr(&inst.tap, [0x02, 0x62, 0x62, 0, 0, i as u8 + 1])
+                .map_err(|e| neterr(&format!("addressing {}", inst.tap), e))?;
         }
         // One VM: the host's address on its tap. Several: a bridge joins their taps.
         let host_if = if taps.len() == 1 {
@@ -262,6 +297,14 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
     let mut reaper = reaper
         .spawn()
         .map_err(|e| neterr("starting the reaper", e))?;
+    // After the reaper: it must be the first process of the PID namespace (this runs qemu).
+    let snapshot_meta = match req.snapshot {
+        Some(SnapshotOp::Save) => Some(
+            crate::snapshot::Meta::of(plan, &req.dir, if req.kvm { "kvm" } else { "tcg" })
+                .map_err(|e| BootError::Net(e.to_string()))?,
+        ),
+        _ => None,
+    };
 
     let accel = if req.kvm {
         Accelerator::Kvm
@@ -269,6 +312,7 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
         Accelerator::Tcg
     };
     let mut guests = Vec::new();
+    let mut controls = Vec::new();
     for (i, inst) in insts.iter().enumerate() {
         // Interactive: the first VM's console is the terminal; the others log to files.
         let interactive = req.mode == Mode::Interactive && i == 0;
@@ -277,12 +321,28 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
         } else {
             Console::File(&inst.console_log)
         };
-        let cmd = vmm.command(plan, &req.dir, inst, accel, console)?;
+        let mut cmd = vmm.command(plan, &req.dir, inst, accel, console)?;
+        let mut ctl_vm = None;
+        if let Some(op) = req.snapshot {
+            let qmp = crate::snapshot::qmp_socket(&inst.console_log);
+            let _ = std::fs::remove_file(&qmp);
+            cmd.args(crate::snapshot::qmp_args(&qmp));
+            if op == SnapshotOp::Restore {
+                cmd.args(crate::snapshot::restore_args(&req.dir));
+            }
+        }
+        if plan.control {
+            let (vm_end, ours) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| neterr("a socket for the control line", e))?;
+            ctl_vm = Some(OwnedFd::from(vm_end));
+            controls.push(ours);
+        }
         if req.verbose {
             eprintln!("beambake: {cmd:?}");
         }
         let wiring = Wiring {
             tap: taps.get(i).map(|t| &t.fd),
+            control: ctl_vm.as_ref(),
             tee: interactive && vmm.tees_console(),
             stop_socket: vmm.stop_socket(plan, &req.dir, inst),
             own_group: false,
@@ -299,6 +359,7 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
                 guest_exit: g.guest_status(),
                 report: None,
                 error: None,
+                snapshot: None,
             }
         }
         Mode::Smoke => {
@@ -325,11 +386,57 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
                 check_timeout: Duration::from_secs(plan.smoke.check_timeout_s),
             };
             let accel_name = vmm.accelerator().label(accel);
-            let report = smoke::run(&plan.name, accel_name, &mut guests, &plan.checks, &target);
+            let mut snap = None;
+            let checks = match req.snapshot {
+                // Ready is the first check passing: then the guest is saved.
+                Some(SnapshotOp::Save) => &plan.checks[..plan.checks.len().min(1)],
+                Some(SnapshotOp::Restore) => {
+                    // Before any check: the state loaded and running, then the
+                    // restored guest's clock and random pool.
+                    if let Some(inst) = insts.first() {
+                        crate::snapshot::resume(
+                            &crate::snapshot::qmp_socket(&inst.console_log),
+                            target.ready_timeout,
+                        )
+                        .map_err(|e| BootError::Net(e.to_string()))?;
+                    }
+                    let step = controls
+                        .first()
+                        .map(|c| crate::snapshot::resync(c, target.ready_timeout))
+                        .transpose()
+                        .map_err(|e| BootError::Net(e.to_string()))?;
+                    snap = Some(SnapshotOutcome {
+                        saved: None,
+                        save_ms: None,
+                        clock_step_ms: step,
+                    });
+                    &plan.checks[..]
+                }
+                None => &plan.checks[..],
+            };
+            let report = smoke::run(&plan.name, accel_name, &mut guests, checks, &target);
+            if let (Some(SnapshotOp::Save), true, Some(meta), Some(inst)) =
+                (req.snapshot, report.passed, snapshot_meta, insts.first())
+            {
+                let start = std::time::Instant::now();
+                let saved = crate::snapshot::save(
+                    &crate::snapshot::qmp_socket(&inst.console_log),
+                    &req.dir,
+                    meta,
+                    Duration::from_secs(300),
+                )
+                .map_err(|e| BootError::Net(e.to_string()))?;
+                snap = Some(SnapshotOutcome {
+                    saved: Some(saved),
+                    save_ms: Some(start.elapsed().as_millis() as u64),
+                    clock_step_ms: None,
+                });
+            }
             Outcome {
                 guest_exit: report.guest_exit,
                 report: Some(report),
                 error: None,
+                snapshot: snap,
             }
         }
     };

@@ -255,17 +255,45 @@ fn remove_qmp_sockets(dir: &Path) {
 /// `system_powerdown`, what libvirt's shutdown does. Returns once qemu accepted it (the
 /// guest stops in its own time); every read and write is bounded by `timeout`.
 pub fn request_powerdown(qmp: &Path, timeout: Duration) -> io::Result<()> {
-    let stream = UnixStream::connect(qmp)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut out = stream.try_clone()?;
-    let mut replies = BufReader::new(stream);
-    qmp_reply(&mut replies, "the greeting")?;
-    for command in ["qmp_capabilities", "system_powerdown"] {
-        writeln!(out, "{{\"execute\": \"{command}\"}}")?;
-        qmp_reply(&mut replies, command)?;
-    }
+    Qmp::connect(qmp, timeout)?.execute("system_powerdown", None)?;
     Ok(())
+}
+
+/// A QMP session on a VM's socket, in command mode.
+pub struct Qmp {
+    out: UnixStream,
+    replies: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects, reads the greeting and enters command mode; every read and write is
+    /// bounded by `timeout`.
+    pub fn connect(socket: &Path, timeout: Duration) -> io::Result<Qmp> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut q = Qmp {
+            out: stream.try_clone()?,
+            replies: BufReader::new(stream),
+        };
+        qmp_reply(&mut q.replies, "the greeting")?;
+        q.execute("qmp_capabilities", None)?;
+        Ok(q)
+    }
+
+    /// Runs `command` with `arguments`; its reply (an error reply is an error).
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> io::Result<serde_json::Value> {
+        let mut msg = serde_json::json!({ "execute": command });
+        if let Some(a) = arguments {
+            msg["arguments"] = a;
+        }
+        writeln!(self.out, "{msg}")?;
+        qmp_reply(&mut self.replies, command)
+    }
 }
 
 /// The next QMP message that is not an event: the greeting or a command's reply; an

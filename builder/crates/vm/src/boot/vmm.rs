@@ -107,17 +107,21 @@ pub enum VmmKind {
     QemuOsv,
 }
 
-/// The VMM that boots `plan`: the one it names, or for a plan written before `boot.json`
-/// named one, its target's.
-pub fn vmm_for(plan: &BootPlan) -> Result<Arc<dyn Vmm>, BootError> {
-    let kind = match (plan.vmm, plan.target) {
+/// Which VMM boots `plan`: the one it names, or its target's.
+pub fn vmm_kind(plan: &BootPlan) -> VmmKind {
+    match (plan.vmm, plan.target) {
         (Some(kind), _) => kind,
         (None, Target::Microvm) => VmmKind::Qemu,
         (None, Target::Uml) => VmmKind::Uml,
         (None, Target::Rumprun) => VmmKind::QemuRumprun,
         (None, Target::Osv) => VmmKind::QemuOsv,
-    };
-    Ok(match kind {
+    }
+}
+
+/// The VMM that boots `plan`: the one it names, or for a plan written before `boot.json`
+/// named one, its target's.
+pub fn vmm_for(plan: &BootPlan) -> Result<Arc<dyn Vmm>, BootError> {
+    Ok(match vmm_kind(plan) {
         VmmKind::Qemu => Arc::new(Qemu::Linux),
         VmmKind::QemuRumprun => Arc::new(Qemu::Rumprun),
         VmmKind::Uml => Arc::new(Uml),
