@@ -109,3 +109,35 @@ fn the_minimal_kernel_powers_off_with_the_guests_status() {
     let _vm = vm_lock();
     boot_expecting_clean_exit(&out.join("echo-microvm"));
 }
+
+/// A prod-profile release with several OTP applications (`examples/web`: crypto,
+/// public_key, ssl, inets' httpd; `rebar3 as prod release`, embedded mode in its own
+/// start script, `-sname`/`-setcookie` in vm.args) on the minimal kernel with a boot
+/// script traced on the host: HTTP and HTTPS answer, and the node is reachable by the
+/// name in its vm.args.
+#[test]
+fn a_prod_release_with_ssl_and_httpd_passes_smoke_traced() {
+    skip_if!(needs_minimal_kernel_host());
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("web-microvm")
+        .add_check(beambake_testkit::check("distribution"))
+        .write(d.path());
+    let out = d.path().join("out");
+    let b = beambake(&[
+        "build",
+        recipe.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-v",
+    ]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert!(stderr(&b).contains("modules loaded at boot"), "{}", stderr(&b));
+    let _vm = vm_lock();
+    let o = smoke(&out.join("web-microvm"), &out, &["--json"]);
+    let report = stdout_json(&o);
+    assert!(o.status.success(), "{report:#}\n{}", stderr(&o));
+    assert_eq!(
+        field_strs(&report["checks"], "name"),
+        ["http:8081/", "https:8443/ (unverified)", "distribution"]
+    );
+}

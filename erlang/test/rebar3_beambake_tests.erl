@@ -115,6 +115,8 @@ mix_smoke(Bin, Root) ->
     ?assertMatch({match, _}, re:run(Log, "echo_mix: passed"), Log),
     {ok, Recipe} = file:read_file(filename:join(Dir, "_build/prod/beambake/recipe.toml")),
     ?assertMatch({match, _}, re:run(Recipe, "source = \"" ++ Dir ++ "/_build/prod/rel/echo_mix\"")),
+    %% A mix release's boot script traced on the host and pruned (examples/echo_mix).
+    ?assertMatch({match, _}, re:run(Recipe, "code_loading = \"traced\"")),
     rm(Dir).
 
 mix_unknown_key(Bin, Root) ->

@@ -17,7 +17,9 @@ defmodule EchoMix.MixProject do
       beambake: [
         target: :microvm,
         vm: [memory_mib: 256],
-        launch: [code_loading: :interactive],
+        # The modules a run on the host loaded by the end of the boot script load at
+        # start; any other on its first call.
+        launch: [code_loading: :traced],
         network: [mode: :tap, guest: "10.0.120.101/24", host: "10.0.120.100"],
         check: [[type: :tcp_echo, port: 8080, payload: "hello from mix"]],
         smoke: [ready_timeout_s: 120]

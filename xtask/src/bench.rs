@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-const RUNS: usize = 5;
+pub const RUNS: usize = 5;
 
 struct Run {
     secs: f64,
@@ -54,12 +54,12 @@ fn sh_c(sh: &Shell, script: String) -> xshell::Cmd<'_> {
     cmd!(sh, "sh -c {script}")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-fn smoke_ms(bb: &Path, dir: &Path) -> Result<f64> {
+pub fn smoke_ms(bb: &Path, dir: &Path) -> Result<f64> {
     let out = Command::new(bb)
         .args(["smoke", "--json"])
         .arg(dir)
@@ -113,6 +113,136 @@ fn built_release(sh: &Shell, root: &Path, work: &Path) -> Result<(PathBuf, PathB
     Ok((release, recipe))
 }
 
+/// A naive image of a release, as a user would write one: the files beambake's `rootfs`
+/// finds (release, ERTS, ELF closure), busybox, a shell-script init that loads the kernel
+/// modules of `beambake_dir`'s image, configures eth0 and runs `start` (the release's own
+/// start script), packed with `find | cpio | gzip -1`; booted with `beambake_dir`'s kernel
+/// and plan. relx's start script wants a node name: `-sname` is added to vm.args when it
+/// has none.
+pub struct Naive {
+    pub dir: PathBuf,
+    pub initrd_bytes: u64,
+    pub build_secs: f64,
+}
+
+pub fn naive_image(
+    sh: &Shell,
+    bb: &Path,
+    base_dir: &Path,
+    release: &Path,
+    beambake_dir: &Path,
+    start: &str,
+) -> Result<Naive> {
+    let tree = base_dir.with_extension("tree");
+    let _ = fs::remove_dir_all(&tree);
+    let _ = fs::remove_dir_all(base_dir);
+    fs::create_dir_all(base_dir)?;
+    fs::create_dir_all(&tree)?;
+    let raw = base_dir.with_extension("raw.cpio");
+    cmd!(sh, "{bb} rootfs {release} -o {raw}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let plan_text = fs::read_to_string(beambake_dir.join("boot.json"))?;
+    let mut plan: serde_json::Value = serde_json::from_str(&plan_text)?;
+    let image = beambake_dir.join(plan["initrd"].as_str().context("no initrd in the plan")?);
+    {
+        let _d = sh.push_dir(&tree);
+        sh_c(sh, format!("cpio -idm --quiet < {}", raw.display())).run()?;
+        // the kernel modules, exactly as beambake found them
+        sh_c(
+            sh,
+            format!(
+                "zstd -dc {} | cpio -idm --quiet 'usr/lib/modules/*' 'etc/beambake/modules'",
+                image.display()
+            ),
+        )
+        .run()?;
+    }
+    fs::remove_file(&raw)?;
+    fs::create_dir_all(tree.join("bin"))?;
+    fs::copy("/bin/busybox", tree.join("bin/busybox"))?;
+    let applets = cmd!(sh, "/bin/busybox --list").read()?;
+    for a in applets.lines() {
+        let l = tree.join("bin").join(a);
+        if !l.exists() {
+            std::os::unix::fs::symlink("busybox", &l)?;
+        }
+    }
+    fs::write(
+        tree.join("init"),
+        format!(
+            "#!/bin/sh\n\
+             mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
+             mount -t tmpfs tmp /tmp\n\
+             for m in $(cat /etc/beambake/modules); do insmod $m; done\n\
+             ip link set lo up\n\
+             while ! ip link show eth0 >/dev/null 2>&1; do sleep 0.05; done\n\
+             ip addr add 10.0.120.101/24 dev eth0; ip link set eth0 up\n\
+             export HOME=/root PATH=/bin\n\
+             exec {start}\n"
+        ),
+    )?;
+    cmd!(sh, "chmod 755 {tree}/init").run()?;
+    let _ = fs::remove_file(tree.join("etc/beambake/launch.json"));
+    // relx's start script refuses to run without a node name; a user's vm.args has one
+    // (rebar3's template: `-sname NAME`), so erlexec starts epmd through /bin/sh.
+    for vm_args in glob_vm_args(&tree)? {
+        let mut va = fs::read_to_string(&vm_args)?;
+        if !va.lines().any(|l| l.starts_with("-sname") || l.starts_with("-name")) {
+            let name = plan["name"].as_str().unwrap_or("node").to_string();
+            va.push_str(&format!("-sname {}\n", name.split('-').next().unwrap_or("node")));
+            fs::write(&vm_args, va)?;
+        }
+    }
+    let initrd = base_dir.join("baseline.cpio.gz");
+    let build_secs = {
+        let start = Instant::now();
+        let _d = sh.push_dir(&tree);
+        sh_c(
+            sh,
+            format!(
+                "find . | cpio -o -H newc --quiet | gzip -1 > {}",
+                initrd.display()
+            ),
+        )
+        .run()?;
+        start.elapsed().as_secs_f64()
+    };
+    fs::remove_dir_all(&tree)?;
+    let kernel = plan["kernel"].as_str().context("no kernel in the plan")?.to_string();
+    fs::copy(beambake_dir.join(&kernel), base_dir.join(&kernel))?;
+    plan["initrd"] = "baseline.cpio.gz".into();
+    plan["name"] = "baseline".into();
+    plan["cookie_file"] = serde_json::Value::Null;
+    fs::write(
+        base_dir.join("boot.json"),
+        serde_json::to_string_pretty(&plan)?,
+    )?;
+    Ok(Naive {
+        dir: base_dir.to_path_buf(),
+        initrd_bytes: fs::metadata(&initrd)?.len(),
+        build_secs,
+    })
+}
+
+/// `opt/*/releases/*/vm.args` in an unpacked tree.
+fn glob_vm_args(tree: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    for rel in fs::read_dir(tree.join("opt"))? {
+        let releases = rel?.path().join("releases");
+        if let Ok(rd) = fs::read_dir(&releases) {
+            for v in rd {
+                let p = v?.path().join("vm.args");
+                if p.is_file() {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
     cmd!(sh, "cargo build --release -q -p beambake").run()?;
     let bb = root.join("target/release/beambake");
@@ -144,81 +274,15 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
 
     // The naive baseline: the same files, but busybox + a shell init + the relx start
     // script, packed with find | cpio | gzip.
-    let base_dir = work.join("baseline");
-    let tree = work.join("baseline-tree");
-    fs::create_dir_all(&base_dir)?;
-    fs::create_dir_all(&tree)?;
-    let raw = work.join("raw.cpio");
-    cmd!(sh, "{bb} rootfs {release} -o {raw}")
-        .quiet()
-        .ignore_stdout()
-        .run()?;
-    {
-        let _d = sh.push_dir(&tree);
-        sh_c(sh, format!("cpio -idm --quiet < {}", raw.display())).run()?;
-        // the kernel modules, exactly as beambake found them
-        sh_c(
-            sh,
-            format!(
-                "zstd -dc {} | cpio -idm --quiet 'usr/lib/modules/*' 'etc/beambake/modules'",
-                image.display()
-            ),
-        )
-        .run()?;
-    }
-    fs::create_dir_all(tree.join("bin"))?;
-    fs::copy("/bin/busybox", tree.join("bin/busybox"))?;
-    let applets = cmd!(sh, "/bin/busybox --list").read()?;
-    for a in applets.lines() {
-        let l = tree.join("bin").join(a);
-        if !l.exists() {
-            std::os::unix::fs::symlink("busybox", &l)?;
-        }
-    }
-    fs::write(
-        tree.join("init"),
-        "#!/bin/sh\n\
-         mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
-         mount -t tmpfs tmp /tmp\n\
-         for m in $(cat /etc/beambake/modules); do insmod $m; done\n\
-         ip link set lo up\n\
-         while ! ip link show eth0 >/dev/null 2>&1; do sleep 0.05; done\n\
-         ip addr add 10.0.120.101/24 dev eth0; ip link set eth0 up\n\
-         export HOME=/root PATH=/bin\n\
-         exec /opt/echo/bin/echo foreground\n",
+    let naive = naive_image(
+        sh,
+        &bb,
+        &work.join("baseline"),
+        &release,
+        &dir,
+        "/opt/echo/bin/echo foreground",
     )?;
-    cmd!(sh, "chmod 755 {tree}/init").run()?;
-    let _ = fs::remove_file(tree.join("etc/beambake/launch.json"));
-    // relx's start script refuses to run without a node name; a user's vm.args has one
-    // (rebar3's template: `-sname NAME`), so erlexec starts epmd through /bin/sh.
-    let vm_args = tree.join("opt/echo/releases/0.1.0/vm.args");
-    let mut va = fs::read_to_string(&vm_args)?;
-    va.push_str("-sname echo\n");
-    fs::write(&vm_args, va)?;
-    let base_image = base_dir.join("baseline.cpio.gz");
-    let base_build = {
-        let start = Instant::now();
-        let _d = sh.push_dir(&tree);
-        sh_c(
-            sh,
-            format!(
-                "find . | cpio -o -H newc --quiet | gzip -1 > {}",
-                base_image.display()
-            ),
-        )
-        .run()?;
-        start.elapsed().as_secs_f64()
-    };
-    let base_size = fs::metadata(&base_image)?.len();
-    fs::copy(dir.join("vmlinuz"), base_dir.join("vmlinuz"))?;
-    let mut plan: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(dir.join("boot.json"))?)?;
-    plan["initrd"] = "baseline.cpio.gz".into();
-    plan["name"] = "baseline".into();
-    fs::write(
-        base_dir.join("boot.json"),
-        serde_json::to_string_pretty(&plan)?,
-    )?;
+    let (base_dir, base_size, base_build) = (naive.dir, naive.initrd_bytes, naive.build_secs);
 
     // The same image with the release's own embedded code loading, for comparison.
     let emb_recipe = work.join("bench-embedded.toml");
@@ -446,6 +510,10 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
             .map(|d| osv_cold(&d.join("build.seconds")))
             .unwrap_or_else(|| "not recorded".into()),
         osv_cold(&osv_erts.with_file_name(".beambake-build-seconds")),
+    ));
+    report.push_str(&format!(
+        "\n{}\n",
+        crate::bench_boot::bench_boot(sh, root)?
     ));
     report.push_str(&format!("\n{}\n", cache(sh, root)?));
     report.push_str(&format!("\n{}\n", switch(sh, root)?));

@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod bench_boot;
 mod ci_example;
 mod identity;
 mod otp;
@@ -133,6 +134,17 @@ fn main() -> Result<()> {
             println!("{}", bench::cache(&sh, &root())?);
             Ok(())
         }
+        Some("bench-boot") => {
+            deps(&sh)?;
+            for (tool, pkg) in [("busybox", "busybox-static"), ("zstd", "zstd")] {
+                if !have(&sh, tool) {
+                    install(&sh, &[pkg])?;
+                }
+            }
+            cmd!(sh, "cargo build --release -q -p beambake").run()?;
+            println!("{}", bench_boot::bench_boot(&sh, &root())?);
+            Ok(())
+        }
         Some("bench-switch") => {
             deps(&sh)?;
             cmd!(sh, "cargo build --release -q -p beambake").run()?;
@@ -141,7 +153,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-boot | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
             );
             std::process::exit(2);
         }
