@@ -11,6 +11,8 @@
 //!   and GitLab CI files run) on this machine, its artefacts checked.
 //! - `identity BASELINE_BEAMBAKE [--init INIT]`: every recipe's artefacts built by a baseline binary and
 //!   by this tree's must be byte-identical (for refactors).
+//! - `bench-size`: the echo release's tree under each initramfs compressor, with its
+//!   `.beam` files gzipped and decompressed (BENCHMARKS.md, "Smaller bytes").
 //! - `deps`: checks for the host tools the tests need and installs the missing Debian
 //!   packages when run as root (else prints the exact command).
 //!
@@ -131,6 +133,20 @@ fn main() -> Result<()> {
             deps(&sh)?;
             cmd!(sh, "cargo build --release -q -p beambake").run()?;
             println!("{}", bench::cache(&sh, &root())?);
+            Ok(())
+        }
+        Some("bench-size") => {
+            deps(&sh)?;
+            for (tool, pkg) in [("zstd", "zstd"), ("lz4", "lz4")] {
+                if !have(&sh, tool) {
+                    install(&sh, &[pkg])?;
+                }
+            }
+            // beambake only writes the uncompressed archives: the tools measured are the
+            // host's compressors, so a debug build will do.
+            cmd!(sh, "cargo build -q -p beambake").run()?;
+            let bb = root().join("target/debug/beambake");
+            println!("{}", bench::sizes(&sh, &root(), &bb)?);
             Ok(())
         }
         Some("bench-switch") => {

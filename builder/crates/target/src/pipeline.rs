@@ -200,6 +200,9 @@ pub fn prepare(
     };
     progress.step("assembling the root filesystem and its library closure");
     let assembly = assemble::assemble(&release, opts)?;
+    for line in left_out_lines(&assembly.left_out) {
+        progress.detail(&line);
+    }
     for l in assembly.tree.skipped_links() {
         progress.detail(&format!(
             "left out {} (symlink to {}): {}",
@@ -225,6 +228,43 @@ pub fn prepare(
         release,
         assembly,
     })
+}
+
+/// The `-v` lines saying what the assembly left out of the tree and how it stored the
+/// `.beam` files (none when it did neither).
+pub fn left_out_lines(l: &assemble::LeftOut) -> Vec<String> {
+    let names = |paths: &[String], base: bool| {
+        paths
+            .iter()
+            .map(|p| match p.rsplit_once('/') {
+                Some((_, name)) if base => name.to_string(),
+                _ => p.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Vec::new();
+    if !l.erts_programs.is_empty() {
+        out.push(format!(
+            "left out {} ERTS programs the launch spec never runs: {}",
+            l.erts_programs.len(),
+            names(&l.erts_programs, true)
+        ));
+    }
+    if !l.build_only.is_empty() {
+        out.push(format!(
+            "left out {} directories of headers, sources and docs: {}",
+            l.build_only.len(),
+            names(&l.build_only, false)
+        ));
+    }
+    let (n, before, after) = l.beams_decompressed;
+    if n > 0 {
+        out.push(format!(
+            "stored {n} gzipped .beam files decompressed ({before} -> {after} bytes), for the image's compressor"
+        ));
+    }
+    out
 }
 
 /// The manifest for a prepared build and its written artefacts.
