@@ -641,7 +641,8 @@ fn run(cli: Cli) -> Result<u8> {
                 } else {
                     assemble::Beams::Plain
                 };
-                let p = pipeline::prepare(&input.input(cli.verbose), &input.options(beams)?, &steps)?;
+                let p =
+                    pipeline::prepare(&input.input(cli.verbose), &input.options(beams)?, &steps)?;
                 steps.step(&format!("writing {}", output.display()));
                 let format = if output.extension().is_some_and(|e| e == "iso") {
                     Format::Iso9660 {

@@ -154,7 +154,10 @@ fn inspect_a_rebar3_project_and_json() {
         assert!(!libs.iter().any(|p| p.ends_with(l)), "{l} in {libs:?}");
     }
     assert!(libs.contains(&"/lib64/ld-linux-x86-64.so.2"), "{libs:?}");
-    assert!(libs.iter().any(|p| p.ends_with("/libstdc++.so.6")), "{libs:?}");
+    assert!(
+        libs.iter().any(|p| p.ends_with("/libstdc++.so.6")),
+        "{libs:?}"
+    );
 }
 
 #[test]

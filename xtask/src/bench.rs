@@ -567,12 +567,36 @@ pub fn sizes(sh: &Shell, root: &Path, bb: &Path) -> Result<String> {
     // (label, compress argv, decompress argv): the forms the kernel's initramfs
     // unpacker reads (xz with CRC32, lz4's legacy frame).
     let codecs: &[(&str, &[&str], &[&str])] = &[
-        ("zstd -3", &["zstd", "-q", "-3", "-c"], &["zstd", "-q", "-d", "-c"]),
-        ("zstd -9", &["zstd", "-q", "-9", "-c"], &["zstd", "-q", "-d", "-c"]),
-        ("zstd -19", &["zstd", "-q", "-19", "-c"], &["zstd", "-q", "-d", "-c"]),
-        ("xz -6", &["xz", "-q", "-6", "--check=crc32", "-c"], &["xz", "-q", "-d", "-c"]),
-        ("lz4 -9 (legacy)", &["lz4", "-q", "-9", "-l", "-c"], &["lz4", "-q", "-d", "-c"]),
-        ("gzip -9", &["gzip", "-q", "-9", "-n", "-c"], &["gzip", "-q", "-d", "-c"]),
+        (
+            "zstd -3",
+            &["zstd", "-q", "-3", "-c"],
+            &["zstd", "-q", "-d", "-c"],
+        ),
+        (
+            "zstd -9",
+            &["zstd", "-q", "-9", "-c"],
+            &["zstd", "-q", "-d", "-c"],
+        ),
+        (
+            "zstd -19",
+            &["zstd", "-q", "-19", "-c"],
+            &["zstd", "-q", "-d", "-c"],
+        ),
+        (
+            "xz -6",
+            &["xz", "-q", "-6", "--check=crc32", "-c"],
+            &["xz", "-q", "-d", "-c"],
+        ),
+        (
+            "lz4 -9 (legacy)",
+            &["lz4", "-q", "-9", "-l", "-c"],
+            &["lz4", "-q", "-d", "-c"],
+        ),
+        (
+            "gzip -9",
+            &["gzip", "-q", "-9", "-n", "-c"],
+            &["gzip", "-q", "-d", "-c"],
+        ),
     ];
     let mb = |n: u64| n as f64 / 1e6;
     let mut out = String::from(
@@ -591,7 +615,10 @@ pub fn sizes(sh: &Shell, root: &Path, bb: &Path) -> Result<String> {
         let mut sizes = Vec::new();
         let (mut c_secs, mut d_secs) = (Vec::new(), Vec::new());
         for (beams, cpio) in &cpios {
-            let dest = work.join(format!("{beams}.cpio.{}", label.replace([' ', '(', ')'], "")));
+            let dest = work.join(format!(
+                "{beams}.cpio.{}",
+                label.replace([' ', '(', ')'], "")
+            ));
             for _ in 0..3 {
                 let start = Instant::now();
                 let o = Command::new(comp[0])

@@ -15,8 +15,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::Read;
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -44,7 +44,9 @@ pub enum AssembleError {
     Conflict(String),
     #[error(transparent)]
     BootScript(#[from] crate::boot_script::BootScriptError),
-    #[error("{path}: a gzip-compressed .beam file that does not decompress to a BEAM module: {message}")]
+    #[error(
+        "{path}: a gzip-compressed .beam file that does not decompress to a BEAM module: {message}"
+    )]
     Beam { path: String, message: String },
 }
 
@@ -156,9 +158,7 @@ pub fn build_only(rel: &Path) -> bool {
     let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
     match parts.as_slice() {
         ["doc" | "man"] => true,
-        [erts, dir] if erts.starts_with("erts-") => {
-            ["include", "src", "doc", "man"].contains(dir)
-        }
+        [erts, dir] if erts.starts_with("erts-") => ["include", "src", "doc", "man"].contains(dir),
         ["lib", _, dir] => ["include", "src", "c_src", "examples", "doc"].contains(dir),
         _ => false,
     }
@@ -199,9 +199,8 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
         false
     };
     // The release itself, as the user built it (without its ERTS when another replaces it).
-    let skip_release = |p: &Path| {
-        (erts_override.is_some() && p == Path::new(&erts_name)) || leave_out(p)
-    };
+    let skip_release =
+        |p: &Path| (erts_override.is_some() && p == Path::new(&erts_name)) || leave_out(p);
     let links = rel.link_policy();
     tree.add_host_tree(&rel.root, &prefix, "release", &links, &skip_release)?;
     // An ERTS from elsewhere is copied as its `bin` alone: paths relative to that.
@@ -547,8 +546,10 @@ mod tests {
         assert_eq!(kept(&plain, &[]), base);
         // epmd with an epmd service, heart with -heart (argv, vm.args or ERL_FLAGS).
         let mut dist = plain.clone();
-        dist.services
-            .push(launch::Service::new("epmd", vec!["/r/erts-1/bin/epmd".into()]));
+        dist.services.push(launch::Service::new(
+            "epmd",
+            vec!["/r/erts-1/bin/epmd".into()],
+        ));
         assert!(kept(&dist, &[]).contains(&"epmd"));
         assert!(!kept(&dist, &[]).contains(&"heart"));
         let heart = rel(&["/r/erts-1/bin/erlexec", "-heart"]);
@@ -603,7 +604,13 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, bytes).unwrap();
         };
-        for prog in ["erlexec", "beam.smp", "erl_child_setup", "inet_gethost", "epmd"] {
+        for prog in [
+            "erlexec",
+            "beam.smp",
+            "erl_child_setup",
+            "inet_gethost",
+            "epmd",
+        ] {
             put(&format!("erts-1/bin/{prog}"), b"#!/bin/true\n");
         }
         for prog in ["erlc", "escript", "heart", "erl", "start.src", "to_erl"] {

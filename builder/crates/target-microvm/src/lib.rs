@@ -172,7 +172,7 @@ impl Target for Microvm {
 
     /// The initramfs is compressed as a whole: zstd does better on the modules' own bytes
     /// than on relx's gzipped ones (BENCHMARKS.md, "Smaller bytes").
-    fn beams(&self) -> beambake_release::assemble::Beams {
+    fn beams(&self, _recipe: &Recipe) -> beambake_release::assemble::Beams {
         beambake_release::assemble::Beams::Plain
     }
 

@@ -85,10 +85,11 @@ pub trait Target: Sync {
         })
     }
 
-    /// How the release's `.beam` files go into the tree: [`assemble::Beams::Plain`] when
-    /// the target's image is compressed as a whole; as built (the default) when its
-    /// format stores files as they are.
-    fn beams(&self) -> assemble::Beams {
+    /// How the release's `.beam` files go into the tree for `recipe`:
+    /// [`assemble::Beams::Plain`] when the target's image is compressed (its compressor
+    /// does better on the modules' own bytes); as built (the default) when its format
+    /// stores files as they are.
+    fn beams(&self, _recipe: &Recipe) -> assemble::Beams {
         assemble::Beams::AsBuilt
     }
 
@@ -134,7 +135,13 @@ pub fn build(
     target.check(recipe)?;
     let _memo = cx.builds.map(|dir| DigestMemo::new(dir, progress));
     let cookie_file = target.appends_files().then_some(paths::COOKIE_ARGS_PATH);
-    let mut common = prepare(recipe, out_root, cookie_file, target.beams(), progress)?;
+    let mut common = prepare(
+        recipe,
+        out_root,
+        cookie_file,
+        target.beams(recipe),
+        progress,
+    )?;
     let cached = match cx.builds {
         Some(dir) => match target.cache_inputs(recipe, cx)? {
             Some(kernel) => {

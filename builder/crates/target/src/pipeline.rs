@@ -320,3 +320,26 @@ fn relative_to(p: &Path, dir: &Path) -> String {
         Err(_) => cp.display().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_left_out_path_is_in_a_detail_line() {
+        assert!(left_out_lines(&assemble::LeftOut::default()).is_empty());
+        let l = assemble::LeftOut {
+            erts_programs: vec!["erts-1/bin/erlc".into(), "erts-1/bin/escript".into()],
+            build_only: vec!["lib/kernel-8.5.3/include".into()],
+            beams_decompressed: (2, 10, 30),
+        };
+        assert_eq!(
+            left_out_lines(&l),
+            [
+                "left out 2 ERTS programs the launch spec never runs: erlc, escript",
+                "left out 1 directories of headers, sources and docs: lib/kernel-8.5.3/include",
+                "stored 2 gzipped .beam files decompressed (10 -> 30 bytes), for the image's compressor",
+            ]
+        );
+    }
+}
