@@ -713,6 +713,36 @@ mod tests {
     }
 
     #[test]
+    fn the_elf_closure_is_of_what_is_left() {
+        let epmd = Path::new("/usr/lib/erlang/erts-13.1.5/bin/epmd");
+        if !epmd.is_file() {
+            beambake_testkit::skip!("{} is absent (Erlang not installed)", epmd.display());
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (rel, _) = fake_release(d.path());
+        // Debian's epmd links libsystemd; nothing else in the fake release is an ELF.
+        fs::copy(epmd, d.path().join("erts-1/bin/epmd")).unwrap();
+        let libs = |a: &Assembly| {
+            a.host_libs
+                .iter()
+                .map(|l| l.path.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        let alone = assemble(&rel, &options(Beams::AsBuilt)).unwrap();
+        assert!(libs(&alone).is_empty(), "{:?}", libs(&alone));
+        let mut opts = options(Beams::AsBuilt);
+        opts.distribution.wanted = true;
+        opts.distribution.host = Some("10.0.0.2".into());
+        let dist = assemble(&rel, &opts).unwrap();
+        assert!(dist.tree.contains("/opt/app/erts-1/bin/epmd"));
+        assert!(
+            libs(&dist).iter().any(|l| l.contains("libsystemd")),
+            "{:?}",
+            libs(&dist)
+        );
+    }
+
+    #[test]
     fn plain_beams_are_stored_decompressed_with_their_mode_and_origin() {
         let d = tempfile::tempdir().unwrap();
         let (rel, beam) = fake_release(d.path());
