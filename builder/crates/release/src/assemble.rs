@@ -321,18 +321,11 @@ fn decompress_beams(tree: &mut Tree) -> Result<(usize, u64, u64), AssembleError>
         }
         before += bytes.len() as u64;
         after += out.len() as u64;
-        plain.push((path.to_string(), entry.clone(), out));
+        plain.push((path.to_string(), out));
     }
     let n = plain.len();
-    for (path, entry, bytes) in plain {
-        tree.remove(&path);
-        tree.insert(
-            &path,
-            beambake_images::rootfs::Entry {
-                kind: EntryKind::File(FileSource::Bytes(Arc::new(bytes))),
-                ..entry
-            },
-        )?;
+    for (path, bytes) in plain {
+        tree.set_source(&path, FileSource::Bytes(Arc::new(bytes)));
     }
     Ok((n, before, after))
 }
