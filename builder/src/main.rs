@@ -354,6 +354,17 @@ struct InputArgs {
     /// Guest directory of the release [default: /opt/NAME].
     #[arg(long)]
     prefix: Option<String>,
+    /// How gzipped `.beam` files are stored: `plain` (decompressed, for an image compressed
+    /// as a whole) or `as-built` [default: plain for a compressed cpio and for `--sizes`
+    /// (as the microvm target does), else as-built].
+    #[arg(long, value_enum)]
+    beams: Option<BeamsArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BeamsArg {
+    AsBuilt,
+    Plain,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -484,7 +495,8 @@ impl InputArgs {
             trace: false,
         }
     }
-    fn options(&self) -> Result<assemble::Options> {
+    /// The assembly's options; `beams` unless `--beams` says otherwise.
+    fn options(&self, beams: assemble::Beams) -> Result<assemble::Options> {
         Ok(assemble::Options {
             prefix: self.prefix.clone(),
             mtime: Tree::epoch_from_env()?,
@@ -494,6 +506,11 @@ impl InputArgs {
             extra_args: Vec::new(),
             shell: false,
             erts_from: self.erts_from.clone(),
+            beams: match self.beams {
+                Some(BeamsArg::AsBuilt) => assemble::Beams::AsBuilt,
+                Some(BeamsArg::Plain) => assemble::Beams::Plain,
+                None => beams,
+            },
         })
     }
 }
@@ -587,7 +604,12 @@ fn run(cli: Cli) -> Result<u8> {
             level,
         } => {
             let steps = Steps::new(cli.verbose, cli.quiet);
-            let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps);
+            let beams = if sizes {
+                assemble::Beams::Plain
+            } else {
+                assemble::Beams::AsBuilt
+            };
+            let p = pipeline::prepare(&input.input(cli.verbose), &input.options(beams)?, &steps);
             steps.done();
             let p = p?;
             if sizes {
@@ -623,7 +645,13 @@ fn run(cli: Cli) -> Result<u8> {
             let level = level.unwrap_or(compression.default_level());
             let steps = Steps::new(cli.verbose, cli.quiet);
             let result = (|| -> Result<_> {
-                let p = pipeline::prepare(&input.input(cli.verbose), &input.options()?, &steps)?;
+                let beams = if compression == Compression::None {
+                    assemble::Beams::AsBuilt
+                } else {
+                    assemble::Beams::Plain
+                };
+                let p =
+                    pipeline::prepare(&input.input(cli.verbose), &input.options(beams)?, &steps)?;
                 steps.step(&format!("writing {}", output.display()));
                 let format = if output.extension().is_some_and(|e| e == "iso") {
                     Format::Iso9660 {

@@ -614,3 +614,106 @@ pub fn switch(sh: &Shell, root: &Path) -> Result<String> {
         .map(str::to_string)
         .with_context(|| format!("the switch bench printed no result: {line}"))
 }
+
+/// `cargo xtask bench-size`: what the image compressor makes of the echo release's tree
+/// (release, ERTS, ELF closure, launch spec: `beambake rootfs`, uncompressed), with its
+/// `.beam` files as relx built them (gzipped) and decompressed (`--beams`): the size
+/// under each compressor the kernel can unpack, and the time to compress and to
+/// decompress (the host's tools, median of 3; the guest's kernel does the latter at
+/// boot, under TCG some times slower). A Markdown table.
+pub fn sizes(sh: &Shell, root: &Path, bb: &Path) -> Result<String> {
+    let work = root.join("target/bench-size");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work)?;
+    let (release, _) = built_release(sh, root, &work)?;
+    let mut cpios = Vec::new();
+    for beams in ["as-built", "plain"] {
+        let cpio = work.join(format!("{beams}.cpio"));
+        cmd!(sh, "{bb} rootfs {release} -o {cpio} --beams {beams} -q").run()?;
+        cpios.push((beams, cpio));
+    }
+    // (label, compress argv, decompress argv): the forms the kernel's initramfs
+    // unpacker reads (xz with CRC32, lz4's legacy frame).
+    let codecs: &[(&str, &[&str], &[&str])] = &[
+        (
+            "zstd -3",
+            &["zstd", "-q", "-3", "-c"],
+            &["zstd", "-q", "-d", "-c"],
+        ),
+        (
+            "zstd -9",
+            &["zstd", "-q", "-9", "-c"],
+            &["zstd", "-q", "-d", "-c"],
+        ),
+        (
+            "zstd -19",
+            &["zstd", "-q", "-19", "-c"],
+            &["zstd", "-q", "-d", "-c"],
+        ),
+        (
+            "xz -6",
+            &["xz", "-q", "-6", "--check=crc32", "-c"],
+            &["xz", "-q", "-d", "-c"],
+        ),
+        (
+            "lz4 -9 (legacy)",
+            &["lz4", "-q", "-9", "-l", "-c"],
+            &["lz4", "-q", "-d", "-c"],
+        ),
+        (
+            "gzip -9",
+            &["gzip", "-q", "-9", "-n", "-c"],
+            &["gzip", "-q", "-d", "-c"],
+        ),
+    ];
+    let mb = |n: u64| n as f64 / 1e6;
+    let mut out = String::from(
+        "| compressor | .beam as built | .beam decompressed | compress (decompressed) | decompress (decompressed) |\n|---|---|---|---|---|\n",
+    );
+    let raw: Vec<u64> = cpios
+        .iter()
+        .map(|(_, c)| fs::metadata(c).map(|m| m.len()))
+        .collect::<std::io::Result<_>>()?;
+    out.push_str(&format!(
+        "| none | {:.2} MB | {:.2} MB | | |\n",
+        mb(raw[0]),
+        mb(raw[1])
+    ));
+    for (label, comp, decomp) in codecs {
+        let mut sizes = Vec::new();
+        let (mut c_secs, mut d_secs) = (Vec::new(), Vec::new());
+        for (beams, cpio) in &cpios {
+            let dest = work.join(format!(
+                "{beams}.cpio.{}",
+                label.replace([' ', '(', ')'], "")
+            ));
+            for _ in 0..3 {
+                let start = Instant::now();
+                let o = Command::new(comp[0])
+                    .args(&comp[1..])
+                    .arg(cpio)
+                    .stdout(fs::File::create(&dest)?)
+                    .status()
+                    .with_context(|| format!("{comp:?}"))?;
+                if !o.success() {
+                    bail!("{comp:?} {} failed", cpio.display());
+                }
+                c_secs.push(start.elapsed().as_secs_f64());
+                d_secs.push(measured(Command::new(decomp[0]).args(&decomp[1..]).arg(&dest))?.secs);
+            }
+            sizes.push(fs::metadata(&dest)?.len());
+            if *beams == "as-built" {
+                c_secs.clear();
+                d_secs.clear();
+            }
+        }
+        out.push_str(&format!(
+            "| {label} | {:.2} MB | {:.2} MB | {:.2} s | {:.3} s |\n",
+            mb(sizes[0]),
+            mb(sizes[1]),
+            median(c_secs),
+            median(d_secs)
+        ));
+    }
+    Ok(out)
+}

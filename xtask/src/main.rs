@@ -11,6 +11,8 @@
 //!   and GitLab CI files run) on this machine, its artefacts checked.
 //! - `identity BASELINE_BEAMBAKE [--init INIT]`: every recipe's artefacts built by a baseline binary and
 //!   by this tree's must be byte-identical (for refactors).
+//! - `bench-size`: the echo release's tree under each initramfs compressor, with its
+//!   `.beam` files gzipped and decompressed (BENCHMARKS.md, "Smaller bytes").
 //! - `deps`: checks for the host tools the tests need and installs the missing Debian
 //!   packages when run as root (else prints the exact command).
 //!
@@ -145,6 +147,20 @@ fn main() -> Result<()> {
             println!("{}", bench_boot::bench_boot(&sh, &root())?);
             Ok(())
         }
+        Some("bench-size") => {
+            deps(&sh)?;
+            for (tool, pkg) in [("zstd", "zstd"), ("lz4", "lz4")] {
+                if !have(&sh, tool) {
+                    install(&sh, &[pkg])?;
+                }
+            }
+            // beambake only writes the uncompressed archives: the tools measured are the
+            // host's compressors, so a debug build will do.
+            cmd!(sh, "cargo build -q -p beambake").run()?;
+            let bb = root().join("target/debug/beambake");
+            println!("{}", bench::sizes(&sh, &root(), &bb)?);
+            Ok(())
+        }
         Some("bench-switch") => {
             deps(&sh)?;
             cmd!(sh, "cargo build --release -q -p beambake").run()?;
@@ -153,7 +169,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-boot | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-boot | bench-size | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
             );
             std::process::exit(2);
         }

@@ -316,6 +316,21 @@ impl Tree {
         before - self.entries.len()
     }
 
+    /// Gives the regular file at `path` another content source (mode and origin kept);
+    /// false when no regular file is there.
+    pub fn set_source(&mut self, path: &str, src: FileSource) -> bool {
+        match self.entries.get_mut(path) {
+            Some(Entry {
+                kind: EntryKind::File(old),
+                ..
+            }) => {
+                *old = src;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Creates `path` and any missing parents as directories (mode 0755).
     pub fn mkdir_p(&mut self, path: &str, origin: &str) -> Result<(), TreeError> {
         check_path(path)?;
@@ -828,6 +843,24 @@ mod tests {
 
     fn file(t: &mut Tree, p: &str) -> Result<(), TreeError> {
         t.add_bytes(p, b"x".to_vec(), 0o644, "test")
+    }
+
+    #[test]
+    fn a_file_takes_another_source_keeping_mode_and_origin() {
+        let mut t = Tree::new(1);
+        t.add_bytes("/a/f", b"old".to_vec(), 0o600, "release")
+            .unwrap();
+        assert!(t.set_source("/a/f", FileSource::Bytes(Arc::new(b"new".to_vec()))));
+        let e = t.get("/a/f").unwrap();
+        assert_eq!((e.perm, e.origin.as_str()), (0o600, "release"));
+        assert_eq!(
+            e.kind,
+            EntryKind::File(FileSource::Bytes(Arc::new(b"new".to_vec())))
+        );
+        // Not a regular file, or nothing there: no change.
+        assert!(!t.set_source("/a", FileSource::Bytes(Arc::new(vec![]))));
+        assert!(!t.set_source("/none", FileSource::Bytes(Arc::new(vec![]))));
+        assert_eq!(t.get("/a").unwrap().kind, EntryKind::Dir);
     }
 
     #[test]

@@ -170,6 +170,12 @@ impl Target for Microvm {
         Ok(image::append_to_initramfs(image, path, content, 0o400)?)
     }
 
+    /// The initramfs is compressed as a whole: zstd does better on the modules' own bytes
+    /// than on relx's gzipped ones (BENCHMARKS.md, "Smaller bytes").
+    fn beams(&self, _recipe: &Recipe) -> beambake_release::assemble::Beams {
+        beambake_release::assemble::Beams::Plain
+    }
+
     fn make(
         &self,
         recipe: &Recipe,

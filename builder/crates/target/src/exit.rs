@@ -215,9 +215,10 @@ fn of_assemble(e: &AssembleError) -> Exit {
         AssembleError::Tree(e) => of_tree(e),
         AssembleError::Elf(_) => Exit::BadInput,
         AssembleError::Io { source, .. } => io(source, Exit::Build),
-        AssembleError::BadPrefix(_) | AssembleError::Conflict(_) | AssembleError::BootScript(_) => {
-            Exit::BadInput
-        }
+        AssembleError::BadPrefix(_)
+        | AssembleError::Conflict(_)
+        | AssembleError::BootScript(_)
+        | AssembleError::Beam { .. } => Exit::BadInput,
     }
 }
 

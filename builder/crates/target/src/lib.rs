@@ -85,6 +85,14 @@ pub trait Target: Sync {
         })
     }
 
+    /// How the release's `.beam` files go into the tree for `recipe`:
+    /// [`assemble::Beams::Plain`] when the target's image is compressed (its compressor
+    /// does better on the modules' own bytes); as built (the default) when its format
+    /// stores files as they are.
+    fn beams(&self, _recipe: &Recipe) -> assemble::Beams {
+        assemble::Beams::AsBuilt
+    }
+
     /// Adds the target's files to `common`'s tree, writes its image(s) and kernel into
     /// the staging dir (`common.dir`) and returns them with the boot plan (start from
     /// [`plan`]).
@@ -127,7 +135,13 @@ pub fn build(
     target.check(recipe)?;
     let _memo = cx.builds.map(|dir| DigestMemo::new(dir, progress));
     let cookie_file = target.appends_files().then_some(paths::COOKIE_ARGS_PATH);
-    let mut common = prepare(recipe, out_root, cookie_file, progress)?;
+    let mut common = prepare(
+        recipe,
+        out_root,
+        cookie_file,
+        target.beams(recipe),
+        progress,
+    )?;
     let cached = match cx.builds {
         Some(dir) => match target.cache_inputs(recipe, cx)? {
             Some(kernel) => {
@@ -309,11 +323,12 @@ pub struct Common {
 /// the first VM's address; each VM gets its own at boot), then starts the output set (a
 /// release that cannot be prepared creates nothing in `out_root`).
 /// `cookie_file`: where a random cookie goes when the target keeps it out of the tree
-/// ([`Target::appends_files`]).
+/// ([`Target::appends_files`]); `beams`: how `.beam` files are stored ([`Target::beams`]).
 pub fn prepare(
     recipe: &Recipe,
     out_root: &Path,
     cookie_file: Option<&str>,
+    beams: assemble::Beams,
     progress: &dyn Progress,
 ) -> Result<Common, Error> {
     let input = Input {
@@ -359,6 +374,7 @@ pub fn prepare(
         extra_args: recipe.launch.extra_args.clone(),
         shell: recipe.launch.shell,
         erts_from: recipe.release.erts_from.as_deref().map(Path::to_path_buf),
+        beams,
     };
     if !input.path.exists() {
         return Err(Error::recipe(

@@ -202,6 +202,9 @@ pub fn prepare(
     };
     progress.step("assembling the root filesystem and its library closure");
     let assembly = assemble::assemble(&release, opts)?;
+    for line in left_out_lines(&assembly.left_out) {
+        progress.detail(&line);
+    }
     for l in assembly.tree.skipped_links() {
         progress.detail(&format!(
             "left out {} (symlink to {}): {}",
@@ -227,6 +230,43 @@ pub fn prepare(
         release,
         assembly,
     })
+}
+
+/// The `-v` lines saying what the assembly left out of the tree and how it stored the
+/// `.beam` files (none when it did neither).
+pub fn left_out_lines(l: &assemble::LeftOut) -> Vec<String> {
+    let names = |paths: &[String], base: bool| {
+        paths
+            .iter()
+            .map(|p| match p.rsplit_once('/') {
+                Some((_, name)) if base => name.to_string(),
+                _ => p.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Vec::new();
+    if !l.erts_programs.is_empty() {
+        out.push(format!(
+            "left out {} ERTS programs the launch spec never runs: {}",
+            l.erts_programs.len(),
+            names(&l.erts_programs, true)
+        ));
+    }
+    if !l.build_only.is_empty() {
+        out.push(format!(
+            "left out {} directories of headers, sources and docs: {}",
+            l.build_only.len(),
+            names(&l.build_only, false)
+        ));
+    }
+    let (n, before, after) = l.beams_decompressed;
+    if n > 0 {
+        out.push(format!(
+            "stored {n} gzipped .beam files decompressed ({before} -> {after} bytes), for the image's compressor"
+        ));
+    }
+    out
 }
 
 /// The manifest for a prepared build and its written artefacts.
@@ -280,5 +320,28 @@ fn relative_to(p: &Path, dir: &Path) -> String {
     match cp.strip_prefix(&cd) {
         Ok(r) => r.display().to_string(),
         Err(_) => cp.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_left_out_path_is_in_a_detail_line() {
+        assert!(left_out_lines(&assemble::LeftOut::default()).is_empty());
+        let l = assemble::LeftOut {
+            erts_programs: vec!["erts-1/bin/erlc".into(), "erts-1/bin/escript".into()],
+            build_only: vec!["lib/kernel-8.5.3/include".into()],
+            beams_decompressed: (2, 10, 30),
+        };
+        assert_eq!(
+            left_out_lines(&l),
+            [
+                "left out 2 ERTS programs the launch spec never runs: erlc, escript",
+                "left out 1 directories of headers, sources and docs: lib/kernel-8.5.3/include",
+                "stored 2 gzipped .beam files decompressed (10 -> 30 bytes), for the image's compressor",
+            ]
+        );
     }
 }

@@ -26,9 +26,9 @@ impl Compression {
         }
     }
 
-    /// The default level: gzip 6; zstd 9. Measured on the echo release (15.9 MB raw):
-    /// zstd 9 gives 7.2 MB in 0.3 s, zstd 19 6.6 MB in 6 s: 9 keeps warm builds under
-    /// a second.
+    /// The default level: gzip 6; zstd 9. Measured on the echo release's tree (13.1 MB
+    /// raw, BENCHMARKS.md "Smaller bytes"): zstd 9 gives 5.4 MB in 0.6 s, zstd 19 4.9 MB
+    /// in 7.5 s, and both decompress equally fast: 9 keeps builds under a second.
     pub fn default_level(self) -> i32 {
         match self {
             Compression::None => 0,
