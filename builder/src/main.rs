@@ -359,6 +359,11 @@ struct InputArgs {
     /// (as the microvm target does), else as-built].
     #[arg(long, value_enum)]
     beams: Option<BeamsArg>,
+    /// Keep every program of the ERTS (`erl`, `escript`, `erl_call`, `epmd`, ...) and
+    /// their libraries, not only those beambake's launch spec runs: for a tree started
+    /// by the release's own scripts.
+    #[arg(long)]
+    all_erts_programs: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -511,6 +516,7 @@ impl InputArgs {
                 Some(BeamsArg::Plain) => assemble::Beams::Plain,
                 None => beams,
             },
+            all_erts_programs: self.all_erts_programs,
         })
     }
 }

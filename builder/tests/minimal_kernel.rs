@@ -131,7 +131,11 @@ fn a_prod_release_with_ssl_and_httpd_passes_smoke_traced() {
         "-v",
     ]);
     assert!(b.status.success(), "{}", stderr(&b));
-    assert!(stderr(&b).contains("modules loaded at boot"), "{}", stderr(&b));
+    assert!(
+        stderr(&b).contains("modules loaded at boot"),
+        "{}",
+        stderr(&b)
+    );
     let _vm = vm_lock();
     let o = smoke(&out.join("web-microvm"), &out, &["--json"]);
     let report = stdout_json(&o);

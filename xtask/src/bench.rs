@@ -139,10 +139,14 @@ pub fn naive_image(
     fs::create_dir_all(base_dir)?;
     fs::create_dir_all(&tree)?;
     let raw = base_dir.with_extension("raw.cpio");
-    cmd!(sh, "{bb} rootfs {release} -o {raw}")
-        .quiet()
-        .ignore_stdout()
-        .run()?;
+    // Everything of the release's ERTS: its start script may run any of it.
+    cmd!(
+        sh,
+        "{bb} rootfs {release} -o {raw} --all-erts-programs --beams as-built"
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()?;
     let plan_text = fs::read_to_string(beambake_dir.join("boot.json"))?;
     let mut plan: serde_json::Value = serde_json::from_str(&plan_text)?;
     let image = beambake_dir.join(plan["initrd"].as_str().context("no initrd in the plan")?);
@@ -189,9 +193,15 @@ pub fn naive_image(
     // (rebar3's template: `-sname NAME`), so erlexec starts epmd through /bin/sh.
     for vm_args in glob_vm_args(&tree)? {
         let mut va = fs::read_to_string(&vm_args)?;
-        if !va.lines().any(|l| l.starts_with("-sname") || l.starts_with("-name")) {
+        if !va
+            .lines()
+            .any(|l| l.starts_with("-sname") || l.starts_with("-name"))
+        {
             let name = plan["name"].as_str().unwrap_or("node").to_string();
-            va.push_str(&format!("-sname {}\n", name.split('-').next().unwrap_or("node")));
+            va.push_str(&format!(
+                "-sname {}\n",
+                name.split('-').next().unwrap_or("node")
+            ));
             fs::write(&vm_args, va)?;
         }
     }
@@ -210,7 +220,10 @@ pub fn naive_image(
         start.elapsed().as_secs_f64()
     };
     fs::remove_dir_all(&tree)?;
-    let kernel = plan["kernel"].as_str().context("no kernel in the plan")?.to_string();
+    let kernel = plan["kernel"]
+        .as_str()
+        .context("no kernel in the plan")?
+        .to_string();
     fs::copy(beambake_dir.join(&kernel), base_dir.join(&kernel))?;
     plan["initrd"] = "baseline.cpio.gz".into();
     plan["name"] = "baseline".into();
@@ -511,10 +524,7 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
             .unwrap_or_else(|| "not recorded".into()),
         osv_cold(&osv_erts.with_file_name(".beambake-build-seconds")),
     ));
-    report.push_str(&format!(
-        "\n{}\n",
-        crate::bench_boot::bench_boot(sh, root)?
-    ));
+    report.push_str(&format!("\n{}\n", crate::bench_boot::bench_boot(sh, root)?));
     report.push_str(&format!("\n{}\n", cache(sh, root)?));
     report.push_str(&format!("\n{}\n", switch(sh, root)?));
     fs::write(root.join("target/bench.md"), &report)?;

@@ -5,7 +5,8 @@
 //! (`examples/echo_mix`) — each four ways, in one run: a naive image (Debian's cloud
 //! kernel, busybox, a shell init, the release's start script, gzip), beambake on Debian's
 //! kernel, beambake on its minimal kernel, and a restore from a snapshot of the latter.
-//! Both beambake images use a traced boot script (`code_loading = "traced"`). Median of
+//! Both beambake images use a traced boot script (`code_loading = "traced"`) and the
+//! small-guest emulator flags (`small_guest = true`). Median of
 //! [`RUNS`] boots under TCG, interleaved; the ratios are against each release's own naive
 //! image. Prints a Markdown table.
 
@@ -97,7 +98,7 @@ fn recipe(work: &Path, r: &Release, minimal: bool) -> Result<PathBuf> {
     let text = format!(
         "name = \"{name}\"\ntarget = \"microvm\"\n\n[release]\nsource = {:?}\n\n{}\
          [vm]\nmemory_mib = 256\ncpus = 1\nmachine = \"microvm\"\naccel = \"tcg\"\n\n\
-         [launch]\ncode_loading = \"traced\"\n\n\
+         [launch]\ncode_loading = \"traced\"\nsmall_guest = true\n\n\
          [network]\nmode = \"tap\"\nguest = \"10.0.120.101/24\"\nhost = \"10.0.120.100\"\nhostname = \"{}\"\n\n\
          [distribution]\ncookie = \"bench\"\n\n{}\n[smoke]\nready_timeout_s = 240\ncheck_timeout_s = 30\n",
         r.dir.display().to_string(),

@@ -190,6 +190,11 @@ pub struct ReleaseCfg {
     /// An installed OTP build (e.g. patched with `beambake patch apply`, then
     /// `make install`) whose ERTS replaces the release's; its version must match.
     pub erts_from: Option<RecipePath>,
+    /// Strip debug and documentation chunks from every `.beam` in the image
+    /// (`beam_lib:strip_files/1` in the host's `erl`, every target): smaller images, no
+    /// source-level debugging or `h/1` docs. relx's prod mode already strips debug info.
+    #[serde(default)]
+    pub strip_beams: bool,
 }
 
 /// A data disk: an ext4 image per VM, created by beambake when absent, mounted at
@@ -242,10 +247,6 @@ pub struct RumprunCfg {
     /// The BEAM cross-built for rumprun (`bin/beam` of a rumprun OTP build), baked with
     /// `rumprun-bake hw_virtio`. Default: `$RUMPRUN_TOOLCHAIN/erlang/bin/beam`.
     pub beam: Option<RecipePath>,
-    /// Strip debug and documentation chunks from every `.beam` on the ISOs
-    /// (`beam_lib:strip_files/1`): smaller images, no source-level debugging.
-    #[serde(default)]
-    pub strip_beams: bool,
     /// Set by `--no-bake`: write the ISOs and the launch config only.
     #[serde(skip)]
     pub no_bake: bool,
@@ -297,10 +298,52 @@ pub struct LaunchCfg {
     /// Extra emulator/init arguments (e.g. `["+S", "1:1"]`).
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Emulator flags for a small guest, chosen by measurement (BENCHMARKS.md): one
+    /// scheduler and one dirty CPU scheduler per vCPU, one dirty I/O scheduler, one async
+    /// thread, no scheduler busy-waiting ([`LaunchCfg::small_guest_args`]). They come after
+    /// the release's vm.args and before `extra_args`, so `extra_args` still win.
+    #[serde(default)]
+    pub small_guest: bool,
     /// The release's Erlang shell on the console (`bin/NAME console` instead of
     /// `foreground`): what `beambake_vm:send/2` types into.
     #[serde(default)]
     pub shell: bool,
+}
+
+impl LaunchCfg {
+    /// `small_guest`'s flags for a guest of `cpus` vCPUs.
+    pub fn small_guest_args(cpus: u32) -> Vec<String> {
+        let c = format!("{cpus}:{cpus}");
+        [
+            "+S",
+            &c,
+            "+SDcpu",
+            &c,
+            "+SDio",
+            "1",
+            "+A",
+            "1",
+            "+sbwt",
+            "none",
+            "+sbwtdcpu",
+            "none",
+            "+sbwtdio",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The emulator arguments beambake adds: `small_guest`'s, then `extra_args`.
+    pub fn args(&self, cpus: u32) -> Vec<String> {
+        let mut a = if self.small_guest {
+            LaunchCfg::small_guest_args(cpus)
+        } else {
+            Vec::new()
+        };
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -1314,6 +1357,18 @@ type = "distribution"
     /// The error of a recipe that must not parse, as the user sees it.
     fn parse_err(t: &str) -> String {
         parse(t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn small_guest_flags_come_before_the_recipes_own_arguments() {
+        let r = parse(&format!(
+            "{GOOD}\n[launch]\nsmall_guest = true\nextra_args = [\"+A\", \"4\"]\n[vm]\ncpus = 2\n"
+        ))
+        .unwrap();
+        let a = r.launch.args(r.vm.cpus);
+        assert_eq!(&a[..4], ["+S", "2:2", "+SDcpu", "2:2"]);
+        assert_eq!(&a[a.len() - 2..], ["+A", "4"]);
+        assert!(parse(GOOD).unwrap().launch.args(1).is_empty());
     }
 
     #[test]

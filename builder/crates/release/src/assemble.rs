@@ -89,6 +89,9 @@ pub struct Options {
     pub erts_from: Option<PathBuf>,
     /// How `.beam` files are stored.
     pub beams: Beams,
+    /// Keep every ERTS program (`erl`, `escript`, `erl_call`, ...), not only those the
+    /// launch spec runs ([`erts_program_kept`]): for a tree started some other way.
+    pub all_erts_programs: bool,
 }
 
 /// A host library pulled in by the ELF closure.
@@ -192,7 +195,10 @@ pub fn assemble(rel: &Release, opts: &Options) -> Result<Assembly, AssembleError
             return true;
         }
         let name = at.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if at.parent() == Some(&erts_bin) && !erts_program_kept(name, &launch, &rel.vm_args) {
+        if !opts.all_erts_programs
+            && at.parent() == Some(&erts_bin)
+            && !erts_program_kept(name, &launch, &rel.vm_args)
+        {
             l.erts_programs.push(at.display().to_string());
             return true;
         }
@@ -655,6 +661,7 @@ mod tests {
             shell: false,
             erts_from: None,
             beams,
+            all_erts_programs: false,
         }
     }
 

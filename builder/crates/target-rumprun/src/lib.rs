@@ -13,9 +13,8 @@
 //! Must not: boot (see [`beambake_vm::boot`]), write ISO bytes itself (see
 //! [`beambake_images::image`]) or know other targets.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use beambake_images::image::{self, Format};
 use beambake_images::output::Written;
@@ -64,66 +63,12 @@ fn is_elf(src: &FileSource) -> bool {
     }
 }
 
-/// `.beam` files of `tree` stripped of debug and documentation chunks
-/// (`beam_lib:strip_files/1` in the host's `erl`): guest path -> stripped bytes.
-pub fn strip_beams(tree: &Tree) -> Result<HashMap<String, Arc<Vec<u8>>>, Error> {
-    let beams: Vec<(&str, &FileSource)> = tree
-        .iter()
-        .filter_map(|(p, e)| match &e.kind {
-            EntryKind::File(src) if p.ends_with(".beam") => Some((p, src)),
-            _ => None,
-        })
-        .collect();
-    let tmp = tempfile::tempdir().map_err(|source| Error::Io {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    for (i, (_, src)) in beams.iter().enumerate() {
-        let dest = tmp.path().join(format!("{i}.beam"));
-        let bytes = src.read_all().map_err(|source| Error::Io {
-            path: dest.clone(),
-            source,
-        })?;
-        std::fs::write(&dest, bytes).map_err(|source| Error::Io {
-            path: dest.clone(),
-            source,
-        })?;
-    }
-    let eval = format!(
-        "{{ok, _}} = beam_lib:strip_files(filelib:wildcard(\"{}/*.beam\")), halt().",
-        tmp.path().display()
-    );
-    let o = std::process::Command::new("erl")
-        .args(["-noshell", "-noinput", "-eval", &eval])
-        .output()
-        .map_err(|source| Error::Io {
-            path: PathBuf::from("erl"),
-            source,
-        })?;
-    if !o.status.success() {
-        return Err(Error::Tool {
-            program: PathBuf::from("erl"),
-            what: "-eval beam_lib:strip_files/1 (stripping the .beam files)".into(),
-            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        });
-    }
-    let mut out = HashMap::new();
-    for (i, (p, _)) in beams.iter().enumerate() {
-        let f = tmp.path().join(format!("{i}.beam"));
-        let bytes = std::fs::read(&f).map_err(|source| Error::Io { path: f, source })?;
-        out.insert(p.to_string(), Arc::new(bytes));
-    }
-    Ok(out)
-}
-
-/// Splits the release part of `tree` (under `prefix`) into the two ISO trees; files in
-/// `replace` (guest path -> bytes, e.g. stripped `.beam` files) take those bytes.
+/// Splits the release part of `tree` (under `prefix`) into the two ISO trees.
 pub fn split(
     tree: &Tree,
     prefix: &str,
     otp_apps: &BTreeSet<String>,
     inetrc: &str,
-    replace: &HashMap<String, Arc<Vec<u8>>>,
 ) -> Result<Split, Error> {
     let mtime = tree.mtime();
     let mut erlang = Tree::new(mtime);
@@ -160,11 +105,7 @@ pub fn split(
                 if let Some(parent) = beambake_images::rootfs::parent_of(&dest) {
                     t.mkdir_p(parent, "rumprun layout")?;
                 }
-                let src = match replace.get(path) {
-                    Some(b) => FileSource::Bytes(b.clone()),
-                    None => src.clone(),
-                };
-                t.add_file(&dest, src, entry.perm, &entry.origin)?;
+                t.add_file(&dest, src.clone(), entry.perm, &entry.origin)?;
             }
             EntryKind::Symlink(target) => {
                 if let Some(parent) = beambake_images::rootfs::parent_of(&dest) {
@@ -307,19 +248,12 @@ impl Target for Rumprun {
                 file: recipe.file.clone(),
                 message: "cannot find the host's OTP (erl on PATH) to tell OTP applications from the release's own".into(),
             })?;
-        let stripped = if recipe.rumprun.strip_beams {
-            progress.step("stripping debug chunks from the .beam files");
-            strip_beams(&common.prepared.assembly.tree)?
-        } else {
-            HashMap::new()
-        };
         progress.step("splitting the release into erlang.iso and app.iso");
         let s = split(
             &common.prepared.assembly.tree,
             &common.prepared.assembly.prefix,
             &otp_app_names(&otp),
             &inetrc(recipe.network.guest.ip, &recipe.hostname()),
-            &stripped,
         )?;
         for n in &s.dropped_natives {
             progress.step(&format!(
@@ -358,7 +292,7 @@ impl Target for Rumprun {
             p.start.push("-mode".into());
             p.start.push(m.mode().into());
         }
-        p.start.extend(recipe.launch.extra_args.iter().cloned());
+        p.start.extend(recipe.launch.args(recipe.vm.cpus));
         if let (Some(node), Some(cookie)) = (&common.node, &common.cookie) {
             p.clustering = Some(Clustering {
                 node: node.clone(),
@@ -454,7 +388,7 @@ mod tests {
         add(&mut t, "/opt/e/erts-13.1/bin/beam.smp", b"\x7fELF...");
         add(&mut t, "/usr/lib/libc.so.6", b"\x7fELF...");
         let otp: BTreeSet<String> = ["stdlib".to_string()].into();
-        let s = split(&t, "/opt/e", &otp, "{lookup,[file]}.\n", &HashMap::new()).unwrap();
+        let s = split(&t, "/opt/e", &otp, "{lookup,[file]}.\n").unwrap();
         assert!(s
             .erlang
             .contains("/lib/erlang/lib/stdlib-4.2/ebin/lists.beam"));

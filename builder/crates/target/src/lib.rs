@@ -18,6 +18,7 @@
 pub mod build_cache;
 pub mod exit;
 pub mod pipeline;
+pub mod strip;
 pub mod trace;
 
 use std::path::{Path, PathBuf};
@@ -371,10 +372,11 @@ pub fn prepare(
         },
         code_loading: recipe.launch.code_loading.map(|m| m.mode().to_string()),
         preload: None,
-        extra_args: recipe.launch.extra_args.clone(),
+        extra_args: recipe.launch.args(recipe.vm.cpus),
         shell: recipe.launch.shell,
         erts_from: recipe.release.erts_from.as_deref().map(Path::to_path_buf),
         beams,
+        all_erts_programs: false,
     };
     if !input.path.exists() {
         return Err(Error::recipe(
@@ -387,7 +389,12 @@ pub fn prepare(
             ),
         ));
     }
-    let prepared = pipeline::prepare(&input, &opts, progress)?;
+    let mut prepared = pipeline::prepare(&input, &opts, progress)?;
+    if recipe.release.strip_beams {
+        progress.step("stripping debug chunks from the .beam files");
+        let n = strip::strip_beams(&mut prepared.assembly.tree)?;
+        progress.detail(&format!("{n} .beam files stripped"));
+    }
     if prepared.assembly.distribution.is_none() {
         if let Some(c) = recipe
             .checks
