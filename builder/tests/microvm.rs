@@ -642,15 +642,7 @@ fn a_traced_boot_loads_the_trace_at_start_and_the_rest_on_demand() {
         .add_check(rpc("erlang:module_loaded(base64)", "true"))
         .write(d.path());
     let out = d.path().join("out");
-    let b = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-v",
-    ]);
-    assert!(b.status.success(), "{}", stderr(&b));
-    let log = stderr(&b);
+    let log = build_recipe(&recipe, &out, &["-v"]);
     let n: usize = log
         .split("trace: ")
         .nth(1)

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use beambake_testkit::{skip_if, stderr, tempdir, vm_lock, which, RecipeEdit};
 use common::{
-    beambake, boot_expecting_clean_exit, build_recipe, field_strs, needs_vm_host, read_json, smoke,
+    boot_expecting_clean_exit, build_recipe, field_strs, needs_vm_host, read_json, smoke,
     stdout_json,
 };
 
@@ -68,19 +68,10 @@ fn echo_microvm_on_the_minimal_kernel_passes_smoke() {
     assert_eq!(&vmlinux[..4], b"\x7fELF", "an uncompressed ELF kernel");
 
     // Again without the build cache: the kernel comes from the kernel cache.
-    let again = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--no-cache",
-        "-v",
-    ]);
-    assert!(again.status.success(), "{}", stderr(&again));
+    let again = build_recipe(&recipe, &out, &["--no-cache", "-v"]);
     assert!(
-        !stderr(&again).contains("building the minimal microvm kernel from"),
-        "rebuilt the kernel: {}",
-        stderr(&again)
+        !again.contains("building the minimal microvm kernel from"),
+        "rebuilt the kernel: {again}"
     );
 
     let _vm = vm_lock();
@@ -123,19 +114,8 @@ fn a_prod_release_with_ssl_and_httpd_passes_smoke_traced() {
         .add_check(beambake_testkit::check("distribution"))
         .write(d.path());
     let out = d.path().join("out");
-    let b = beambake(&[
-        "build",
-        recipe.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-v",
-    ]);
-    assert!(b.status.success(), "{}", stderr(&b));
-    assert!(
-        stderr(&b).contains("modules loaded at boot"),
-        "{}",
-        stderr(&b)
-    );
+    let log = build_recipe(&recipe, &out, &["-v"]);
+    assert!(log.contains("modules loaded at boot"), "{log}");
     let _vm = vm_lock();
     let o = smoke(&out.join("web-microvm"), &out, &["--json"]);
     let report = stdout_json(&o);

@@ -59,21 +59,23 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn smoke_ms(bb: &Path, dir: &Path) -> Result<f64> {
+/// `beambake smoke --json [extra] DIR`, which must pass: its boot to ready, in ms.
+pub fn smoke_ms(bb: &Path, dir: &Path, extra: &[&str]) -> Result<f64> {
     let out = Command::new(bb)
         .args(["smoke", "--json"])
+        .args(extra)
         .arg(dir)
         .stdin(Stdio::null())
         .output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
-            "smoke {}: {}",
+            "smoke {extra:?} {}: {}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
     if v["passed"] != true {
-        bail!("smoke of {} failed: {v:#}", dir.display());
+        bail!("smoke {extra:?} of {} failed: {v:#}", dir.display());
     }
     v["boot_to_ready_ms"]
         .as_f64()
@@ -361,7 +363,7 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
         let ksize = fs::metadata(d.join("linux"))?.len();
         let mut boots = vec![];
         for _ in 0..RUNS {
-            boots.push(smoke_ms(&bb, &d)?);
+            boots.push(smoke_ms(&bb, &d, &[])?);
         }
         uml.push((fs_kind, median(times), size, ksize, boots));
     }
@@ -443,10 +445,10 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
     let mut embedded = vec![];
     let mut osv_boots = vec![];
     for _ in 0..RUNS {
-        osv_boots.push(smoke_ms(&bb, &osv_dir)?);
-        ours.push(smoke_ms(&bb, &dir)?);
-        theirs.push(smoke_ms(&bb, &base_dir)?);
-        embedded.push(smoke_ms(&bb, &emb_dir)?);
+        osv_boots.push(smoke_ms(&bb, &osv_dir, &[])?);
+        ours.push(smoke_ms(&bb, &dir, &[])?);
+        theirs.push(smoke_ms(&bb, &base_dir, &[])?);
+        embedded.push(smoke_ms(&bb, &emb_dir, &[])?);
     }
     let e_ms = median(embedded.clone());
     let (b_ms, n_ms) = (median(ours.clone()), median(theirs.clone()));

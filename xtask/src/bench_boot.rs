@@ -150,27 +150,6 @@ fn image_bytes(dir: &Path) -> Result<u64> {
     Ok(n)
 }
 
-fn snapshot_smoke_ms(bb: &Path, dir: &Path, flag: &str) -> Result<f64> {
-    let out = Command::new(bb)
-        .args(["smoke", "--json", flag])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "smoke {flag} {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if v["passed"] != true {
-        bail!("smoke {flag} of {} failed: {v:#}", dir.display());
-    }
-    v["boot_to_ready_ms"]
-        .as_f64()
-        .context("no boot_to_ready_ms in the report")
-}
-
 pub fn bench_boot(sh: &Shell, root: &Path) -> Result<String> {
     let bb = root.join("target/release/beambake");
     let work = root.join("target/bench-boot");
@@ -190,13 +169,13 @@ pub fn bench_boot(sh: &Shell, root: &Path) -> Result<String> {
             &debian,
             &r.start,
         )?;
-        snapshot_smoke_ms(&bb, &minimal, "--save-snapshot")?;
+        smoke_ms(&bb, &minimal, &["--save-snapshot"])?;
         let (mut n, mut d, mut m, mut s) = (vec![], vec![], vec![], vec![]);
         for _ in 0..RUNS {
-            n.push(smoke_ms(&bb, &naive.dir)?);
-            d.push(smoke_ms(&bb, &debian)?);
-            m.push(smoke_ms(&bb, &minimal)?);
-            s.push(snapshot_smoke_ms(&bb, &minimal, "--from-snapshot")?);
+            n.push(smoke_ms(&bb, &naive.dir, &[])?);
+            d.push(smoke_ms(&bb, &debian, &[])?);
+            m.push(smoke_ms(&bb, &minimal, &[])?);
+            s.push(smoke_ms(&bb, &minimal, &["--from-snapshot"])?);
         }
         let snap_bytes = fs::metadata(minimal.join("snapshot.state"))?.len();
         let bytes = [

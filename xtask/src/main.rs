@@ -110,11 +110,7 @@ fn main() -> Result<()> {
         }
         Some("bench") => {
             deps(&sh)?;
-            for (tool, pkg) in [("busybox", "busybox-static"), ("zstd", "zstd")] {
-                if !have(&sh, tool) {
-                    install(&sh, &[pkg])?;
-                }
-            }
+            bench_tools(&sh, &[("busybox", "busybox-static"), ("zstd", "zstd")])?;
             bench::bench(&sh, &root())
         }
         Some("ci-example") => {
@@ -138,22 +134,14 @@ fn main() -> Result<()> {
         }
         Some("bench-boot") => {
             deps(&sh)?;
-            for (tool, pkg) in [("busybox", "busybox-static"), ("zstd", "zstd")] {
-                if !have(&sh, tool) {
-                    install(&sh, &[pkg])?;
-                }
-            }
+            bench_tools(&sh, &[("busybox", "busybox-static"), ("zstd", "zstd")])?;
             cmd!(sh, "cargo build --release -q -p beambake").run()?;
             println!("{}", bench_boot::bench_boot(&sh, &root())?);
             Ok(())
         }
         Some("bench-size") => {
             deps(&sh)?;
-            for (tool, pkg) in [("zstd", "zstd"), ("lz4", "lz4")] {
-                if !have(&sh, tool) {
-                    install(&sh, &[pkg])?;
-                }
-            }
+            bench_tools(&sh, &[("zstd", "zstd"), ("lz4", "lz4")])?;
             // beambake only writes the uncompressed archives: the tools measured are the
             // host's compressors, so a debug build will do.
             cmd!(sh, "cargo build -q -p beambake").run()?;
@@ -181,6 +169,16 @@ fn root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// Installs the package of every `(tool, package)` whose tool is missing.
+fn bench_tools(sh: &Shell, tools: &[(&str, &str)]) -> Result<()> {
+    for (tool, pkg) in tools {
+        if !have(sh, tool) {
+            install(sh, &[pkg])?;
+        }
+    }
+    Ok(())
 }
 
 fn have(sh: &Shell, tool: &str) -> bool {

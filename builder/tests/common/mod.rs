@@ -148,9 +148,10 @@ fn run_on(cmd: &str, input: &Path, flag: &str, out: &Path, extra: &[&str]) -> Ou
 }
 
 /// `beambake build RECIPE --out OUT [extra]`, which must succeed.
-pub fn build_recipe(recipe: &Path, out: &Path, extra: &[&str]) {
+pub fn build_recipe(recipe: &Path, out: &Path, extra: &[&str]) -> String {
     let o = run_on("build", recipe, "--out", out, extra);
     assert!(o.status.success(), "build failed: {}", stderr(&o));
+    stderr(&o)
 }
 
 /// `beambake build RECIPE --out OUT [extra]`, which must fail with `needle` in its

@@ -32,30 +32,52 @@ pub fn is_root() -> bool {
 /// loopback and qemu's user networking, not for a tap).
 pub fn sandboxed(cmd: &mut Command) -> &mut Command {
     let parent = std::process::id() as libc::pid_t;
-    let rootless = !is_root();
-    // SAFETY: getuid/getgid have no preconditions.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    // Formatted before fork: no allocation between fork and exec.
-    let uid_map = format!("0 {uid} 1");
-    let gid_map = format!("0 {gid} 1");
+    let ns = Unshare::new(libc::CLONE_NEWNET | libc::CLONE_NEWPID);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             die_with_parent(parent)?;
-            let mut flags = libc::CLONE_NEWNET | libc::CLONE_NEWPID;
-            if rootless {
-                flags |= libc::CLONE_NEWUSER;
-            }
-            if libc::unshare(flags) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if rootless {
-                write_proc(b"/proc/self/setgroups\0", b"deny")?;
-                write_proc(b"/proc/self/uid_map\0", uid_map.as_bytes())?;
-                write_proc(b"/proc/self/gid_map\0", gid_map.as_bytes())?;
-            }
-            Ok(())
+            ns.enter()
         })
+    }
+}
+
+/// Namespaces to enter in a child before exec, with what entering them as a user needs
+/// (a user namespace mapping the caller to root) prepared before the fork: entering
+/// allocates nothing.
+struct Unshare {
+    flags: libc::c_int,
+    /// `(uid_map, gid_map)` when not root.
+    maps: Option<(String, String)>,
+}
+
+impl Unshare {
+    fn new(flags: libc::c_int) -> Unshare {
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Unshare {
+            flags,
+            maps: (!is_root()).then(|| (format!("0 {uid} 1"), format!("0 {gid} 1"))),
+        }
+    }
+
+    /// `unshare` (async-signal-safe: for `pre_exec`).
+    fn enter(&self) -> io::Result<()> {
+        let user = if self.maps.is_some() {
+            libc::CLONE_NEWUSER
+        } else {
+            0
+        };
+        // SAFETY: plain syscall.
+        if unsafe { libc::unshare(self.flags | user) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some((uid_map, gid_map)) = &self.maps {
+            write_proc(b"/proc/self/setgroups\0", b"deny")?;
+            write_proc(b"/proc/self/uid_map\0", uid_map.as_bytes())?;
+            write_proc(b"/proc/self/gid_map\0", gid_map.as_bytes())?;
+        }
+        Ok(())
     }
 }
 
@@ -66,29 +88,14 @@ pub fn sandboxed(cmd: &mut Command) -> &mut Command {
 /// child and whatever joins it ([`join_netns_of`]).
 pub fn private_loopback(cmd: &mut Command) -> io::Result<&mut Command> {
     let parent = std::process::id() as libc::pid_t;
-    let rootless = !is_root();
-    // SAFETY: getuid/getgid have no preconditions.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let uid_map = format!("0 {uid} 1");
-    let gid_map = format!("0 {gid} 1");
+    let ns = Unshare::new(libc::CLONE_NEWNET);
     // Built before fork: nothing is allocated between fork and exec.
     let lo = ifreq("lo")?.ifr_name;
     // SAFETY: only async-signal-safe calls between fork and exec.
     Ok(unsafe {
         cmd.pre_exec(move || {
             die_with_parent(parent)?;
-            let mut flags = libc::CLONE_NEWNET;
-            if rootless {
-                flags |= libc::CLONE_NEWUSER;
-            }
-            if libc::unshare(flags) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if rootless {
-                write_proc(b"/proc/self/setgroups\0", b"deny")?;
-                write_proc(b"/proc/self/uid_map\0", uid_map.as_bytes())?;
-                write_proc(b"/proc/self/gid_map\0", gid_map.as_bytes())?;
-            }
+            ns.enter()?;
             // SAFETY: an all-zero ifreq is valid; only its name is set.
             let mut req: libc::ifreq = std::mem::zeroed();
             req.ifr_name = lo;
