@@ -235,15 +235,26 @@ fn erts_from_an_otp_build_replaces_the_releases_erts() {
     let erts = otp.join(format!("lib/erlang/erts-{vsn}"));
     copy_dir(&host_erts, &erts);
     fs::write(erts.join("bin/patched-by-beambake"), b"marker\n").unwrap();
-    let out = d.path().join("img.cpio");
-    let o = rootfs(rel, &out, &["--erts-from", otp.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let list = output(Command::new("cpio").args(["-it", "--quiet", "-F", out.to_str().unwrap()]));
-    let names = stdout(&list);
-    assert!(
-        names.contains(&format!("opt/echo/erts-{vsn}/bin/patched-by-beambake")),
-        "{names}"
-    );
+    let list = |args: &[&str]| {
+        let out = d.path().join("img.cpio");
+        let mut all = vec!["--erts-from", otp.to_str().unwrap()];
+        all.extend(args);
+        let o = rootfs(rel, &out, &all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&output(Command::new("cpio").args([
+            "-it",
+            "--quiet",
+            "-F",
+            out.to_str().unwrap(),
+        ])))
+    };
+    // The marker is an ERTS program no launch spec runs: kept only when every program is.
+    let marker = format!("opt/echo/erts-{vsn}/bin/patched-by-beambake");
+    let names = list(&["--all-erts-programs"]);
+    assert!(names.contains(&marker), "{names}");
+    let names = list(&[]);
+    assert!(!names.contains(&marker), "{names}");
+    assert!(names.contains(&format!("opt/echo/erts-{vsn}/bin/beam.smp")), "{names}");
     // Another version: refused before anything is written.
     let other = d.path().join("otp-other");
     fs::create_dir_all(other.join("lib/erlang/erts-99.0/bin")).unwrap();
