@@ -254,7 +254,10 @@ fn erts_from_an_otp_build_replaces_the_releases_erts() {
     assert!(names.contains(&marker), "{names}");
     let names = list(&[]);
     assert!(!names.contains(&marker), "{names}");
-    assert!(names.contains(&format!("opt/echo/erts-{vsn}/bin/beam.smp")), "{names}");
+    assert!(
+        names.contains(&format!("opt/echo/erts-{vsn}/bin/beam.smp")),
+        "{names}"
+    );
     // Another version: refused before anything is written.
     let other = d.path().join("otp-other");
     fs::create_dir_all(other.join("lib/erlang/erts-99.0/bin")).unwrap();
