@@ -71,8 +71,7 @@ pub fn boot(
         source,
     })?;
     if let Some(op) = snapshot {
-        let accel = if kvm { "kvm" } else { "tcg" };
-        beambake_vm::snapshot::preflight(&plan, &dir_abs, op == SnapshotOp::Restore, accel)?;
+        beambake_vm::snapshot::preflight(&plan, &dir_abs, op == SnapshotOp::Restore, chosen)?;
     }
     let instances = plan.instances(&dir_abs);
     prepare_storage(&plan, &instances, progress)?;

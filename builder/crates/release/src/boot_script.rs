@@ -176,56 +176,44 @@ fn progress(t: &Term) -> Option<&str> {
     }
 }
 
-/// The modules of every `primLoad` list of a `.boot` file, in order (for tests and
-/// reports).
-pub fn prim_loads(boot: &[u8]) -> Option<Vec<Vec<String>>> {
-    let Ok(Term::Tuple(script)) = Term::decode(boot) else {
-        return None;
-    };
-    let Some(Term::List(instrs)) = script.elements.get(2) else {
-        return None;
-    };
-    let mut out = Vec::new();
-    for t in &instrs.elements {
-        if let Term::Tuple(tu) = t {
-            if tu.elements.len() == 2 && is_atom(&tu.elements[0], "primLoad") {
-                if let Term::List(l) = &tu.elements[1] {
-                    out.push(
-                        l.elements
-                            .iter()
-                            .filter_map(|m| match m {
-                                Term::Atom(a) => Some(a.name.clone()),
-                                _ => None,
-                            })
-                            .collect(),
-                    );
-                }
-            }
-        }
-    }
-    Some(out)
-}
-
-/// Instruction tags of a `.boot` file in order (`primLoad`, `path`, `kernelProcess`, ...).
-pub fn instruction_tags(boot: &[u8]) -> Option<Vec<String>> {
-    let Ok(Term::Tuple(script)) = Term::decode(boot) else {
-        return None;
-    };
-    let Some(Term::List(instrs)) = script.elements.get(2) else {
-        return None;
-    };
-    Some(
-        instrs
-            .elements
-            .iter()
-            .map(|t| tag(t).unwrap_or("?").to_string())
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The instructions of a `.boot` file.
+    fn instructions(boot: &[u8]) -> Vec<Term> {
+        let Ok(Term::Tuple(script)) = Term::decode(boot) else {
+            panic!("not a script")
+        };
+        match script.elements.into_iter().nth(2) {
+            Some(Term::List(l)) => l.elements,
+            other => panic!("no instruction list: {other:?}"),
+        }
+    }
+
+    /// The modules of every `primLoad` list, in order.
+    fn prim_loads(boot: &[u8]) -> Vec<Vec<String>> {
+        instructions(boot)
+            .into_iter()
+            .filter_map(|t| prim_load(t).ok())
+            .map(|mods| {
+                mods.into_iter()
+                    .filter_map(|m| match m {
+                        Term::Atom(a) => Some(a.name),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Instruction tags in order (`primLoad`, `path`, `kernelProcess`, ...).
+    fn instruction_tags(boot: &[u8]) -> Vec<String> {
+        instructions(boot)
+            .iter()
+            .map(|t| tag(t).unwrap_or("?").to_string())
+            .collect()
+    }
 
     /// A boot script shaped like systools' (kernel list, completion, two app lists).
     fn script() -> Vec<u8> {
@@ -264,12 +252,12 @@ mod tests {
         let keep: BTreeSet<String> = ["inet", "gen_tcp", "code"].map(String::from).into();
         let r = preload_only(&p, &keep).unwrap();
         assert_eq!(
-            prim_loads(&r.boot).unwrap(),
+            prim_loads(&r.boot),
             vec![vec!["error_handler", "code"], vec!["inet", "gen_tcp"]]
         );
         assert_eq!((r.preloaded, r.on_demand), (4, 3));
         assert_eq!(
-            instruction_tags(&r.boot).unwrap(),
+            instruction_tags(&r.boot),
             [
                 "preLoaded",
                 "primLoad",

@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use beambake_contract::launch::LaunchSpec;
 use beambake_release::assemble::{self, Options};
 use beambake_release::launch::LaunchSpecExt;
 use beambake_release::release::Release;
@@ -71,18 +70,19 @@ pub fn loaded_modules(
     let spec = spec.with_args(&["-eval", &eval]);
     let log = root.path().join("trace.log");
 
-    let mut held = Vec::new();
-    let epmd = spec.services.iter().find(|s| s.name == "epmd");
-    let beam = match epmd {
+    // The node's epmd, when it has one: it holds the namespace the node then joins.
+    let mut epmd_proc = None;
+    let beam = match spec.services.iter().find(|s| s.name == "epmd") {
         Some(service) => {
-            let mut c = Command::new(&service.argv[0]);
+            let epmd = &service.argv[0];
+            let mut c = Command::new(epmd);
             c.args(&service.argv[1..]).env_clear();
             let e = net::private_loopback(&mut c)
                 .and_then(|c| spawn(c, &log))
-                .map_err(|e| fail(format!("{}: {e}", service.argv[0])))?;
+                .map_err(|e| fail(format!("{epmd}: {e}")))?;
             let pid = e.id();
-            held.push(Killed(e));
-            wait_for_epmd(&spec, pid, timeout).map_err(fail)?;
+            epmd_proc = Some(Killed(e));
+            wait_for_epmd(epmd, pid, timeout).map_err(fail)?;
             let mut c = spec.command();
             spawn(net::join_netns_of(&mut c, pid).map_err(io(&log))?, &log)
         }
@@ -94,7 +94,7 @@ pub fn loaded_modules(
     .map_err(|e| fail(format!("{}: {e}", spec.argv[0])))?;
     let mut beam = Killed(beam);
     let status = wait(&mut beam.0, timeout).map_err(io(&log))?;
-    drop(held);
+    drop(epmd_proc);
     let text = || tail(&log);
     let Some(status) = status else {
         return Err(fail(format!(
@@ -151,17 +151,12 @@ fn spawn(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
         .spawn()
 }
 
-/// `epmd -names` in the namespace until it answers (the node registers at start).
-fn wait_for_epmd(spec: &LaunchSpec, ns_of: u32, timeout: Duration) -> Result<(), String> {
-    let epmd = spec
-        .services
-        .iter()
-        .find(|s| s.name == "epmd")
-        .map(|s| s.argv[0].clone())
-        .unwrap_or_default();
+/// `epmd -names` in the namespace of process `ns_of` until it answers (the node registers
+/// at start).
+fn wait_for_epmd(epmd: &str, ns_of: u32, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        let mut c = Command::new(&epmd);
+        let mut c = Command::new(epmd);
         c.arg("-names")
             .env_clear()
             .stdout(Stdio::null())

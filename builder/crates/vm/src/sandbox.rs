@@ -297,19 +297,19 @@ fn inside(req: &Request) -> Result<Outcome, BootError> {
     let mut reaper = reaper
         .spawn()
         .map_err(|e| neterr("starting the reaper", e))?;
-    // After the reaper: it must be the first process of the PID namespace (this runs qemu).
-    let snapshot_meta = match req.snapshot {
-        Some(SnapshotOp::Save) => Some(
-            crate::snapshot::Meta::of(plan, &req.dir, if req.kvm { "kvm" } else { "tcg" })
-                .map_err(|e| BootError::Net(e.to_string()))?,
-        ),
-        _ => None,
-    };
 
     let accel = if req.kvm {
         Accelerator::Kvm
     } else {
         Accelerator::Tcg
+    };
+    // After the reaper: it must be the first process of the PID namespace (this runs qemu).
+    let snapshot_meta = match req.snapshot {
+        Some(SnapshotOp::Save) => Some(
+            crate::snapshot::Meta::of(plan, &req.dir, accel)
+                .map_err(|e| BootError::Net(e.to_string()))?,
+        ),
+        _ => None,
     };
     let mut guests = Vec::new();
     let mut controls = Vec::new();

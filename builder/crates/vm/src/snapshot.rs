@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::boot::qemu::Qmp;
+use crate::boot::qemu::{Accelerator, Qmp};
 use crate::boot::BootPlan;
 use beambake_contract::control;
 
@@ -79,7 +79,7 @@ pub struct Meta {
 
 impl Meta {
     /// The meta of `plan`'s image in `dir` under `accel` (without the state's digest).
-    pub fn of(plan: &BootPlan, dir: &Path, accel: &str) -> Result<Meta, SnapshotError> {
+    pub fn of(plan: &BootPlan, dir: &Path, accel: Accelerator) -> Result<Meta, SnapshotError> {
         let digest = |p: PathBuf| {
             beambake_images::digest::sha256_file(&p)
                 .map_err(|source| SnapshotError::Io { path: p, source })
@@ -100,7 +100,7 @@ impl Meta {
                 if plan.acpi_off { ",acpi=off" } else { "" }
             )
             .to_lowercase(),
-            accel: accel.to_string(),
+            accel: accel.name().to_string(),
             qemu: qemu_version(),
             state_sha256: String::new(),
             state_bytes: 0,
@@ -110,16 +110,7 @@ impl Meta {
     /// Reads the snapshot of the image in `dir`.
     pub fn load(dir: &Path) -> Result<Meta, SnapshotError> {
         let path = dir.join(META_FILE);
-        let text = fs::read_to_string(&path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                SnapshotError::Missing { path: path.clone() }
-            } else {
-                SnapshotError::Io {
-                    path: path.clone(),
-                    source,
-                }
-            }
-        })?;
+        let text = fs::read_to_string(&path).map_err(|e| missing_or_io(&path, e))?;
         serde_json::from_str(&text).map_err(|e| SnapshotError::Mismatch {
             path,
             reason: format!("not a snapshot description: {e}"),
@@ -198,7 +189,7 @@ pub fn preflight(
     plan: &BootPlan,
     dir: &Path,
     restore: bool,
-    accel: &str,
+    accel: Accelerator,
 ) -> Result<(), SnapshotError> {
     let refuse = |message: String| SnapshotError::Unsupported {
         path: dir.join(crate::boot::PLAN_FILE),
@@ -222,9 +213,7 @@ pub fn preflight(
         ));
     }
     if restore {
-        let mut with_control = plan.clone();
-        with_control.control = true;
-        check(dir, &Meta::of(&with_control, dir, accel)?)?;
+        check(dir, &Meta::of(plan, dir, accel)?)?;
     }
     Ok(())
 }
@@ -366,24 +355,24 @@ pub fn resume(qmp: &Path, timeout: Duration) -> Result<(), SnapshotError> {
     }
 }
 
+/// A snapshot file that cannot be read: missing, or another I/O error.
+fn missing_or_io(path: &Path, source: io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    if source.kind() == io::ErrorKind::NotFound {
+        SnapshotError::Missing { path }
+    } else {
+        SnapshotError::Io { path, source }
+    }
+}
+
 /// Checks that `dir` holds a snapshot that fits `now` and whose state is intact.
 pub fn check(dir: &Path, now: &Meta) -> Result<Meta, SnapshotError> {
     let meta = Meta::load(dir)?;
     let path = dir.join(META_FILE);
     meta.check_fits(now, &path)?;
     let state = dir.join(STATE_FILE);
-    let digest = beambake_images::digest::sha256_file(&state).map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            SnapshotError::Missing {
-                path: state.clone(),
-            }
-        } else {
-            SnapshotError::Io {
-                path: state.clone(),
-                source,
-            }
-        }
-    })?;
+    let digest =
+        beambake_images::digest::sha256_file(&state).map_err(|e| missing_or_io(&state, e))?;
     if digest != meta.state_sha256 {
         return Err(SnapshotError::Mismatch {
             path: state,
@@ -500,13 +489,17 @@ mod tests {
         let d = Path::new("/o");
         let echo = r#"{"type": "tcp_echo", "port": 8080}"#;
         let one = "\"10.0.2.15\"";
-        let refused = |p: BootPlan| preflight(&p, d, false, "tcg").unwrap_err().to_string();
-        assert!(preflight(&plan("microvm", one, echo), d, false, "tcg").is_ok());
+        let refused = |p: BootPlan| {
+            preflight(&p, d, false, Accelerator::Tcg)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(preflight(&plan("microvm", one, echo), d, false, Accelerator::Tcg).is_ok());
         assert!(refused(plan("uml", one, echo)).contains("need a Linux guest under qemu"));
         let two = "\"10.0.2.15\", \"10.0.2.16\"";
         assert!(refused(plan("microvm", two, echo)).contains("holds one VM"));
         assert!(refused(plan("microvm", one, "")).contains("no [[check]]"));
-        let r = preflight(&plan("microvm", one, echo), d, true, "tcg")
+        let r = preflight(&plan("microvm", one, echo), d, true, Accelerator::Tcg)
             .unwrap_err()
             .to_string();
         assert!(r.contains("/o/k"), "the kernel's digest: {r}");
