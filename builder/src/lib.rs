@@ -13,7 +13,7 @@ pub mod targets;
 
 pub use beambake_images::{digest, host, image, output, rootfs};
 pub use beambake_kernel::{
-    build_cache, kernel, minimal_kernel, osv_kernel, source_kernel, uml_kernel,
+    build_cache, kernel, minimal_kernel, osv_kernel, rumprun_toolchain, source_kernel, uml_kernel,
 };
 pub use beambake_libvirt as libvirt;
 pub use beambake_patch::{patch, patchset};

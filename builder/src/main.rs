@@ -166,6 +166,14 @@ enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Build (once) or find in the cache a toolchain a target needs, and print where it
+    /// is. `rumprun`: rumprun's `hw` toolchain (rumprun-bake, x86_64-rumprun-netbsd-gcc,
+    /// rumprun) from the pinned source snapshot (images/rumprun.toml); a second call is a
+    /// cache hit. Point RUMPRUN_TOOLCHAIN at the printed dir to use it outside beambake.
+    Toolchain {
+        #[command(subcommand)]
+        which: ToolchainKind,
+    },
     /// What this host can do for beambake, and why: KVM (with the probe's evidence), qemu,
     /// tap and user namespaces, User Mode Linux, rebar3/erl/elixir, the cache. Start here
     /// when something fails.
@@ -282,6 +290,21 @@ impl OutArgs {
         }
         Ok(r)
     }
+}
+
+#[derive(Subcommand)]
+enum ToolchainKind {
+    /// rumprun (platform hw): the rump kernel, NetBSD's libc, the compiler wrappers,
+    /// rumprun-bake and the rumprun launcher.
+    Rumprun {
+        /// The source snapshot (rumprun-src.tar.xz, sha256 pinned in images/rumprun.toml)
+        /// [default: $BEAMBAKE_RUMPRUN_SRC].
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Print the result as JSON: dir, bin, key, whether it was built now.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -565,6 +588,9 @@ impl Command {
             | Command::Build { json, .. }
             | Command::Smoke { json, .. }
             | Command::Doctor { json, .. } => *json,
+            Command::Toolchain {
+                which: ToolchainKind::Rumprun { json, .. },
+            } => *json,
             Command::Cache {
                 action: CacheAction::Ls { json } | CacheAction::Gc { json, .. },
             } => *json,
@@ -957,6 +983,38 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::LibvirtPort { uri } => {
             beambake::libvirt::port::run(&uri)?;
+            Ok(0)
+        }
+        Command::Toolchain {
+            which: ToolchainKind::Rumprun { source, json },
+        } => {
+            let steps = Steps::new(cli.verbose, cli.quiet);
+            let snapshot = beambake::rumprun_toolchain::locate(source.as_deref())?;
+            let tc = beambake::rumprun_toolchain::get(
+                Some(&snapshot),
+                &beambake::kernel::default_cache_dir(),
+                &|what| steps.step(what),
+            )?;
+            steps.done();
+            let built = tc.outcome == beambake::build_cache::Outcome::Built;
+            if json {
+                let v = serde_json::json!({
+                    "dir": tc.dir,
+                    "bin": tc.bin(),
+                    "key": tc.key,
+                    "built": built,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                if !cli.quiet {
+                    eprintln!(
+                        "beambake: rumprun toolchain {} ({})",
+                        tc.key,
+                        if built { "built now" } else { "from the cache" }
+                    );
+                }
+                println!("{}", tc.dir.display());
+            }
             Ok(0)
         }
         Command::Cache { action } => {

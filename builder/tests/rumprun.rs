@@ -1,4 +1,11 @@
-//! The rumprun target without a rumprun toolchain (none exists on the build machines):
+//! The rumprun target booted for real: the toolchain beambake builds from the pinned
+//! snapshot, the BEAM cross-built for rumprun (`cargo xtask rumprun-beam`, named by
+//! `BEAMBAKE_RUMPRUN_BEAM` or found at `target/otp-rumprun/beam`), baked, booted under qemu
+//! (TCG) with both ISOs and a tap in a private namespace: the seed's echo and clustering
+//! sessions, a release that stops reported by its status, refusals (NIFs, SMP, a snapshot
+//! that is not the pinned one).
+//!
+//! And the target without a toolchain:
 //! `--no-bake` writes erlang.iso, app.iso and the launch config; the ISOs are mounted by a
 //! real Linux kernel (beambake's User Mode Linux guest, iso9660 driver) and every file's
 //! content and mode match what xorriso extracts on the host; a missing toolchain, a bad
@@ -17,8 +24,10 @@ use beambake_testkit::{
     check, copy_dir, fails_with, fields, is_root, output, skip, stderr, stdout, tempdir, vm_lock,
     which, RecipeEdit,
 };
+use beambake_testkit::{repo_root, skip_if};
 use common::{
-    beambake, build_fails, build_recipe, command_on, echo, fresh_project, read_json, rootfs, smoke,
+    beambake, build_fails, build_recipe, command_on, echo, fresh_project, needs_vm_host, read_json,
+    rootfs, smoke, stdout_json,
 };
 
 fn rumprun_recipe() -> RecipeEdit {
@@ -98,7 +107,7 @@ fn the_clustering_form_carries_node_and_cookie() {
     let flat = fs::read_to_string(a.join("rumprun-config.json")).unwrap();
     assert!(!flat.contains("-no_epmd"), "{flat}");
     assert!(
-        flat.contains("-s erlpmd_ctl start -s setnodename echo@10.0.120.101 rumpcookie"),
+        flat.contains("-epmd_module beambake_epmd -name echo@10.0.120.101 -setcookie rumpcookie"),
         "{flat}"
     );
     // Without a cookie in the recipe: a fresh random one per build.
@@ -133,7 +142,7 @@ fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
     let a = build_no_bake(&recipe, &d.path().join("out"));
     let flat = fs::read_to_string(a.join("rumprun-config.json")).unwrap();
     assert!(
-        flat.contains("-s setnodename echo@10.0.120.101 relcookie"),
+        flat.contains("-name echo@10.0.120.101 -setcookie relcookie"),
         "{flat}"
     );
     // [distribution] overrides the release's cookie.
@@ -141,7 +150,7 @@ fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
     let b = build_no_bake(&recipe, &d.path().join("out2"));
     let flat = fs::read_to_string(b.join("rumprun-config.json")).unwrap();
     assert!(
-        flat.contains("-s setnodename echo@10.0.120.101 rc "),
+        flat.contains("-name echo@10.0.120.101 -setcookie rc "),
         "{flat}"
     );
 }
@@ -149,12 +158,14 @@ fn the_clustering_form_follows_the_release_vm_args_like_the_other_targets() {
 #[test]
 fn a_missing_toolchain_is_a_clear_error_and_boot_says_so_too() {
     let d = tempdir();
-    let recipe = rumprun_recipe().write(d.path());
+    // No source snapshot to build the toolchain from, none installed.
+    let recipe = rumprun_recipe().remove("rumprun.source").write(d.path());
     let out = d.path().join("out");
     let o = output(
         command_on("build", &recipe, "--out", &out, &[])
             .env("PATH", "/usr/bin:/bin")
-            .env_remove("RUMPRUN_TOOLCHAIN"),
+            .env_remove("RUMPRUN_TOOLCHAIN")
+            .env_remove("BEAMBAKE_RUMPRUN_SRC"),
     );
     fails_with(
         &o,
@@ -194,9 +205,16 @@ fn the_bake_step_runs_rumprun_bake_hw_virtio() {
     fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
     let beam = d.path().join("beam");
     fs::write(&beam, b"a rumprun BEAM").unwrap();
-    let recipe = rumprun_recipe().set("rumprun.beam", &beam).write(d.path());
+    let recipe = rumprun_recipe()
+        .remove("rumprun.source")
+        .set("rumprun.beam", &beam)
+        .write(d.path());
     let out = d.path().join("out");
-    let o = output(command_on("build", &recipe, "--out", &out, &[]).env("RUMPRUN_TOOLCHAIN", &tc));
+    let o = output(
+        command_on("build", &recipe, "--out", &out, &[])
+            .env("RUMPRUN_TOOLCHAIN", &tc)
+            .env_remove("BEAMBAKE_RUMPRUN_SRC"),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let kernel = out.join("echo-rumprun/echo-rumprun.hw.bin");
     // The tool writes into the output set being built (a sibling dir of the final one,
@@ -339,4 +357,213 @@ fn a_traced_boot_is_refused() {
         "launch.code_loading",
     );
     assert!(err.contains("microvm and uml only"), "{err}");
+}
+
+/// The BEAM cross-built for rumprun, when it has been built.
+fn rumprun_beam() -> Option<PathBuf> {
+    std::env::var_os("BEAMBAKE_RUMPRUN_BEAM")
+        .map(PathBuf::from)
+        .or_else(|| Some(repo_root().join("target/otp-rumprun/beam")))
+        .filter(|p| p.is_file())
+}
+
+/// The seed's clustering session, for real: the baked BEAM boots under qemu with
+/// erlang.iso and app.iso, answers the echo (the seed's telnet session), and a host node
+/// pings it and runs rpc on it (`system_architecture` is `"x86_64-rumprun-netbsd"`); its
+/// `erlang:memory()` is reported. The node's EPMD is its own (beambake_epmd).
+#[test]
+fn a_baked_beam_boots_and_passes_echo_distribution_and_rpc() {
+    skip_if!(needs_vm_host());
+    let Some(beam) = rumprun_beam() else {
+        skip!("no BEAM built for rumprun (cargo xtask rumprun-beam)");
+    };
+    let d = tempdir();
+    let recipe = RecipeEdit::copy("echo-rumprun-cluster")
+        .set("rumprun.beam", &beam)
+        .write(d.path());
+    let _vm = vm_lock();
+    let o = smoke(&recipe, &d.path().join("out"), &["--json"]);
+    let r = stdout_json(&o);
+    assert!(o.status.success(), "{r:#}\n{}", stderr(&o));
+    let checks = r["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 4, "{r:#}");
+    for c in checks {
+        assert_eq!(c["passed"], true, "{r:#}");
+    }
+    let arch = checks[2]["message"].as_str().unwrap();
+    assert!(arch.contains("x86_64-rumprun-netbsd"), "{arch}");
+    let memory = checks[3]["message"].as_str().unwrap();
+    assert!(
+        memory.contains("{total,") && memory.contains("{processes,"),
+        "{memory}"
+    );
+    let dir = d.path().join("out/echo-rumprun-cluster");
+    let manifest = fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains("rumprun toolchain"), "{manifest}");
+    assert!(manifest.contains("rumprun-hw-kernel"), "{manifest}");
+}
+
+/// A release that cannot start on rumprun: the BEAM exits, rumprun halts (and qemu
+/// would stay up); beambake reads the program's status from the console, ends the VM and
+/// reports that status, not a timeout.
+#[test]
+fn a_release_that_stops_on_rumprun_reports_its_status_not_a_timeout() {
+    skip_if!(needs_vm_host());
+    let Some(beam) = rumprun_beam() else {
+        skip!("no BEAM built for rumprun (cargo xtask rumprun-beam)");
+    };
+    let d = tempdir();
+    let project = d.path().join("broken");
+    beambake_testkit::copy_project(&repo_root().join("examples/echo"), &project);
+    let cfg = project.join("config/sys.config");
+    fs::write(
+        &cfg,
+        fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("{port, 8080}", "{port, not_a_port}"),
+    )
+    .unwrap();
+    let recipe = RecipeEdit::copy("echo-rumprun")
+        .set("rumprun.beam", &beam)
+        .set("release.source", &project)
+        .set("smoke.ready_timeout_s", 600)
+        .write(d.path());
+    let _vm = vm_lock();
+    let start = std::time::Instant::now();
+    let o = smoke(&recipe, &d.path().join("out"), &[]);
+    let text = stdout(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("guest exited with status 1"),
+        "{text}\n{}",
+        stderr(&o)
+    );
+    assert!(text.contains("_exit(1)"), "console tail missing: {text}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(300),
+        "waited for the timeout instead"
+    );
+    let left = beambake_testkit::processes_matching("echo-rumprun.hw.bin");
+    assert!(left.is_empty(), "qemu left running: {left:?}");
+}
+
+/// A C file built into a shared object in `dir`/priv, exporting `symbol`.
+fn native_lib(dir: &Path, name: &str, symbol: &str) {
+    fs::create_dir_all(dir.join("priv")).unwrap();
+    let c = dir.join(format!("{name}.c"));
+    fs::write(&c, format!("int {symbol}(void) {{ return 0; }}\n")).unwrap();
+    let o = output(
+        Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(dir.join(format!("priv/{name}.so")))
+            .arg(&c),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs::remove_file(&c).unwrap();
+}
+
+/// A NIF built for Linux in the release is refused, naming it (the rumprun BEAM has no
+/// dlopen); a driver is left out with a note.
+#[test]
+fn a_linux_nif_is_refused_by_name_and_a_driver_is_left_out() {
+    if which("gcc").is_none() {
+        skip!("gcc not installed");
+    }
+    let d = tempdir();
+    let project = d.path().join("echo");
+    beambake_testkit::copy_project(&repo_root().join("examples/echo"), &project);
+    native_lib(&project, "echo_drv", "driver_init");
+    let recipe = RecipeEdit::copy("echo-rumprun")
+        .set("release.source", &project)
+        .write(d.path());
+    let note = build_recipe(&recipe, &d.path().join("a"), &["--no-bake", "-v"]);
+    assert!(note.contains("echo_drv.so"), "{note}");
+    native_lib(&project, "echo_nif", "nif_init");
+    let e = build_fails(&recipe, &d.path().join("b"), &["--no-bake"], "echo_nif.so");
+    assert!(e.contains("NIF") && e.contains("dlopen"), "{e}");
+    assert!(!d.path().join("b/echo-rumprun").exists());
+}
+
+/// rumprun has no SMP: more than one vCPU is refused before anything is built.
+#[test]
+fn smp_is_refused() {
+    let d = tempdir();
+    let recipe = rumprun_recipe().set("vm.cpus", 2).write(d.path());
+    let e = build_fails(&recipe, &d.path().join("out"), &["--no-bake"], "no SMP");
+    assert!(e.contains("vm.cpus = 2"), "{e}");
+}
+
+/// A snapshot whose sha256 is not the pinned one is refused before anything is built,
+/// naming the file and the pin.
+#[test]
+fn a_snapshot_that_is_not_the_pinned_one_is_refused() {
+    let d = tempdir();
+    let snap = d.path().join("rumprun-src.tar.xz");
+    fs::write(&snap, b"another snapshot").unwrap();
+    let o = output(
+        Command::new(common::BIN)
+            .args(["toolchain", "rumprun", "--source"])
+            .arg(&snap)
+            .env("XDG_CACHE_HOME", d.path().join("cache")),
+    );
+    let e = fails_with(&o, &["images/rumprun.toml", "948408868cf6"]);
+    assert!(e.contains(&snap.display().to_string()), "{e}");
+    let recipe = rumprun_recipe()
+        .set("rumprun.source", &snap)
+        .set("rumprun.beam", &snap)
+        .write(d.path());
+    let o = output(
+        command_on("build", &recipe, "--out", &d.path().join("out"), &[])
+            .env("XDG_CACHE_HOME", d.path().join("cache")),
+    );
+    fails_with(&o, &["images/rumprun.toml", "does not match"]);
+    assert!(!d.path().join("out/echo-rumprun").exists());
+}
+
+/// The toolchain beambake built: a second call is a cache hit, and its compiler builds a
+/// program that `rumprun-bake` bakes.
+#[test]
+fn the_toolchain_is_cached_and_bakes_a_c_program() {
+    let snapshot = repo_root().join(beambake::rumprun_toolchain::DEV_SNAPSHOT);
+    if !snapshot.is_file() {
+        skip!("no rumprun snapshot at {}", snapshot.display());
+    }
+    let o = output(
+        Command::new(common::BIN)
+            .args(["toolchain", "rumprun", "--json", "--source"])
+            .arg(&snapshot),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = stdout_json(&o);
+    let o = output(
+        Command::new(common::BIN)
+            .args(["toolchain", "rumprun", "--json", "--source"])
+            .arg(&snapshot),
+    );
+    let again = stdout_json(&o);
+    assert_eq!(again["built"], false, "{again:#}");
+    assert_eq!(again["dir"], first["dir"]);
+    let bin = PathBuf::from(again["bin"].as_str().unwrap());
+    let d = tempdir();
+    let c = d.path().join("hello.c");
+    fs::write(
+        &c,
+        "#include <stdio.h>\nint main(void) { printf(\"hi\\n\"); return 0; }\n",
+    )
+    .unwrap();
+    let o = output(
+        Command::new(bin.join("x86_64-rumprun-netbsd-gcc"))
+            .arg("-o")
+            .arg(d.path().join("hello"))
+            .arg(&c),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = output(
+        Command::new(bin.join("rumprun-bake"))
+            .arg("hw_virtio")
+            .arg(d.path().join("hello.bin"))
+            .arg(d.path().join("hello")),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::metadata(d.path().join("hello.bin")).unwrap().len() > 1 << 20);
 }

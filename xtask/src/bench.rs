@@ -527,6 +527,10 @@ pub fn bench(sh: &Shell, root: &Path) -> Result<()> {
         osv_cold(&osv_erts.with_file_name(".beambake-build-seconds")),
     ));
     report.push_str(&format!("\n{}\n", crate::bench_boot::bench_boot(sh, root)?));
+    report.push_str(&format!(
+        "\n{}\n",
+        crate::bench_rumprun::bench_rumprun(sh, root)?
+    ));
     report.push_str(&format!("\n{}\n", cache(sh, root)?));
     report.push_str(&format!("\n{}\n", switch(sh, root)?));
     fs::write(root.join("target/bench.md"), &report)?;

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 mod bench;
 mod bench_boot;
+mod bench_rumprun;
 mod ci_example;
 mod identity;
 mod otp;
@@ -69,7 +70,7 @@ const TOOLS: &[(&str, &str)] = &[
 
 /// Recipes whose target this machine can boot (the others are built in tests only as far
 /// as their toolchains allow; see the README support matrix).
-const RUNNABLE_TARGETS: &[&str] = &["microvm", "uml", "osv"];
+const RUNNABLE_TARGETS: &[&str] = &["microvm", "uml", "osv", "rumprun"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -82,6 +83,10 @@ fn main() -> Result<()> {
         Some("smoke") => beambake(&sh, "smoke", &args[1..]),
         Some("otp-src") => otp::otp_src(&sh).map(|_| ()),
         Some("osv-erts") => otp::osv_erts(&sh, &root()).map(|_| ()),
+        Some("rumprun-toolchain") => {
+            otp::rumprun_toolchain(&sh, &root()).map(|d| println!("{}", d.display()))
+        }
+        Some("rumprun-beam") => otp::rumprun_beam(&sh, &root()).map(|_| ()),
         Some("otp-build") => {
             let set = match args.get(1).map(String::as_str) {
                 Some("--set") => args.get(2).cloned(),
@@ -139,6 +144,11 @@ fn main() -> Result<()> {
             println!("{}", bench_boot::bench_boot(&sh, &root())?);
             Ok(())
         }
+        Some("bench-rumprun") => {
+            deps(&sh)?;
+            println!("{}", bench_rumprun::bench_rumprun(&sh, &root())?);
+            Ok(())
+        }
         Some("bench-size") => {
             deps(&sh)?;
             bench_tools(&sh, &[("zstd", "zstd"), ("lz4", "lz4")])?;
@@ -157,7 +167,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-boot | bench-size | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | otp-prove>"
+                "usage: cargo xtask <deps | test | build-image RECIPE | smoke RECIPE | ci-example [RECIPE] | bench | bench-boot | bench-rumprun | bench-size | bench-cache | bench-switch | identity BASELINE_BEAMBAKE [--init INIT] | otp-src | otp-build --set NAME | osv-erts | rumprun-toolchain | rumprun-beam | otp-prove>"
             );
             std::process::exit(2);
         }
@@ -420,6 +430,9 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
     let otp_src = otp::otp_src(sh)?;
     // The ERTS built for OSv (cached): the osv recipes and tests name it.
     let osv_erts = otp::osv_erts(sh, &root())?;
+    // The rumprun toolchain and the BEAM cross-built with it (cached): the rumprun
+    // recipes and tests name them.
+    let rumprun_beam = otp::rumprun_beam(sh, &root())?;
     let no_skips = extra.iter().any(|a| a == "--no-skips");
     let extra: Vec<&String> = extra.iter().filter(|a| *a != "--no-skips").collect();
     let skip_log = root().join("target/xtask-skips.log");
@@ -433,6 +446,7 @@ fn test(sh: &Shell, extra: &[String]) -> Result<()> {
         .args(extra)
         .env("BEAMBAKE_OTP_SRC", &otp_src)
         .env("BEAMBAKE_OSV_ERTS", &osv_erts)
+        .env("BEAMBAKE_RUMPRUN_BEAM", rumprun_beam.join("beam"))
         .env(SKIP_LOG_ENV, &skip_log)
         .current_dir(root());
     ok &= tally.run(cargo, cargo_counts)?;
@@ -545,6 +559,9 @@ fn beambake(sh: &Shell, command: &str, args: &[String]) -> Result<()> {
     let recipe_text = std::fs::read_to_string(&args[0]).unwrap_or_default();
     if recipe_text.contains("target = \"osv\"") {
         otp::osv_erts(sh, &root())?;
+    }
+    if recipe_text.contains("target = \"rumprun\"") && !args.iter().any(|a| a == "--no-bake") {
+        otp::rumprun_beam(sh, &root())?;
     }
     cmd!(sh, "cargo build --release -q -p beambake").run()?;
     cmd!(

@@ -141,17 +141,43 @@ fn build_flags(set: &str) -> Result<(&'static str, &'static [&'static str])> {
             "-O2 -fPIC -DBEAMBAKE_NO_FORK -DBEAMBAKE_ERLEXEC_IN_PROCESS -DBEAMBAKE_EPMD_THREAD",
             &["--disable-jit", "--without-termcap"],
         ),
+        // Cross-built with the rumprun toolchain (see `rumprun_cross_args`): no fork, no
+        // address-space reservation (rumprun's mmap hands out memory at once).
         "rumprun" => (
-            "-O2 -DBEAMBAKE_NO_FORK",
+            "-O2 -DBEAMBAKE_NO_FORK -DBEAMBAKE_NO_VIRTUAL_MEMORY",
             &[
-                "--enable-static-nifs",
-                "--disable-dynamic-ssl-lib",
-                "LIBS=-lcrypto",
+                // The JIT needs what a unikernel without signals and W^X games lacks.
+                "--disable-jit",
+                "--without-termcap",
+                // No OpenSSL is cross-built for rumprun: no crypto, ssl, ssh.
+                "--without-ssl",
+                // The socket NIF needs Linux's in_pktinfo.ipi_spec_dst; gen_tcp and
+                // gen_udp use the inet driver, which is built in.
+                "--disable-esock",
+                // No dlopen: every driver linked into beam.smp.
+                "--enable-static-drivers",
+                // gcc 12 turns _Float16 conversions into libgcc calls (__truncdfhf2)
+                // that rumprun's libgcc lacks; OTP's software half floats instead.
+                "ac_cv_sizeof__Float16=0",
+                // NetBSD has kqueue; configure cannot test it when cross-compiling.
+                "erl_xcomp_kqueue=yes",
             ],
         ),
         "common" => ("-O2 -DBEAMBAKE_NO_FORK", &[]),
         other => bail!("no build settings for set {other:?} (osv, rumprun, common)"),
     })
+}
+
+/// The rumprun toolchain, built by beambake from the pinned snapshot (or found in the
+/// cache): its dir (`bin/`, `rumprun-x86_64/`).
+pub fn rumprun_toolchain(sh: &Shell, root: &Path) -> Result<PathBuf> {
+    cmd!(sh, "cargo build -q -p beambake").run()?;
+    let bb = root.join("target/debug/beambake");
+    let snapshot = root.join("../shared/sources/rumprun-src.tar.xz");
+    let dir = cmd!(sh, "{bb} toolchain rumprun --source {snapshot}")
+        .read()
+        .context("beambake toolchain rumprun")?;
+    Ok(PathBuf::from(dir.trim()))
 }
 
 /// `otp-build --set NAME`: a fresh copy of the source with `common` and the set applied by
@@ -162,8 +188,15 @@ pub fn otp_build(sh: &Shell, root: &Path, set: &str) -> Result<PathBuf> {
     let (cflags, extra) = build_flags(set)?;
     let src = otp_src(sh)?;
     let patches = root.join("patches");
-    // The build is reused while the patches and flags are unchanged.
-    let mut key = format!("{cflags}{extra:?}");
+    // rumprun: a cross build with the toolchain beambake builds (its dir, hence its key,
+    // is part of this build's key).
+    let toolchain = if set == "rumprun" {
+        Some(rumprun_toolchain(sh, root)?)
+    } else {
+        None
+    };
+    // The build is reused while the patches, flags and toolchain are unchanged.
+    let mut key = format!("{cflags}{extra:?}{toolchain:?}");
     for s in ["common", set] {
         let dir = patches.join("otp/25").join(s);
         if let Ok(rd) = fs::read_dir(&dir) {
@@ -203,25 +236,70 @@ pub fn otp_build(sh: &Shell, root: &Path, set: &str) -> Result<PathBuf> {
     } else {
         "CXXFLAGS=-O2"
     };
-    cmd!(sh, "./configure {cf} {cxx} LDFLAGS=-pie --without-javac --without-wx --without-odbc --without-jinterface --without-megaco --without-debugger --without-observer --without-et --without-reltool {extra...}")
-        .env("ERL_TOP", &work)
-        .quiet()
-        .ignore_stdout()
-        .run()?;
+    let without = [
+        "--without-javac",
+        "--without-wx",
+        "--without-odbc",
+        "--without-jinterface",
+        "--without-megaco",
+        "--without-debugger",
+        "--without-observer",
+        "--without-et",
+        "--without-reltool",
+    ];
+    // The cross build: rumprun's compiler wrappers on PATH, its sysroot for configure.
+    let path = match &toolchain {
+        Some(tc) => format!(
+            "{}:{}",
+            tc.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        None => std::env::var("PATH").unwrap_or_default(),
+    };
+    let cross: Vec<String> = match &toolchain {
+        Some(tc) => vec![
+            format!("--host={RUMPRUN_TUPLE}"),
+            "--build=x86_64-pc-linux-gnu".into(),
+            format!("erl_xcomp_sysroot={}", tc.join("rumprun-x86_64").display()),
+        ],
+        // Native: position-independent, as OSv loads programs.
+        None => vec!["LDFLAGS=-pie".into()],
+    };
+    cmd!(
+        sh,
+        "./configure {cf} {cxx} {without...} {cross...} {extra...}"
+    )
+    .env("ERL_TOP", &work)
+    .env("PATH", &path)
+    .quiet()
+    .ignore_stdout()
+    .run()?;
     let configure_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    cmd!(sh, "make -j{jobs} erl_interface")
-        .env("ERL_TOP", &work)
-        .quiet()
-        .ignore_stdout()
-        .run()?;
-    cmd!(sh, "make -j{jobs} emulator")
-        .env("ERL_TOP", &work)
-        .quiet()
-        .ignore_stdout()
-        .run()?;
+    if toolchain.is_some() {
+        // The emulator alone (beam.smp: what rumprun-bake bakes); the rest of erts is
+        // programs a unikernel cannot start, and the .beam files come from the release.
+        let target = format!("TARGET={RUMPRUN_TUPLE}");
+        cmd!(sh, "make -j{jobs} -C erts/emulator opt {target}")
+            .env("ERL_TOP", &work)
+            .env("PATH", &path)
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+    } else {
+        cmd!(sh, "make -j{jobs} erl_interface")
+            .env("ERL_TOP", &work)
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+        cmd!(sh, "make -j{jobs} emulator")
+            .env("ERL_TOP", &work)
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+    }
     eprintln!(
-        "xtask: otp-build {set}: configure {configure_s:.0} s, make erl_interface + emulator {:.0} s ({})",
+        "xtask: otp-build {set}: configure {configure_s:.0} s, make {:.0} s ({})",
         t.elapsed().as_secs_f64(),
         work.display()
     );
@@ -276,6 +354,31 @@ pub fn osv_erts(sh: &Shell, root: &Path) -> Result<PathBuf> {
     println!(
         "xtask: OSv ERTS erts-{vsn} at {} (linked as {})",
         install.display(),
+        link.display()
+    );
+    Ok(install)
+}
+
+/// The rumprun compiler's target triple.
+const RUMPRUN_TUPLE: &str = "x86_64-rumprun-netbsd";
+
+/// The rumprun build (`otp-build --set rumprun`): its `beam.smp`, the unbaked BEAM
+/// `rumprun-bake hw_virtio` takes, copied to `BUILD/beambake-rumprun/beam` and linked at
+/// `ROOT/target/otp-rumprun` (the repository's rumprun recipes name `beam` there).
+pub fn rumprun_beam(sh: &Shell, root: &Path) -> Result<PathBuf> {
+    let tree = otp_build(sh, root, "rumprun")?;
+    let built = tree.join(format!("bin/{RUMPRUN_TUPLE}/beam.smp"));
+    let install = tree.join("beambake-rumprun");
+    let _ = fs::remove_dir_all(&install);
+    fs::create_dir_all(&install)?;
+    fs::copy(&built, install.join("beam")).with_context(|| built.display().to_string())?;
+    let link = root.join("target/otp-rumprun");
+    fs::create_dir_all(root.join("target"))?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&install, &link).with_context(|| link.display().to_string())?;
+    println!(
+        "xtask: rumprun BEAM at {} (linked as {})",
+        install.join("beam").display(),
         link.display()
     );
     Ok(install)

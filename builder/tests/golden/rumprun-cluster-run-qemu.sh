@@ -6,7 +6,7 @@ exec qemu-system-x86_64 \
     -nographic \
     -vga none \
     -kernel echo.hw.bin \
-    -append '{"cmdline": "echo.hw.bin -- -root /opt/erlang/lib/erlang -progname erl -- -home /tmp -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -s erlpmd_ctl start -s setnodename echo@10.0.120.101 testcookie -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start", "env": "ERL_INETRC=/opt/erlang/erl_inetrc", "env": "HOME=/tmp", "hostname": "echo", "net": {"if": "vioif0", "type": "inet", "method": "static", "addr": "10.0.120.101", "mask": "24", "gw": "10.0.120.1"}, "blk": {"source": "dev", "path": "/dev/ld0a", "fstype": "blk", "mountpoint": "/opt/erlang"}, "blk": {"source": "dev", "path": "/dev/ld1a", "fstype": "blk", "mountpoint": "/apps/erlang"}}' \
+    -append '{"cmdline": "echo.hw.bin -- -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- -home /tmp -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -epmd_module beambake_epmd -name echo@10.0.120.101 -setcookie testcookie -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start", "env": "ERL_INETRC=/opt/erlang/erl_inetrc", "env": "HOME=/tmp", "hostname": "echo", "net": {"if": "vioif0", "type": "inet", "method": "static", "addr": "10.0.120.101", "mask": "24", "gw": "10.0.120.1"}, "blk": {"source": "dev", "path": "/dev/ld0a", "fstype": "blk", "mountpoint": "/opt/erlang"}, "blk": {"source": "dev", "path": "/dev/ld1a", "fstype": "blk", "mountpoint": "/apps/erlang"}}' \
     -drive if=virtio,file=erlang.iso,format=raw,readonly=on \
     -drive if=virtio,file=app.iso,format=raw,readonly=on \
     -netdev tap,id=net0,ifname=tap0,script=no,downscript=no \

@@ -11,4 +11,4 @@ exec rumprun qemu \
     -b erlang.iso,/opt/erlang \
     -b app.iso,/apps/erlang \
     -i echo.hw.bin \
-    -- -root /opt/erlang/lib/erlang -progname erl -- -home /tmp -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -s erlpmd_ctl start -s setnodename echo@10.0.120.101 testcookie -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start
+    -- -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- -home /tmp -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -epmd_module beambake_epmd -name echo@10.0.120.101 -setcookie testcookie -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start

@@ -10,4 +10,4 @@ exec rumprun qemu \
     -b erlang.iso,/opt/erlang \
     -b app.iso,/apps/erlang \
     -i echo.hw.bin \
-    -- -no_epmd -root /opt/erlang/lib/erlang -progname erl -- -home /tmp -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start
+    -- -no_epmd -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- -home /tmp -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start

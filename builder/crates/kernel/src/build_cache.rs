@@ -99,6 +99,106 @@ pub fn get_or_build(
     Ok(Outcome::Built)
 }
 
+/// Like [`get_or_build`], for results that name their own path inside (a toolchain's
+/// wrappers and specs hold absolute paths, so it cannot be built elsewhere and renamed):
+/// under the lock, a stale `final_dir` is removed, then `build(work, final_dir)` fills
+/// `final_dir` itself and must write what `complete` looks for last. On failure
+/// `final_dir` is removed again, so only a killed build can leave one behind, and that
+/// one is incomplete: the next call removes it and builds again.
+pub fn get_or_build_in_place(
+    base: &Path,
+    final_dir: &Path,
+    complete: &dyn Fn(&Path) -> bool,
+    build: &mut dyn FnMut(&Path, &Path) -> Result<(), KernelError>,
+) -> Result<Outcome, KernelError> {
+    if complete(final_dir) {
+        return Ok(Outcome::Hit);
+    }
+    fs::create_dir_all(base).map_err(kernel::io_err("creating cache dir", base))?;
+    let _lock = Lock::take(&base.join(LOCK_FILE))?;
+    if complete(final_dir) {
+        return Ok(Outcome::Hit);
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".tmp-build-")
+        .tempdir_in(base)
+        .map_err(kernel::io_err("creating temp dir in", base))?;
+    if final_dir.exists() {
+        fs::remove_dir_all(final_dir)
+            .map_err(kernel::io_err("removing incomplete cache dir", final_dir))?;
+    }
+    fs::create_dir(final_dir).map_err(kernel::io_err("creating dir", final_dir))?;
+    let built = build(work.path(), final_dir);
+    if built.is_err() {
+        let _ = fs::remove_dir_all(final_dir);
+    }
+    built.map(|()| Outcome::Built)
+}
+
+/// Checks that `snapshot`'s sha256 is `expected`, the pin in `pin_file`.
+pub fn verify_snapshot(snapshot: &Path, expected: &str, pin_file: &str) -> Result<(), KernelError> {
+    let actual = beambake_images::digest::sha256_file(snapshot)
+        .map_err(kernel::io_err("reading", snapshot))?;
+    if actual != expected {
+        return Err(KernelError::SnapshotMismatch {
+            file: snapshot.to_path_buf(),
+            pin_file: pin_file.into(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Applies `patches` ((file name, text), in order) to the unpacked tree `tree`: exact
+/// lines, no fuzz, all or nothing. Errors name `patch_dir` and `pin_file`.
+pub fn apply_patches(
+    tree: &Path,
+    patches: &[(&str, &str)],
+    patch_dir: &str,
+    pin_file: &str,
+) -> Result<(), KernelError> {
+    let bad = |dir: &Path, reason: String| KernelError::BadPackage {
+        pin_spec: pin_file.into(),
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let mut parsed = Vec::new();
+    for (name, text) in patches {
+        parsed.push(
+            beambake_patch::patch::Patch::parse_str(name, text)
+                .map_err(|e| bad(Path::new(patch_dir), e.to_string()))?,
+        );
+    }
+    beambake_patch::patch::apply(tree, &parsed, &beambake_patch::patch::Options::default())
+        .map(drop)
+        .map_err(|e| bad(tree, format!("applying {patch_dir}: {e}")))
+}
+
+/// The first line of `--version` of each of `compilers` (or "NAME: missing"), one per
+/// line: the part of a cache key that says which compiler built it.
+pub fn compiler_version(compilers: &[&str]) -> String {
+    compilers
+        .iter()
+        .map(|cc| {
+            Command::new(cc)
+                .arg("--version")
+                .env("LC_ALL", "C")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| format!("{cc}: missing"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Unpacks `tarball` (xz tar) into `dest` with GNU tar. Only for a file whose sha256 the
 /// caller has checked against a pin: the content is then the reviewed snapshot, and GNU
 /// tar still refuses members that leave `dest` (`..`, absolute names are made relative);

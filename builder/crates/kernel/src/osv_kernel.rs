@@ -229,28 +229,9 @@ pub fn parse_pin(text: &str) -> Result<OsvPin, KernelError> {
     })
 }
 
-/// The compiler versions the key depends on: the first line of `gcc --version` and
-/// `g++ --version` (OSv's build uses both), or "missing".
+/// The compiler versions the key depends on: `gcc` and `g++` (OSv's build uses both).
 pub fn compiler_version() -> String {
-    ["gcc", "g++"]
-        .iter()
-        .map(|cc| {
-            Command::new(cc)
-                .arg("--version")
-                .env("LC_ALL", "C")
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .and_then(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .next()
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| format!("{cc}: missing"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    build_cache::compiler_version(&["gcc", "g++"])
 }
 
 /// The cache key: sha256 over the snapshot's sha256, both build argument lists, the
@@ -377,17 +358,7 @@ pub fn checkout_digest(dir: &Path) -> Result<String, KernelError> {
 
 /// Checks `snapshot`'s sha256 against `pin`.
 pub fn verify(snapshot: &Path, pin: &OsvPin) -> Result<(), KernelError> {
-    let actual = beambake_images::digest::sha256_file(snapshot)
-        .map_err(kernel::io_err("reading", snapshot))?;
-    if actual != pin.sha256 {
-        return Err(KernelError::SnapshotMismatch {
-            file: snapshot.to_path_buf(),
-            pin_file: PIN_FILE.into(),
-            expected: pin.sha256.clone(),
-            actual,
-        });
-    }
-    Ok(())
+    build_cache::verify_snapshot(snapshot, &pin.sha256, PIN_FILE)
 }
 
 /// Where a build with `key` lives in `cache_dir`, built or not.
@@ -531,25 +502,7 @@ fn build(
 
 /// Applies [`PATCHES`] to the unpacked tree `osv`: exact lines, no fuzz, all or nothing.
 fn apply_patches(osv: &Path) -> Result<(), KernelError> {
-    let mut patches = Vec::new();
-    for (name, text) in PATCHES {
-        patches.push(
-            beambake_patch::patch::Patch::parse_str(name, text).map_err(|e| {
-                KernelError::BadPackage {
-                    pin_spec: PIN_FILE.into(),
-                    dir: PathBuf::from(PATCH_DIR),
-                    reason: e.to_string(),
-                }
-            })?,
-        );
-    }
-    beambake_patch::patch::apply(osv, &patches, &beambake_patch::patch::Options::default())
-        .map(drop)
-        .map_err(|e| KernelError::BadPackage {
-            pin_spec: PIN_FILE.into(),
-            dir: osv.to_path_buf(),
-            reason: format!("applying {PATCH_DIR}: {e}"),
-        })
+    build_cache::apply_patches(osv, PATCHES, PATCH_DIR, PIN_FILE)
 }
 
 /// `out/name`, or an error naming the log when OSv's build did not leave it.

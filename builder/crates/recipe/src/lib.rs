@@ -244,9 +244,15 @@ pub struct DiskCfg {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RumprunCfg {
-    /// The BEAM cross-built for rumprun (`bin/beam` of a rumprun OTP build), baked with
-    /// `rumprun-bake hw_virtio`. Default: `$RUMPRUN_TOOLCHAIN/erlang/bin/beam`.
+    /// The BEAM cross-built for rumprun (`beam.smp` of an OTP build for
+    /// `x86_64-rumprun-netbsd`: `cargo xtask rumprun-beam`), baked with `rumprun-bake
+    /// hw_virtio`. Default: `$RUMPRUN_TOOLCHAIN/erlang/bin/beam`.
     pub beam: Option<RecipePath>,
+    /// The rumprun source snapshot beambake builds the toolchain from (xz tar, sha256
+    /// pinned in `images/rumprun.toml`; built once into the cache). Default:
+    /// `$BEAMBAKE_RUMPRUN_SRC`, else a toolchain already installed (`rumprun-bake` on
+    /// `PATH` or in `$RUMPRUN_TOOLCHAIN/bin`).
+    pub source: Option<RecipePath>,
     /// Set by `--no-bake`: write the ISOs and the launch config only.
     #[serde(skip)]
     pub no_bake: bool,
@@ -617,8 +623,14 @@ pub enum Check {
     /// several VMs, every node also pings every other and an `rpc:multicall` reaches all.
     Distribution {},
     /// A host node runs `call` (`Module:Function(Args...)`, Erlang syntax) on the guest
-    /// node with `rpc:call`; the result must equal `expect` (an Erlang term).
-    Rpc { call: String, expect: String },
+    /// node with `rpc:call`; the result must equal `expect` (an Erlang term). Without
+    /// `expect` any answer but `{badrpc, _}` passes and the report shows it (to record a
+    /// value, e.g. `erlang:memory()`).
+    Rpc {
+        call: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+    },
     /// TLS echo: connect, TLS handshake, send `payload`, expect it back. The server's
     /// certificate must chain to `ca` and be valid for `server_name`; `verify = false`
     /// accepts any certificate instead (exactly one of the two).
@@ -840,6 +852,7 @@ impl Recipe {
             &mut k.path,
             &mut k.modules,
             &mut self.rumprun.beam,
+            &mut self.rumprun.source,
             &mut self.osv.source,
         ];
         let paths = optional
@@ -1038,7 +1051,7 @@ impl Recipe {
             if let Check::Rpc { call, expect } = c {
                 if !call.contains(':')
                     || !call.trim_end().ends_with(')')
-                    || expect.trim().is_empty()
+                    || expect.as_deref().is_some_and(|e| e.trim().is_empty())
                 {
                     return Err(self.invalid(format!("check rpc: call = {call:?} must look like Module:Function(Args...) and expect must be an Erlang term")));
                 }

@@ -3,8 +3,16 @@
 //! `lib/erlang`, plus `erl_inetrc`) and `app.iso` (mounted at `/apps/erlang`: the release's
 //! own applications and its `releases/` dir) — trimmed to what a baked BEAM loads (no
 //! ERTS executables, no native Linux binaries, no docs or sources), the rumprun launch
-//! config in both forms with the `rumprun qemu` and plain qemu commands, and, when the
-//! rumprun toolchain is present, the baked kernel (`rumprun-bake hw_virtio`).
+//! config in both forms with the `rumprun qemu` and plain qemu commands, and the baked
+//! kernel (`rumprun-bake hw_virtio` of the BEAM cross-built for rumprun), with the
+//! toolchain beambake builds from the recipe's `[rumprun] source`
+//! ([`beambake_kernel::rumprun_toolchain`]) or one already installed.
+//!
+//! A NIF in the release is refused, naming it: the baked BEAM has no `dlopen()` and links
+//! none in. Drivers and port programs are left out with a note (nothing could start or
+//! load them). With `[distribution]`, `erlang.iso` carries the port mapper module
+//! `beambake_epmd` (compiled from `erlang/src/beambake_epmd.erl` with the host's `erlc`)
+//! at `/opt/erlang/beambake/ebin`, the node's own EPMD: a unikernel cannot run `epmd`.
 //!
 //! `erlang.iso` links `lib/erlang/lib/APP-VSN` and `lib/erlang/releases` of the release's
 //! own code to `/apps/erlang/...`, so the release's boot script (which names `$ROOT/lib`)
@@ -56,6 +64,24 @@ pub fn otp_app_names(otp_root: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// True when `src` is an ELF object exporting `nif_init` (what `erlang:load_nif/2`
+/// calls): a NIF, as opposed to a driver (`driver_init`) or a port program.
+fn is_nif(src: &FileSource) -> bool {
+    let bytes = match src {
+        FileSource::Host(p) => match std::fs::read(p) {
+            Ok(b) => b,
+            Err(_) => return false,
+        },
+        FileSource::Bytes(b) => b.to_vec(),
+    };
+    let Ok(elf) = goblin::elf::Elf::parse(&bytes) else {
+        return false;
+    };
+    elf.dynsyms
+        .iter()
+        .any(|sym| sym.st_shndx != 0 && elf.dynstrtab.get_at(sym.st_name) == Some("nif_init"))
+}
+
 fn is_elf(src: &FileSource) -> bool {
     match src {
         FileSource::Host(p) => beambake_release::elf::is_elf(p).unwrap_or(false),
@@ -99,6 +125,21 @@ pub fn split(
             EntryKind::Dir => t.mkdir_p(&dest, &entry.origin)?,
             EntryKind::File(src) => {
                 if is_elf(src) {
+                    if is_nif(src) {
+                        let app = parts.get(1).copied().unwrap_or("?");
+                        return Err(Error::Unsupported {
+                            path: match src {
+                                FileSource::Host(p) => p.clone(),
+                                FileSource::Bytes(_) => path.into(),
+                            },
+                            message: format!(
+                                "{path} is a NIF of {app} built for Linux: the rumprun BEAM has no dlopen() and links no NIFs in, \
+                                 so {app} could not load it; remove {app} from the release (the rumprun BEAM is built without \
+                                 OpenSSL, so crypto, ssl and ssh cannot run there) or link the NIF into a rumprun BEAM \
+                                 (--enable-static-nifs) and set rumprun.beam"
+                            ),
+                        });
+                    }
                     dropped.push(path.to_string());
                     continue;
                 }
@@ -152,7 +193,7 @@ pub fn inetrc(ip: std::net::Ipv4Addr, hostname: &str) -> String {
     )
 }
 
-/// `rumprun-bake`: on `PATH`, or in `$RUMPRUN_TOOLCHAIN/bin`.
+/// `rumprun-bake`: in `$RUMPRUN_TOOLCHAIN/bin`, or on `PATH`.
 pub fn find_bake() -> Option<PathBuf> {
     if let Some(tc) = std::env::var_os("RUMPRUN_TOOLCHAIN") {
         let p = PathBuf::from(tc).join("bin/rumprun-bake");
@@ -163,13 +204,13 @@ pub fn find_bake() -> Option<PathBuf> {
     beambake_images::host::which("rumprun-bake")
 }
 
-/// The error when the toolchain is missing.
+/// The error when no toolchain can be had.
 pub fn missing_toolchain(recipe: &Recipe) -> Error {
     Error::Toolchain {
         file: recipe.file.clone(),
-        message: "the rumprun toolchain is not installed: `rumprun-bake` is not on PATH and RUMPRUN_TOOLCHAIN is not set. \
-         Build rumprun and rumprun-packages/erlang, put its bin/ on PATH or set \
-         RUMPRUN_TOOLCHAIN to its prefix, and set rumprun.beam to the rumprun-built BEAM; or pass --no-bake to write \
+        message: "no rumprun toolchain: set rumprun.source to the rumprun source snapshot (rumprun-src.tar.xz, \
+         pinned in images/rumprun.toml; beambake builds the toolchain once into its cache) or BEAMBAKE_RUMPRUN_SRC, \
+         or put an installed toolchain's bin/ (rumprun-bake) on PATH or its prefix in RUMPRUN_TOOLCHAIN; or pass --no-bake to write \
          only erlang.iso, app.iso and the launch config"
             .into(),
     }
@@ -188,31 +229,99 @@ fn written_file(path: &Path) -> Result<Written, Error> {
     })
 }
 
-/// `rumprun-bake` and the rumprun-built BEAM, unless the recipe says `no_bake`; an
-/// error naming what is missing otherwise.
-fn bake_tools(recipe: &Recipe) -> Result<Option<(PathBuf, PathBuf)>, Error> {
-    Ok(if recipe.rumprun.no_bake {
-        None
-    } else {
-        let tool = find_bake().ok_or_else(|| missing_toolchain(recipe))?;
-        let beam = match &recipe.rumprun.beam {
-            Some(b) => b.to_path_buf(),
-            None => std::env::var_os("RUMPRUN_TOOLCHAIN")
-                .map(|t| PathBuf::from(t).join("erlang/bin/beam"))
-                .ok_or_else(|| missing_toolchain(recipe))?,
-        };
-        if !beam.is_file() {
-            return Err(Error::Toolchain {
-                file: recipe.file.clone(),
-                message: format!(
-                    "rumprun.beam {} does not exist: build OTP for rumprun (rumprun-packages/erlang) and point rumprun.beam at its bin/beam",
-                    beam.display()
-                ),
-            });
-        }
-        Some((tool, beam))
-    })
+/// Where `rumprun-bake` comes from.
+enum BakeTool {
+    /// beambake's toolchain, from this snapshot (built into the cache on first use).
+    Source(PathBuf),
+    /// An installed toolchain's `rumprun-bake`.
+    Installed(PathBuf),
 }
+
+/// How the image is baked: the tool and the rumprun-built BEAM, unless the recipe says
+/// `no_bake`; an error naming what is missing otherwise. Builds nothing.
+fn bake_tools(recipe: &Recipe) -> Result<Option<(BakeTool, PathBuf)>, Error> {
+    if recipe.rumprun.no_bake {
+        return Ok(None);
+    }
+    let env_source = std::env::var_os(beambake_kernel::rumprun_toolchain::ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let tool = match recipe
+        .rumprun
+        .source
+        .as_ref()
+        .map(|p| p.to_path_buf())
+        .or(env_source)
+    {
+        Some(src) => BakeTool::Source(
+            beambake_kernel::rumprun_toolchain::locate(Some(&src)).map_err(|e| {
+                Error::Toolchain {
+                    file: recipe.file.clone(),
+                    message: format!("rumprun.source: {e}"),
+                }
+            })?,
+        ),
+        None => BakeTool::Installed(find_bake().ok_or_else(|| missing_toolchain(recipe))?),
+    };
+    let beam = match &recipe.rumprun.beam {
+        Some(b) => b.to_path_buf(),
+        None => std::env::var_os("RUMPRUN_TOOLCHAIN")
+            .map(|t| PathBuf::from(t).join("erlang/bin/beam"))
+            .ok_or_else(|| Error::Toolchain {
+                file: recipe.file.clone(),
+                message: "rumprun.beam is not set: point it at the BEAM cross-built for rumprun (`cargo xtask rumprun-beam` \
+                          builds one and links it at target/otp-rumprun/beam)"
+                    .into(),
+            })?,
+    };
+    if !beam.is_file() {
+        return Err(Error::Toolchain {
+            file: recipe.file.clone(),
+            message: format!(
+                "rumprun.beam {} does not exist: build OTP for rumprun (`cargo xtask rumprun-beam`) and point rumprun.beam at its beam",
+                beam.display()
+            ),
+        });
+    }
+    Ok(Some((tool, beam)))
+}
+
+/// `beambake_epmd.beam`, compiled from the module's source (in this binary) with the
+/// host OTP's `erlc` (`otp`: its root), deterministically.
+fn epmd_module(otp: &Path, recipe: &Recipe) -> Result<Vec<u8>, Error> {
+    const SOURCE: &str = include_str!("../../../../erlang/src/beambake_epmd.erl");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let d = tempfile::tempdir().map_err(io(Path::new("/tmp")))?;
+    let src = d.path().join("beambake_epmd.erl");
+    std::fs::write(&src, SOURCE).map_err(io(&src))?;
+    let erlc = otp.join("bin/erlc");
+    let o = std::process::Command::new(&erlc)
+        .arg("+deterministic")
+        .arg("-o")
+        .arg(d.path())
+        .arg(&src)
+        .output()
+        .map_err(|source| Error::Toolchain {
+            file: recipe.file.clone(),
+            message: format!("running {}: {source}", erlc.display()),
+        })?;
+    if !o.status.success() {
+        return Err(Error::Tool {
+            program: erlc,
+            what: "beambake_epmd.erl".into(),
+            stderr: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        });
+    }
+    let beam = d.path().join("beambake_epmd.beam");
+    std::fs::read(&beam).map_err(io(&beam))
+}
+
+/// Where `beambake_epmd.beam` goes: on `erlang.iso`, and so at
+/// `/opt/erlang/beambake/ebin` in the guest (on the code path with `-pa`).
+const EPMD_EBIN: &str = "/beambake/ebin";
 
 impl Target for Rumprun {
     fn kind(&self) -> beambake_recipe::Target {
@@ -224,6 +333,25 @@ impl Target for Rumprun {
             return Err(Error::recipe(
                 recipe,
                 "vm.count > 1 is not supported by the rumprun target (start several from the generated launch config)",
+            ));
+        }
+        if recipe.vm.cpus > 1 {
+            return Err(Error::recipe(
+                recipe,
+                format!(
+                    "vm.cpus = {}: rumprun has no SMP (one virtual CPU, cooperative threads); set vm.cpus = 1",
+                    recipe.vm.cpus
+                ),
+            ));
+        }
+        if recipe.distribution.is_some()
+            && recipe.launch.code_loading == Some(beambake_recipe::CodeLoading::Embedded)
+        {
+            return Err(Error::recipe(
+                recipe,
+                "launch.code_loading = \"embedded\" with [distribution]: on rumprun the node's port mapper (beambake_epmd) \
+                 is loaded from /opt/erlang/beambake/ebin when distribution starts, which embedded mode cannot do; use \
+                 \"interactive\"",
             ));
         }
         bake_tools(recipe).map(|_| ())
@@ -249,12 +377,24 @@ impl Target for Rumprun {
                 message: "cannot find the host's OTP (erl on PATH) to tell OTP applications from the release's own".into(),
             })?;
         progress.step("splitting the release into erlang.iso and app.iso");
-        let s = split(
+        let mut s = split(
             &common.prepared.assembly.tree,
             &common.prepared.assembly.prefix,
             &otp_app_names(&otp),
             &inetrc(recipe.network.guest.ip, &recipe.hostname()),
         )?;
+        let clustered = common.node.is_some() && common.cookie.is_some();
+        if clustered {
+            progress.step("compiling the node's port mapper (beambake_epmd) for erlang.iso");
+            s.erlang
+                .mkdir_p(EPMD_EBIN, "beambake: the node's port mapper")?;
+            s.erlang.add_bytes(
+                &format!("{EPMD_EBIN}/{}.beam", beambake_vm::rumprun::EPMD_MODULE),
+                epmd_module(&otp, recipe)?,
+                0o644,
+                "beambake (erlang/src/beambake_epmd.erl)",
+            )?;
+        }
         for n in &s.dropped_natives {
             progress.step(&format!(
                 "left out {n}: a native Linux binary (NIFs and port programs must be cross-built for rumprun)"
@@ -281,7 +421,11 @@ impl Target for Rumprun {
         let mut p = LaunchParams::new(kernel.clone(), recipe.network.guest.to_string());
         p.memory_mib = recipe.vm.memory_mib;
         p.hostname = Some(recipe.hostname());
-        p.code_paths = vec![];
+        p.code_paths = if clustered {
+            vec![format!("{ERLANG_MOUNT}{EPMD_EBIN}")]
+        } else {
+            vec![]
+        };
         let at = |r: &str| format!("{APP_MOUNT}/{r}");
         p.start = vec!["-boot".into(), at(&rel.boot_rel)];
         if let Some(c) = &rel.sys_config_rel {
@@ -312,6 +456,21 @@ impl Target for Rumprun {
         ];
         let mut inputs: Vec<HostFile> = vec![];
         if let Some((tool, beam)) = &bake {
+            let tool = match tool {
+                BakeTool::Installed(t) => t.clone(),
+                BakeTool::Source(snapshot) => {
+                    let tc =
+                        beambake_kernel::rumprun_toolchain::get(Some(snapshot), _cx.cache, &|m| {
+                            progress.step(m)
+                        })?;
+                    inputs.push(HostFile {
+                        path: format!("rumprun toolchain {} ({})", tc.key, snapshot.display()),
+                        sha256: beambake_kernel::rumprun_toolchain::pin()?.sha256,
+                    });
+                    tc.bake()
+                }
+            };
+            let tool = &tool;
             progress.step("baking the BEAM with rumprun-bake hw_virtio");
             let out = dir.join(&kernel);
             let o = std::process::Command::new(tool)

@@ -38,6 +38,7 @@ pub const PATH_KEYS: &[&str] = &[
     "disk.*.path",
     "check.*.ca",
     "rumprun.beam",
+    "rumprun.source",
     "osv.source",
 ];
 

@@ -17,12 +17,15 @@
 //! (`bin/beam`, baked with `rumpbake hw_virtio`) started as
 //!
 //! ```text
-//! KERNEL -- -no_epmd -root /opt/erlang/lib/erlang -progname erl -- -home /tmp -noshell -pa /apps/erlang START...
+//! KERNEL -- -no_epmd -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- -home /tmp -noshell -pa /apps/erlang START...
 //! ```
 //!
-//! The clustering form drops `-no_epmd` and inserts
-//! `-s erlpmd_ctl start -s setnodename NAME@IP COOKIE` before `START...` (erlpmd, an
-//! Erlang port mapper, runs inside the node because the guest cannot run `epmd`).
+//! (`-bindir`: OTP 25's init requires it; the seed's OTP 18 line had none.) The
+//! clustering form drops `-no_epmd` and inserts `-epmd_module beambake_epmd -name
+//! NAME@IP -setcookie COOKIE` before `START...`: the guest cannot run `epmd`, so a port
+//! mapper module inside the node ([`EPMD_MODULE`]) registers it and answers other nodes'
+//! EPMD requests on port 4369, which is what the seed's `-s erlpmd_ctl start -s
+//! setnodename NAME@IP COOKIE` (an Erlang epmd, then `net_kernel:start/1`) did.
 //!
 //! Disks are attached as virtio block devices in list order, so the guest sees them as
 //! `/dev/ld0a`, `/dev/ld1a`, ...; the one virtio NIC is `vioif0`.
@@ -97,6 +100,10 @@ pub const DEFAULT_MEMORY_MIB: u32 = 128;
 pub const GUEST_INTERFACE: &str = "vioif0";
 /// Longest tap name Linux accepts (`IFNAMSIZ` - 1).
 const MAX_TAP_LEN: usize = 15;
+/// The port mapper module the clustering form names with `-epmd_module` (erlang/src/
+/// beambake_epmd.erl, on the guest's code path): the guest cannot run `epmd`, so the node
+/// answers other nodes' EPMD requests itself, as the seed's erlpmd did.
+pub const EPMD_MODULE: &str = "beambake_epmd";
 /// Launcher tag tying `-I` to `-W`, as in the seed.
 const IF_TAG: &str = "if";
 
@@ -123,7 +130,8 @@ pub struct Net {
     pub tap: String,
 }
 
-/// Distributed Erlang through erlpmd, as in the seed's clustering form.
+/// Distributed Erlang with the port mapper in the node ([`EPMD_MODULE`]), the seed's
+/// clustering form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Clustering {
     /// Node name without the host: the node becomes `NAME@IP`.
@@ -362,10 +370,15 @@ impl Launch {
         if p.clustering.is_none() {
             argv.push("-no_epmd".to_string());
         }
+        // OTP >= 19's init wants -bindir (erlexec, which rumprun has not, passes it);
+        // nothing is started from it (no fork), so the directory need not exist.
+        let bindir = format!("{}/bin", p.erl_root);
         argv.extend(
             [
                 "-root",
                 &p.erl_root,
+                "-bindir",
+                &bindir,
                 "-progname",
                 "erl",
                 "--",
@@ -380,8 +393,9 @@ impl Launch {
             argv.extend(p.code_paths.iter().cloned());
         }
         if let (Some(c), Some(node)) = (&p.clustering, self.node_name()) {
-            argv.extend(["-s", "erlpmd_ctl", "start", "-s", "setnodename"].map(str::to_string));
+            argv.extend(["-epmd_module", EPMD_MODULE, "-name"].map(str::to_string));
             argv.push(node);
+            argv.push("-setcookie".to_string());
             argv.push(c.cookie.clone());
         }
         argv.extend(p.start.iter().cloned());
@@ -406,6 +420,28 @@ impl Launch {
             })
             .collect()
     }
+}
+
+// ----- the guest's end, from its console ----------------------------------------------
+
+/// The program's exit status when the console `text` shows it ended: rumprun prints
+/// `=== _exit(N) called ===` (`=== ERROR: _exit(N) called ===` when N is not 0) or
+/// `=== main() of "PROG" returned N ===`, then halts the unikernel (`halted`) — and qemu
+/// stays up, so whoever runs it must end it. `None` while it runs.
+pub fn console_exit_status(text: &str) -> Option<i32> {
+    text.lines().rev().find_map(|l| {
+        let l = l.trim();
+        let n = l
+            .strip_prefix("=== _exit(")
+            .or_else(|| l.strip_prefix("=== ERROR: _exit("))
+            .and_then(|r| r.strip_suffix(") called ==="))
+            .or_else(|| {
+                l.strip_prefix("=== main() of \"")
+                    .and_then(|r| r.rsplit_once("\" returned "))
+                    .and_then(|(_, r)| r.strip_suffix(" ==="))
+            })?;
+        n.parse().ok()
+    })
 }
 
 // ----- checks ----------------------------------------------------------------------
@@ -1482,11 +1518,32 @@ mod tests {
     }
 
     #[test]
+    fn the_console_says_when_and_how_the_program_ended() {
+        assert_eq!(
+            console_exit_status("=== calling \"x\" main() ===\nEcho server started\n"),
+            None
+        );
+        assert_eq!(
+            console_exit_status("...\n\n=== _exit(0) called ===\nrump kernel halting...\nhalted\n"),
+            Some(0)
+        );
+        assert_eq!(
+            console_exit_status("\n=== ERROR: _exit(1) called ===\n"),
+            Some(1)
+        );
+        assert_eq!(
+            console_exit_status("\n=== main() of \"echo.hw.bin\" returned 3 ===\n"),
+            Some(3)
+        );
+        assert_eq!(console_exit_status("=== _exit(x) called ===\n"), None);
+    }
+
+    #[test]
     fn plain_and_cluster_argv() {
         let plain = launch(echo()).guest_argv().join(" ");
         assert_eq!(
             plain,
-            "echo.hw.bin -- -no_epmd -root /opt/erlang/lib/erlang -progname erl -- -home /tmp \
+            "echo.hw.bin -- -no_epmd -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- -home /tmp \
              -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin \
              -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start"
         );
@@ -1494,9 +1551,9 @@ mod tests {
         assert_eq!(cluster.node_name().as_deref(), Some("echo@10.0.120.101"));
         assert_eq!(
             cluster.guest_argv().join(" "),
-            "echo.hw.bin -- -root /opt/erlang/lib/erlang -progname erl -- -home /tmp \
-             -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -s erlpmd_ctl start \
-             -s setnodename echo@10.0.120.101 testcookie \
+            "echo.hw.bin -- -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- -home /tmp \
+             -noshell -pa /apps/erlang/lib/echo-0.1.0/ebin -epmd_module beambake_epmd \
+             -name echo@10.0.120.101 -setcookie testcookie \
              -config /apps/erlang/releases/0.1.0/sys.config -s echo_app start"
         );
         // The seed's exact defaults.
@@ -1504,7 +1561,7 @@ mod tests {
         seed.start = words(["-s", "echoserver", "start"]);
         assert_eq!(
             launch(seed).guest_argv()[1..].join(" "),
-            "-- -no_epmd -root /opt/erlang/lib/erlang -progname erl -- -home /tmp -noshell \
+            "-- -no_epmd -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- -home /tmp -noshell \
              -pa /apps/erlang -s echoserver start"
         );
     }
@@ -1657,14 +1714,14 @@ mod tests {
             "rumprun qemu -M 64 -I 'if,vioif,-net tap,script=no,ifname=tap0' \
              -W if,inet,static,10.0.120.101/24 -e ERL_INETRC=/opt/erlang/erl_inetrc \
              -b images/erlang.iso,/opt/erlang -b examples/app.iso,/apps/erlang \
-             -i beam.hw.bin -- -no_epmd -root /opt/erlang/lib/erlang -progname erl -- \
+             -i beam.hw.bin -- -no_epmd -root /opt/erlang/lib/erlang -bindir /opt/erlang/lib/erlang/bin -progname erl -- \
              -home /tmp -noshell -pa /apps/erlang -s echoserver start"
         );
         let cluster = rumprun_command(&launch(echo_cluster()));
         let line = shell_line(&cluster);
         assert!(line.contains("-W if,inet,static,10.0.120.101/24,10.0.120.1 "));
         assert!(line.contains("-N echo "));
-        assert!(line.contains(" -s setnodename echo@10.0.120.101 testcookie "));
+        assert!(line.contains(" -name echo@10.0.120.101 -setcookie testcookie "));
     }
 
     #[test]

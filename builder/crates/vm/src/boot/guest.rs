@@ -84,6 +84,14 @@ impl<V: Vmm + ?Sized> Guest<V> {
                 cmd.pre_exec(move || place_fds(&fds));
             }
         }
+        if vmm.ends_on_console() {
+            // What this VM's console says decides when it has ended: nothing an earlier
+            // run left in the log may count.
+            fs::File::create(console_log).map_err(|source| BootError::Io {
+                path: console_log.to_path_buf(),
+                source,
+            })?;
+        }
         let program = cmd.get_program().to_string_lossy().into_owned();
         let child = cmd
             .spawn()
@@ -166,6 +174,13 @@ impl<V: Vmm + ?Sized> Guest<V> {
 
     /// The exit status if the VM has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none()
+            && self.vmm.ends_on_console()
+            && self.vmm.ended_on_console(&self.console_log)
+        {
+            // The guest is gone; its VMM would stay up.
+            self.kill();
+        }
         if self.status.is_none() {
             if self.own_group {
                 if self.leader_exited(false) {
@@ -197,6 +212,15 @@ impl<V: Vmm + ?Sized> Guest<V> {
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(st) = self.status {
             return Ok(st);
+        }
+        if self.vmm.ends_on_console() {
+            // The VMM may outlive the guest: watch the console too.
+            loop {
+                if let Some(st) = self.exited() {
+                    return Ok(st);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         if self.own_group {
             self.leader_exited(true);

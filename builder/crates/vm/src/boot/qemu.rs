@@ -119,10 +119,21 @@ impl Vmm for Qemu {
         true
     }
 
-    fn guest_status(&self, exit: ExitStatus, _console_log: &Path) -> Option<i32> {
+    fn ended_on_console(&self, console_log: &Path) -> bool {
+        *self == Qemu::Rumprun
+            && crate::rumprun::console_exit_status(&console_tail(console_log)).is_some()
+    }
+
+    fn ends_on_console(&self) -> bool {
+        *self == Qemu::Rumprun
+    }
+
+    fn guest_status(&self, exit: ExitStatus, console_log: &Path) -> Option<i32> {
         match self {
             // OSv powers off through ACPI when its program ends: no status reaches qemu.
             Qemu::Osv => None,
+            // rumprun halts and qemu stays up (killed by Guest): the console says it.
+            Qemu::Rumprun => crate::rumprun::console_exit_status(&console_tail(console_log)),
             _ => guest_status(exit.code()),
         }
     }
@@ -425,6 +436,20 @@ pub fn rumprun_command(
     c.args(qemu_args(&guest, &wiring).concat());
     serial_console(&mut c, console);
     c
+}
+
+/// The last 4 KiB of the console log (lossy UTF-8; empty when unreadable).
+fn console_tail(log: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> io::Result<String> {
+        let mut f = std::fs::File::open(log)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    read().unwrap_or_default()
 }
 
 /// The serial console: to a log file, or to the terminal and a log file.

@@ -46,6 +46,18 @@ pub trait Vmm {
     /// `None` when it ended another way (killed, kernel panic, ...).
     fn guest_status(&self, exit: ExitStatus, console_log: &Path) -> Option<i32>;
 
+    /// True when the console log shows the guest has ended although the VM process may
+    /// still run (a rumprun unikernel halts, and qemu stays up): [`super::guest::Guest`]
+    /// then kills the VM. Only VMMs that say [`Vmm::ends_on_console`] are asked.
+    fn ended_on_console(&self, _console_log: &Path) -> bool {
+        false
+    }
+
+    /// Whether [`Vmm::ended_on_console`] can ever be true (the log is read while waiting).
+    fn ends_on_console(&self) -> bool {
+        false
+    }
+
     /// Interactive: beambake copies the VM's stdout to the terminal and the console log
     /// (the VM cannot log its own terminal console).
     fn tees_console(&self) -> bool {
