@@ -445,6 +445,21 @@ fn a_release_that_stops_on_rumprun_reports_its_status_not_a_timeout() {
     );
     let left = beambake_testkit::processes_matching("echo-rumprun.hw.bin");
     assert!(left.is_empty(), "qemu left running: {left:?}");
+    // `beambake boot` (console on the terminal) ends the same way, with the status.
+    let dir = d.path().join("out/echo-rumprun");
+    let start = std::time::Instant::now();
+    let o = beambake(&["boot", dir.to_str().unwrap()]);
+    let console = stdout(&o);
+    assert!(console.contains("=== ERROR: _exit(1) called ==="), "{console}");
+    assert_eq!(o.status.code(), Some(1), "{console}\n{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("guest exited with status 1"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(120));
+    let left = beambake_testkit::processes_matching("echo-rumprun.hw.bin");
+    assert!(left.is_empty(), "qemu left running: {left:?}");
 }
 
 /// A C file built into a shared object in `dir`/priv, exporting `symbol`.
