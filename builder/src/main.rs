@@ -55,7 +55,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Report the image tree's size instead: its 20 biggest files (release, ERTS,
-        /// libraries, launch spec), each compressed alone with zstd at `--level`.
+        /// libraries, launch spec, beambake's init; not the kernel's modules, which
+        /// depend on the recipe), each compressed alone with zstd at `--level`.
         #[arg(long)]
         sizes: bool,
         /// The zstd level for `--sizes` (the microvm initramfs's default: 9).
@@ -645,7 +646,11 @@ fn run(cli: Cli) -> Result<u8> {
             steps.done();
             let p = p?;
             if sizes {
-                let s = beambake_images::sizes::measure(&p.assembly.tree, level, 20)
+                // The tree as the microvm and uml images hold it: with beambake's init
+                // (kernel modules depend on the recipe's kernel, so they are not counted).
+                let mut tree = p.assembly.tree.clone();
+                beambake::target::add_init(&mut tree, beambake::INIT)?;
+                let s = beambake_images::sizes::measure(&tree, level, 20)
                     .map_err(|(path, e)| anyhow::anyhow!("{path}: {e}"))?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&s)?);

@@ -450,7 +450,10 @@ fn a_release_that_stops_on_rumprun_reports_its_status_not_a_timeout() {
     let start = std::time::Instant::now();
     let o = beambake(&["boot", dir.to_str().unwrap()]);
     let console = stdout(&o);
-    assert!(console.contains("=== ERROR: _exit(1) called ==="), "{console}");
+    assert!(
+        console.contains("=== ERROR: _exit(1) called ==="),
+        "{console}"
+    );
     assert_eq!(o.status.code(), Some(1), "{console}\n{}", stderr(&o));
     assert!(
         stderr(&o).contains("guest exited with status 1"),
