@@ -194,8 +194,50 @@ fn choose_accel(
     }
 }
 
+/// The write end of the pipe [`on_signal`] reports a signal on (-1: none yet).
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; `b` lives for the call.
+    unsafe {
+        libc::write(fd, (&b as *const u8).cast(), 1);
+    }
+}
+
+/// When SIGTERM, SIGINT or SIGHUP ends this process (a port's owner may stop it that
+/// way rather than by closing stdin), removes `dir` first, then exits with 128 + the
+/// signal. The VM dies with this process (it was started with PR_SET_PDEATHSIG); its run
+/// dir would not. The handler only writes the signal to a pipe; a thread does the rest.
+/// Handlers, unlike blocked signals, are not inherited across exec: the VMM is unaffected.
+fn remove_on_signal(dir: PathBuf) -> std::io::Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two fds it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: `on_signal` is async-signal-safe (one write to a pipe).
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+    std::thread::spawn(move || {
+        let mut b = 0u8;
+        // SAFETY: reads one byte into `b` from the pipe's read end, which this thread owns.
+        let n = unsafe { libc::read(fds[0], (&mut b as *mut u8).cast(), 1) };
+        if n == 1 {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::process::exit(128 + i32::from(b));
+        }
+    });
+    Ok(())
+}
+
 /// A port VM's image directory (absolute) and its own run directory (sockets, console
-/// log), removed when the port ends.
+/// log), removed when the port ends, by a signal too ([`remove_on_signal`]).
 fn port_dirs(dir: &Path) -> Result<(PathBuf, tempfile::TempDir), Error> {
     let dir_abs = std::fs::canonicalize(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
@@ -208,6 +250,10 @@ fn port_dirs(dir: &Path) -> Result<(PathBuf, tempfile::TempDir), Error> {
             path: std::env::temp_dir(),
             source,
         })?;
+    remove_on_signal(run_dir.path().to_path_buf()).map_err(|source| Error::Io {
+        path: run_dir.path().to_path_buf(),
+        source,
+    })?;
     Ok((dir_abs, run_dir))
 }
 

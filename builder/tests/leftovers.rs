@@ -1,5 +1,6 @@
 //! Nothing left behind: a killed or failed build leaves the previous output set intact
-//! and no temp file or dir; a killed or refused `boot`/`smoke` leaves no request file; a
+//! and no temp file or dir; a killed or refused `boot`/`smoke` leaves no request file, a
+//! `port` ended by a signal no run dir; a
 //! run that cannot be made is refused before anything is built. Through the `beambake`
 //! CLI, on the microvm target (Debian's cloud kernel, fetched once into the cache).
 
@@ -279,4 +280,56 @@ fn a_tap_run_without_root_is_refused_before_anything_is_made() {
         stderr(&o)
     );
     assert_eq!(snapshot(&set), before, "boot DIR wrote into the set");
+}
+
+/// `beambake port` (a VM driven from Erlang) ended by SIGTERM, SIGINT or SIGHUP rather
+/// than by its stdin closing: its run dir (sockets, console log) is removed, the VM is
+/// gone and the exit status is 128 + the signal.
+#[test]
+fn a_port_ended_by_a_signal_leaves_no_run_dir() {
+    if which("qemu-system-x86_64").is_none() {
+        skip!("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)");
+    }
+    let _vm = vm_lock();
+    let d = tempdir();
+    let out = d.path().join("out");
+    let name = format!("portsig{}", std::process::id());
+    let r = recipe(d.path(), &name, &echo().release, false);
+    build_ok(&r, &out, "1700000000");
+    let tmp = d.path().join("tmp");
+    for signal in [SIGTERM, 2, 1] {
+        fs::create_dir_all(&tmp).unwrap();
+        let mut cmd = Command::new(common::BIN);
+        cmd.arg("port")
+            .arg(out.join(&name))
+            .env("TMPDIR", &tmp)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its stdin stays open (held by the guard) until the signal.
+        let mut port = Guarded::start(cmd);
+        let start = Instant::now();
+        while fs::read_dir(&tmp).unwrap().next().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(60), "no run dir made");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The VM runs: its console log is in the run dir.
+        std::thread::sleep(Duration::from_secs(2));
+        port.signal(signal);
+        let status = port
+            .wait_bounded(Duration::from_secs(20))
+            .expect("the port did not end on the signal");
+        assert_eq!(status.code(), Some(128 + signal), "signal {signal}");
+        assert_eq!(names(&tmp), Vec::<String>::new(), "signal {signal}");
+        let start = Instant::now();
+        while !beambake_testkit::processes_matching(&out.join(&name).display().to_string())
+            .is_empty()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the VM outlived the port"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
