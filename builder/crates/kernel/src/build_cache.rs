@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,29 @@ pub enum Outcome {
     Built,
 }
 
+/// The start both builders share: `None` when `final_dir` is complete, before or after
+/// taking `base`'s lock (another process may have built it while this one waited); else
+/// the lock, held until dropped, and a fresh temp dir in `base` (removed when dropped).
+fn start(
+    base: &Path,
+    final_dir: &Path,
+    complete: &dyn Fn(&Path) -> bool,
+) -> Result<Option<(Lock, tempfile::TempDir)>, KernelError> {
+    if complete(final_dir) {
+        return Ok(None);
+    }
+    fs::create_dir_all(base).map_err(kernel::io_err("creating cache dir", base))?;
+    let lock = Lock::take(&base.join(LOCK_FILE))?;
+    if complete(final_dir) {
+        return Ok(None);
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".tmp-build-")
+        .tempdir_in(base)
+        .map_err(kernel::io_err("creating temp dir in", base))?;
+    Ok(Some((lock, work)))
+}
+
 /// `final_dir` (inside `base`) when `complete(final_dir)` holds; otherwise, under
 /// `base/.build.lock`, checks again (another process may have built it while this one
 /// waited), then calls `build(work, staged)` — `work` a fresh temp dir in `base`, removed
@@ -69,18 +92,9 @@ pub fn get_or_build(
     complete: &dyn Fn(&Path) -> bool,
     build: &mut dyn FnMut(&Path, &Path) -> Result<(), KernelError>,
 ) -> Result<Outcome, KernelError> {
-    if complete(final_dir) {
+    let Some((_lock, work)) = start(base, final_dir, complete)? else {
         return Ok(Outcome::Hit);
-    }
-    fs::create_dir_all(base).map_err(kernel::io_err("creating cache dir", base))?;
-    let _lock = Lock::take(&base.join(LOCK_FILE))?;
-    if complete(final_dir) {
-        return Ok(Outcome::Hit);
-    }
-    let work = tempfile::Builder::new()
-        .prefix(".tmp-build-")
-        .tempdir_in(base)
-        .map_err(kernel::io_err("creating temp dir in", base))?;
+    };
     let staged = work.path().join("result");
     fs::create_dir(&staged).map_err(kernel::io_err("creating dir", &staged))?;
     build(work.path(), &staged)?;
@@ -111,18 +125,9 @@ pub fn get_or_build_in_place(
     complete: &dyn Fn(&Path) -> bool,
     build: &mut dyn FnMut(&Path, &Path) -> Result<(), KernelError>,
 ) -> Result<Outcome, KernelError> {
-    if complete(final_dir) {
+    let Some((_lock, work)) = start(base, final_dir, complete)? else {
         return Ok(Outcome::Hit);
-    }
-    fs::create_dir_all(base).map_err(kernel::io_err("creating cache dir", base))?;
-    let _lock = Lock::take(&base.join(LOCK_FILE))?;
-    if complete(final_dir) {
-        return Ok(Outcome::Hit);
-    }
-    let work = tempfile::Builder::new()
-        .prefix(".tmp-build-")
-        .tempdir_in(base)
-        .map_err(kernel::io_err("creating temp dir in", base))?;
+    };
     if final_dir.exists() {
         fs::remove_dir_all(final_dir)
             .map_err(kernel::io_err("removing incomplete cache dir", final_dir))?;
@@ -133,6 +138,28 @@ pub fn get_or_build_in_place(
         let _ = fs::remove_dir_all(final_dir);
     }
     built.map(|()| Outcome::Built)
+}
+
+/// A snapshot pin's text (`images/*.toml`, read as `T`) and its `sha256` field checked:
+/// 64 hex digits, returned lower-case. Errors name `pin_file`.
+pub fn parse_pin<T: serde::de::DeserializeOwned>(
+    text: &str,
+    pin_file: &str,
+    sha256: impl Fn(&T) -> &str,
+) -> Result<(T, String), KernelError> {
+    let p: T = toml::from_str(text).map_err(|e| KernelError::PinParse {
+        path: PathBuf::from(pin_file),
+        message: e.to_string(),
+    })?;
+    let sha = sha256(&p);
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(KernelError::InvalidPin {
+            file: Some(PathBuf::from(pin_file)),
+            reason: format!("sha256 must be 64 hex digits, got {sha:?}"),
+        });
+    }
+    let sha = sha.to_ascii_lowercase();
+    Ok((p, sha))
 }
 
 /// Checks that `snapshot`'s sha256 is `expected`, the pin in `pin_file`.

@@ -199,20 +199,11 @@ pub fn pin() -> Result<OsvPin, KernelError> {
 
 /// Parses and checks a pin's text.
 pub fn parse_pin(text: &str) -> Result<OsvPin, KernelError> {
-    let p: OsvPin = toml::from_str(text).map_err(|e| KernelError::PinParse {
-        path: PathBuf::from(PIN_FILE),
-        message: e.to_string(),
-    })?;
+    let (p, sha256) = build_cache::parse_pin(text, PIN_FILE, |p: &OsvPin| &p.sha256)?;
     let bad = |reason: String| KernelError::InvalidPin {
         file: Some(PathBuf::from(PIN_FILE)),
         reason,
     };
-    if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad(format!(
-            "sha256 must be 64 hex digits, got {:?}",
-            p.sha256
-        )));
-    }
     if let Some(a) = p
         .build_args
         .iter()
@@ -223,10 +214,7 @@ pub fn parse_pin(text: &str) -> Result<OsvPin, KernelError> {
             "build_args must not hold {a:?} (jobs are the host's)"
         )));
     }
-    Ok(OsvPin {
-        sha256: p.sha256.to_ascii_lowercase(),
-        ..p
-    })
+    Ok(OsvPin { sha256, ..p })
 }
 
 /// The compiler versions the key depends on: `gcc` and `g++` (OSv's build uses both).

@@ -130,20 +130,11 @@ pub fn pin() -> Result<RumprunPin, KernelError> {
 
 /// Parses and checks a pin's text.
 pub fn parse_pin(text: &str) -> Result<RumprunPin, KernelError> {
-    let p: RumprunPin = toml::from_str(text).map_err(|e| KernelError::PinParse {
-        path: PathBuf::from(PIN_FILE),
-        message: e.to_string(),
-    })?;
+    let (p, sha256) = build_cache::parse_pin(text, PIN_FILE, |p: &RumprunPin| &p.sha256)?;
     let bad = |reason: String| KernelError::InvalidPin {
         file: Some(PathBuf::from(PIN_FILE)),
         reason,
     };
-    if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad(format!(
-            "sha256 must be 64 hex digits, got {:?}",
-            p.sha256
-        )));
-    }
     if !matches!(p.platform.as_str(), "hw" | "xen") {
         return Err(bad(format!(
             "platform must be hw or xen, got {:?}",
@@ -155,10 +146,7 @@ pub fn parse_pin(text: &str) -> Result<RumprunPin, KernelError> {
             "buildrump_args must not hold {a:?} (jobs are the host's)"
         )));
     }
-    Ok(RumprunPin {
-        sha256: p.sha256.to_ascii_lowercase(),
-        ..p
-    })
+    Ok(RumprunPin { sha256, ..p })
 }
 
 /// The cache key: sha256 over the snapshot's sha256, platform, flags, patches and the
