@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use beambake_testkit::{
-    as_nobody, check, copy_dir, fails_with, give_to_nobody, output, repo_root, skip, skip_if,
-    stderr, stdout, tempdir, vm_lock, which, Guarded, RecipeEdit,
+    as_nobody, check, copy_dir, fails_with, give_to_nobody, output, skip, skip_if, stderr, stdout,
+    tempdir, vm_lock, which, Guarded, RecipeEdit,
 };
 use common::{
     assert_signal_leaves_nothing, beambake, beambake_in, boot_expecting_clean_exit, build_fails,
@@ -97,16 +97,7 @@ fn a_release_that_exits_at_once_reports_its_status_not_a_timeout() {
     skip_if!(needs_vm_host());
     let d = tempdir();
     // A release whose application cannot start: the echo port is not a port.
-    let project = d.path().join("broken");
-    beambake_testkit::copy_project(&repo_root().join("examples/echo"), &project);
-    let cfg = project.join("config/sys.config");
-    fs::write(
-        &cfg,
-        fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("{port, 8080}", "{port, not_a_port}"),
-    )
-    .unwrap();
+    let project = common::broken_echo_project(d.path());
     let recipe = RecipeEdit::copy("echo-microvm")
         .set("smoke.ready_timeout_s", 300)
         .set("release.source", &project)

@@ -413,16 +413,7 @@ fn a_release_that_stops_on_rumprun_reports_its_status_not_a_timeout() {
         skip!("no BEAM built for rumprun (cargo xtask rumprun-beam)");
     };
     let d = tempdir();
-    let project = d.path().join("broken");
-    beambake_testkit::copy_project(&repo_root().join("examples/echo"), &project);
-    let cfg = project.join("config/sys.config");
-    fs::write(
-        &cfg,
-        fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("{port, 8080}", "{port, not_a_port}"),
-    )
-    .unwrap();
+    let project = common::broken_echo_project(d.path());
     let recipe = RecipeEdit::copy("echo-rumprun")
         .set("rumprun.beam", &beam)
         .set("release.source", &project)

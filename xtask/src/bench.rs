@@ -61,6 +61,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// `beambake smoke --json [extra] DIR`, which must pass: its boot to ready, in ms.
 pub fn smoke_ms(bb: &Path, dir: &Path, extra: &[&str]) -> Result<f64> {
+    smoke_report(bb, dir, extra)?["boot_to_ready_ms"]
+        .as_f64()
+        .context("no boot_to_ready_ms in the report")
+}
+
+/// `beambake smoke --json [extra] DIR`, which must pass: its report.
+pub fn smoke_report(bb: &Path, dir: &Path, extra: &[&str]) -> Result<serde_json::Value> {
     let out = Command::new(bb)
         .args(["smoke", "--json"])
         .args(extra)
@@ -77,9 +84,7 @@ pub fn smoke_ms(bb: &Path, dir: &Path, extra: &[&str]) -> Result<f64> {
     if v["passed"] != true {
         bail!("smoke {extra:?} of {} failed: {v:#}", dir.display());
     }
-    v["boot_to_ready_ms"]
-        .as_f64()
-        .context("no boot_to_ready_ms in the report")
+    Ok(v)
 }
 
 /// A built echo release in `work/echo` (the thing measured is release -> image) and the

@@ -5,32 +5,16 @@
 //! recipe) and the node's `erlang:memory()` as the smoke run's rpc check reported it.
 //! Prints a Markdown table.
 
+use anyhow::{Context, Result};
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::bench::{median, RUNS};
+use crate::bench::{median, smoke_report, RUNS};
 
 /// One smoke run of `dir`: boot to first answer (ms) and the memory check's message.
 fn smoke(bb: &Path, dir: &Path) -> Result<(f64, String)> {
-    let out = Command::new(bb)
-        .args(["smoke", "--json"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "smoke {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if v["passed"] != true {
-        bail!("smoke of {} failed: {v:#}", dir.display());
-    }
+    let v = smoke_report(bb, dir, &[])?;
     let ms = v["boot_to_ready_ms"]
         .as_f64()
         .context("no boot_to_ready_ms in the report")?;

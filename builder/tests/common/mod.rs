@@ -170,6 +170,20 @@ pub fn rootfs(input: &Path, out: &Path, extra: &[&str]) -> Output {
     run_on("rootfs", input, "-o", out, extra)
 }
 
+/// A copy of the echo example project in `dir`/broken whose application cannot start
+/// (its port is not a port): the release stops at boot with status 1.
+pub fn broken_echo_project(dir: &Path) -> PathBuf {
+    let project = dir.join("broken");
+    beambake_testkit::copy_project(
+        &beambake_testkit::repo_root().join("examples/echo"),
+        &project,
+    );
+    let cfg = project.join("config/sys.config");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("{port, 8080}", "{port, not_a_port}")).unwrap();
+    project
+}
+
 /// `beambake boot DIR` of an image whose release stops by itself: the console streams to
 /// stdout, shows the release's start and its exit status 0, and beambake exits with the
 /// guest's status 0. Returns the console.
