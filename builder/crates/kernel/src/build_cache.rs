@@ -31,6 +31,45 @@ pub fn key_hex(h: Sha256) -> String {
         .collect()
 }
 
+/// A cache key built from tagged, length-prefixed parts (the snapshot builds' keys):
+/// no two different part lists hash the same bytes.
+pub struct KeyHasher(Sha256);
+
+impl KeyHasher {
+    pub fn new() -> KeyHasher {
+        KeyHasher(Sha256::new())
+    }
+
+    /// Adds `bytes` under `tag`.
+    pub fn part(&mut self, tag: &str, bytes: &[u8]) {
+        self.0.update(tag.as_bytes());
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    /// The key ([`key_hex`]).
+    pub fn finish(self) -> String {
+        key_hex(self.0)
+    }
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        KeyHasher::new()
+    }
+}
+
+/// The snapshot path a caller gave (`explicit`), else the one the environment variable
+/// `env` names (not empty), with where it came from for messages; `None` when neither.
+pub fn snapshot_arg(explicit: Option<&Path>, env: &str) -> Option<(PathBuf, String)> {
+    match explicit {
+        Some(p) => Some((p.to_path_buf(), "the path given".to_string())),
+        None => std::env::var_os(env)
+            .filter(|v| !v.is_empty())
+            .map(|v| (PathBuf::from(v), format!("${env}"))),
+    }
+}
+
 /// An exclusive lock ([`beambake_images::output::lock_file`]) held until dropped.
 pub struct Lock(#[allow(dead_code)] fs::File);
 

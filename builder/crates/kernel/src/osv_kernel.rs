@@ -226,12 +226,8 @@ pub fn compiler_version() -> String {
 /// patches (name and bytes) and the compiler versions, each part length-prefixed; 16 hex
 /// digits.
 pub fn key(pin: &OsvPin, compiler: &str) -> String {
-    let mut h = Sha256::new();
-    let mut part = |tag: &str, bytes: &[u8]| {
-        h.update(tag.as_bytes());
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    };
+    let mut h = build_cache::KeyHasher::new();
+    let mut part = |tag: &str, bytes: &[u8]| h.part(tag, bytes);
     part("osv-snapshot-sha256", pin.sha256.as_bytes());
     for a in &pin.build_args {
         part("build-arg", a.as_bytes());
@@ -244,7 +240,7 @@ pub fn key(pin: &OsvPin, compiler: &str) -> String {
         part("patch", text.as_bytes());
     }
     part("compiler", compiler.as_bytes());
-    build_cache::key_hex(h)
+    h.finish()
 }
 
 /// The snapshot to build: `explicit` when given, else `$BEAMBAKE_OSV_SRC`; an error says
@@ -252,21 +248,18 @@ pub fn key(pin: &OsvPin, compiler: &str) -> String {
 /// directory is a local OSv checkout with its submodules (`scripts/build` at its top),
 /// built as it is and keyed by its content ([`checkout_digest`]).
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
-    let (path, from) = match explicit {
-        Some(p) => (p.to_path_buf(), "the path given".to_string()),
-        None => match std::env::var_os(ENV).filter(|v| !v.is_empty()) {
-            Some(v) => (PathBuf::from(v), format!("${ENV}")),
-            None => {
-                let pin = pin()?;
-                return Err(KernelError::NoSnapshot {
-                    what: "OSv".into(),
-                    reason: format!(
-                        "set {ENV} to the path of {} (sha256 {}, {}; pinned in {PIN_FILE})",
-                        pin.file, pin.sha256, pin.upstream
-                    ),
-                });
-            }
-        },
+    let (path, from) = match build_cache::snapshot_arg(explicit, ENV) {
+        Some(found) => found,
+        None => {
+            let pin = pin()?;
+            return Err(KernelError::NoSnapshot {
+                what: "OSv".into(),
+                reason: format!(
+                    "set {ENV} to the path of {} (sha256 {}, {}; pinned in {PIN_FILE})",
+                    pin.file, pin.sha256, pin.upstream
+                ),
+            });
+        }
     };
     if path.is_dir() && !path.join("scripts/build").is_file() {
         return Err(KernelError::NoSnapshot {

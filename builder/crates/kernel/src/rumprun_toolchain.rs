@@ -26,8 +26,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
 use crate::build_cache::{self, Outcome};
 use crate::kernel::{self, KernelError};
 
@@ -152,12 +150,8 @@ pub fn parse_pin(text: &str) -> Result<RumprunPin, KernelError> {
 /// The cache key: sha256 over the snapshot's sha256, platform, flags, patches and the
 /// compiler version, each part length-prefixed; 16 hex digits.
 pub fn key(pin: &RumprunPin, compiler: &str) -> String {
-    let mut h = Sha256::new();
-    let mut part = |tag: &str, bytes: &[u8]| {
-        h.update(tag.as_bytes());
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    };
+    let mut h = build_cache::KeyHasher::new();
+    let mut part = |tag: &str, bytes: &[u8]| h.part(tag, bytes);
     part("rumprun-snapshot-sha256", pin.sha256.as_bytes());
     part("platform", pin.platform.as_bytes());
     part("host-cflags", pin.host_cflags.as_bytes());
@@ -169,27 +163,24 @@ pub fn key(pin: &RumprunPin, compiler: &str) -> String {
         part("patch", text.as_bytes());
     }
     part("compiler", compiler.as_bytes());
-    build_cache::key_hex(h)
+    h.finish()
 }
 
 /// The snapshot to build: `explicit` when given, else `$BEAMBAKE_RUMPRUN_SRC`; an error
 /// says how to name one.
 pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, KernelError> {
-    let (path, from) = match explicit {
-        Some(p) => (p.to_path_buf(), "the path given".to_string()),
-        None => match std::env::var_os(ENV).filter(|v| !v.is_empty()) {
-            Some(v) => (PathBuf::from(v), format!("${ENV}")),
-            None => {
-                let pin = pin()?;
-                return Err(KernelError::NoSnapshot {
-                    what: "the rumprun toolchain".into(),
-                    reason: format!(
-                        "set [rumprun] source in the recipe, or {ENV}, to the path of {} (sha256 {}, {}; pinned in {PIN_FILE})",
-                        pin.file, pin.sha256, pin.upstream
-                    ),
-                });
-            }
-        },
+    let (path, from) = match build_cache::snapshot_arg(explicit, ENV) {
+        Some(found) => found,
+        None => {
+            let pin = pin()?;
+            return Err(KernelError::NoSnapshot {
+                what: "the rumprun toolchain".into(),
+                reason: format!(
+                    "set [rumprun] source in the recipe, or {ENV}, to the path of {} (sha256 {}, {}; pinned in {PIN_FILE})",
+                    pin.file, pin.sha256, pin.upstream
+                ),
+            });
+        }
     };
     if !path.is_file() {
         return Err(KernelError::NoSnapshot {
